@@ -1,0 +1,3 @@
+"""terarec: industrial-scale recommendation on TorchRec, from raw logs to a served model."""
+
+__version__ = "0.1.0"

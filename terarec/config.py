@@ -1,0 +1,253 @@
+"""Typed experiment configs: dataclasses loaded from YAML, with dotted command-line overrides.
+
+An unknown key, in the YAML or in an override, is an error naming the key and the nearest
+valid one; a value of the wrong type is an error naming the field and the type expected.
+
+Example:
+    >>> cfg = load_config("configs/synthetic/ctr.yaml", ["train.epochs=3"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that does not fit its dataclasses; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from.
+
+    Args:
+        path: a prepared dataset folder (``terarec data synth`` / ``terarec data prepare``).
+        batch_size: training batch size (rows for CTR, users for sequences).
+        eval_batch_size: evaluation batch size.
+        num_workers: DataLoader worker processes (0 = build batches in the main process).
+        sparse: categorical columns to use (default: all the dataset declares).
+        dense: dense columns to use (default: all the dataset declares).
+        labels: label columns (default: the dataset's first label).
+        dense_transform: ``none`` or ``log1p``.
+        max_length: sequence tasks: history length kept.
+        keep_if: sequence tasks: only events where this column is > 0 form histories.
+        actions: sequence tasks: action columns carried per event.
+    """
+
+    path: str = "data/synthetic"
+    batch_size: int = 1024
+    eval_batch_size: int = 4096
+    num_workers: int = 0
+    sparse: list[str] | None = None
+    dense: list[str] | None = None
+    labels: list[str] | None = None
+    dense_transform: str = "none"
+    max_length: int = 50
+    keep_if: str | None = None
+    actions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Args:
+        epochs: passes over the training split.
+        learning_rate: Adam learning rate.
+        weight_decay: L2 on dense parameters.
+        seed: fixes initialisation, shuffling and sampling.
+        threads: torch intra-op threads (0 = all cores of this machine).
+        patience: stop after this many epochs without a better validation metric (0 = never).
+        max_steps_per_epoch: cap on steps per epoch (0 = no cap), for smoke runs.
+        checkpoint: write the best model to the run folder.
+    """
+
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: int = 0
+    patience: int = 2
+    max_steps_per_epoch: int = 0
+    checkpoint: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """How to evaluate.
+
+    Args:
+        ks: cut-offs for HR@K and NDCG@K (sequence tasks).
+        exclude_history: sequence tasks: drop the user's history items from the ranking.
+    """
+
+    ks: list[int] = field(default_factory=lambda: [10, 50, 200])
+    exclude_history: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: data, model, training and evaluation.
+
+    Args:
+        name: names the run folder.
+        task: ``ctr`` (one row per impression, binary labels) or ``sequential`` (next item).
+        data: see DataConfig.
+        model: ``name`` (a key of ``terarec.models.MODELS``) plus that model's own options,
+            checked against its Config dataclass.
+        train: see TrainConfig.
+        eval: see EvalConfig.
+        run_dir: parent folder of run folders.
+    """
+
+    name: str = "experiment"
+    task: Literal["ctr", "sequential"] = "ctr"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "embedding_mlp"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs"
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(annotation) or (Any,)
+        return [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, inner = typing.get_args(annotation) or (str, Any)
+        return {k: _convert(v, inner, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_nearest(str(key), names)}")
+        kwargs[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where or 'config'}: {error}") from error
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping."""
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override '{override}' is not of the form key.path=value")
+        key, raw = override.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an ExperimentConfig from YAML (or defaults when ``path`` is None) plus overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, list(overrides or []))
+    config = from_dict(ExperimentConfig, data)
+    check_model_options(config)
+    return config
+
+
+def check_model_options(config: ExperimentConfig) -> Any:
+    """Check ``config.model`` against the named model's Config dataclass and return that Config."""
+    from terarec.models import model_class
+
+    options = dict(config.model)
+    name = options.pop("name", None)
+    if name is None:
+        raise ConfigError("model.name is missing")
+    cls = model_class(name)
+    if cls.task != config.task:
+        raise ConfigError(f"model '{name}' serves task '{cls.task}', but task is '{config.task}'")
+    return from_dict(cls.Config, options, "model")
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (what a run folder keeps)."""
+    return yaml.safe_dump(asdict(config), sort_keys=False)

@@ -1,0 +1,477 @@
+"""Batches streamed from a prepared dataset: CTR rows and user sequences as KeyedJaggedTensors.
+
+Sparse values in every KeyedJaggedTensor are slot-prefixed 64-bit ids from
+``terarec.features.hashing``: the embedding layer, not the data layer, decides which row an
+id lands in (exact vocabulary, hashing trick or a managed vocabulary), so the same batches
+feed unsharded, sharded and managed tables.
+
+Both datasets are ``torch.utils.data.IterableDataset``s that build whole batches inside the
+worker processes; wrap them with ``make_loader`` (``DataLoader(batch_size=None)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from terarec.data import schema
+from terarec.data.errors import DataError
+from terarec.data.schema import DatasetMeta
+from terarec.features.hashing import hash_array, hash_ints
+
+
+@dataclass
+class CTRBatch:
+    """One batch of impressions.
+
+    Args:
+        sparse_features: one key per categorical feature; values are 64-bit ids, lengths are
+            1 for single-valued features and the list length for multi-hot ones.
+        dense_features: (B, num_dense) float32; missing values are 0.
+        labels: (B, num_labels) float32.
+        user_ids: (B,) raw user ids for gAUC, or -1 where the data has none.
+    """
+
+    sparse_features: KeyedJaggedTensor
+    dense_features: torch.Tensor
+    labels: torch.Tensor
+    user_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "CTRBatch":
+        return CTRBatch(
+            self.sparse_features.to(device, non_blocking=non_blocking),
+            self.dense_features.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.user_ids.to(device, non_blocking=non_blocking),
+        )
+
+
+@dataclass
+class SequenceBatch:
+    """One batch of user histories (jagged, oldest first).
+
+    Args:
+        user_ids: (B,) raw user ids.
+        item_ids: KeyedJaggedTensor with the single key ``item_id``: each user's history as
+            64-bit item ids (the same ids CTR batches use for ``item_id``).
+        timestamps: int64 values aligned with ``item_ids.values()``.
+        actions: (N, num_actions) float32 aligned with ``item_ids.values()`` (empty second
+            dimension when no action columns are configured).
+        target_item_ids: (B,) 64-bit id of the item to predict after the history, for
+            evaluation batches; None for training batches (every position predicts the next).
+        target_timestamps: (B,) time of the target event, or None.
+    """
+
+    user_ids: torch.Tensor
+    item_ids: KeyedJaggedTensor
+    timestamps: torch.Tensor
+    actions: torch.Tensor
+    target_item_ids: torch.Tensor | None = None
+    target_timestamps: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.item_ids.lengths()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "SequenceBatch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return SequenceBatch(
+            move(self.user_ids),
+            self.item_ids.to(device, non_blocking=non_blocking),
+            move(self.timestamps),
+            move(self.actions),
+            move(self.target_item_ids),
+            move(self.target_timestamps),
+        )
+
+
+@dataclass
+class FeatureSpec:
+    """Which columns of a CTR table feed the model, and as what.
+
+    Args:
+        sparse: categorical columns (int, string or list columns for multi-hot).
+        dense: float columns; nulls become 0.
+        labels: label columns, 0/1 floats (regression targets allowed).
+        dense_transform: ``none`` or ``log1p`` (sign(x) * log(1 + |x|), the usual Criteo one).
+    """
+
+    sparse: list[str] = field(default_factory=list)
+    dense: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    dense_transform: str = "none"
+
+    @classmethod
+    def from_meta(cls, meta: DatasetMeta) -> "FeatureSpec":
+        return cls(sparse=list(meta.sparse), dense=list(meta.dense), labels=list(meta.labels))
+
+    def check(self, meta: DatasetMeta) -> None:
+        for role in ("sparse", "dense", "labels"):
+            for name in getattr(self, role):
+                if name not in meta.columns:
+                    raise DataError(
+                        f"{role} column '{name}' is not in the dataset (columns: {sorted(meta.columns)})",
+                        path=meta.name,
+                        field=name,
+                    )
+        if self.dense_transform not in ("none", "log1p"):
+            raise ValueError(f"dense_transform must be 'none' or 'log1p', got {self.dense_transform!r}")
+
+
+def _sparse_column(column: pa.ChunkedArray | pa.Array, slot: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, lengths) of one categorical column; list columns give multi-hot lengths."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+        return hash_array(pc.list_flatten(column), slot), lengths
+    return hash_array(column, slot), np.ones(len(column), dtype=np.int64)
+
+
+def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
+    """Build one CTRBatch from a table of rows (vectorised; one hash per distinct string)."""
+    values, lengths = [], []
+    for name in spec.sparse:
+        ids, lens = _sparse_column(table.column(name), name)
+        values.append(ids)
+        lengths.append(lens)
+    num_rows = table.num_rows
+    sparse = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(spec.sparse),
+        values=torch.from_numpy(np.concatenate(values) if values else np.empty(0, np.int64)),
+        lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.empty(0, np.int64)),
+    )
+    if spec.dense:
+        dense = np.stack(
+            [pc.fill_null(table.column(n), 0).to_numpy().astype(np.float32) for n in spec.dense], axis=1
+        )
+        if spec.dense_transform == "log1p":
+            dense = np.sign(dense) * np.log1p(np.abs(dense))
+    else:
+        dense = np.zeros((num_rows, 0), dtype=np.float32)
+    labels = np.stack([table.column(n).to_numpy().astype(np.float32) for n in spec.labels], axis=1) if spec.labels else np.zeros((num_rows, 0), np.float32)
+    if schema.USER_ID in table.column_names:
+        user_ids = table.column(schema.USER_ID).to_numpy().astype(np.int64)
+    else:
+        user_ids = np.full(num_rows, -1, dtype=np.int64)
+    return CTRBatch(sparse, torch.from_numpy(dense), torch.from_numpy(labels), torch.from_numpy(user_ids))
+
+
+def _split_code(split: str) -> int:
+    if split not in schema.SPLIT_CODES:
+        raise ValueError(f"split must be one of {list(schema.SPLIT_CODES)}, got {split!r}")
+    return schema.SPLIT_CODES[split]
+
+
+def _worker_slice() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class CTRDataset(IterableDataset):
+    """Streams CTRBatches of one split from a prepared dataset, row group by row group.
+
+    Memory is O(batch_size + one row group per worker). With ``shuffle`` the row groups are
+    visited in a seeded random order per epoch and rows are shuffled within a buffer of
+    ``shuffle_row_groups`` row groups. Row groups are dealt round-robin to DataLoader workers.
+
+    Args:
+        folder: a prepared dataset folder (dataset.yaml beside Parquet parts).
+        split: ``train``, ``valid`` or ``test``.
+        spec: the columns to use; defaults to the dataset's own roles.
+        batch_size: rows per batch; the last batch may be smaller unless ``drop_last``.
+        shuffle: shuffle (use for training).
+        seed: base seed; epoch ``e`` uses ``seed + e`` (call ``set_epoch``).
+
+    Example:
+        >>> loader = make_loader(CTRDataset("data/syn", "train", batch_size=1024, shuffle=True))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str,
+        spec: FeatureSpec | None = None,
+        batch_size: int = 1024,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        shuffle_row_groups: int = 4,
+    ) -> None:
+        self.folder = Path(folder)
+        self.meta = DatasetMeta.load(self.folder)
+        self.spec = spec or FeatureSpec.from_meta(self.meta)
+        self.spec.check(self.meta)
+        self.split_code = _split_code(split)
+        self.split = split
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.shuffle_row_groups = max(1, shuffle_row_groups)
+        self.epoch = 0
+        self.units = [
+            (part, group)
+            for part in self.meta.parts
+            for group in range(pq.ParquetFile(self.folder / part).num_row_groups)
+        ]
+        columns = list(dict.fromkeys(self.spec.sparse + self.spec.dense + self.spec.labels))
+        if schema.USER_ID in self.meta.columns and schema.USER_ID not in columns:
+            columns.append(schema.USER_ID)
+        self.columns = columns + [schema.SPLIT]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in this split (from dataset.yaml)."""
+        return int(self.meta.split["counts"][self.split])
+
+    def __len__(self) -> int:
+        rows = self.num_rows
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def _tables(self, rng: np.random.Generator | None) -> Iterator[pa.Table]:
+        worker, num_workers = _worker_slice()
+        order = np.arange(len(self.units))
+        if rng is not None:
+            order = rng.permutation(order)
+        mine = [self.units[i] for i in order[worker::num_workers]]
+        files: dict[str, pq.ParquetFile] = {}
+        for part, group in mine:
+            file = files.setdefault(part, pq.ParquetFile(self.folder / part))
+            table = file.read_row_group(group, columns=self.columns)
+            mask = pc.equal(table.column(schema.SPLIT), self.split_code)
+            yield table.filter(mask)
+
+    def __iter__(self) -> Iterator[CTRBatch]:
+        rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+        pending: list[pa.Table] = []
+        pending_rows = 0
+
+        def flush(tables: list[pa.Table]) -> pa.Table:
+            table = pa.concat_tables(tables)
+            if rng is not None:
+                table = table.take(rng.permutation(table.num_rows))
+            return table
+
+        for table in self._tables(rng):
+            if table.num_rows == 0:
+                continue
+            pending.append(table)
+            pending_rows += table.num_rows
+            # Shuffling mixes rows of several row groups; either way, emit only full batches here.
+            enough_groups = rng is None or len(pending) >= self.shuffle_row_groups
+            if not enough_groups or pending_rows < self.batch_size:
+                continue
+            table = flush(pending)
+            full = (table.num_rows // self.batch_size) * self.batch_size
+            for start in range(0, full, self.batch_size):
+                yield ctr_batch_from_table(table.slice(start, self.batch_size), self.spec)
+            pending = [table.slice(full)] if full < table.num_rows else []
+            pending_rows = table.num_rows - full
+        if pending_rows:
+            table = flush(pending)
+            for start in range(0, table.num_rows, self.batch_size):
+                piece = table.slice(start, self.batch_size)
+                if self.drop_last and piece.num_rows < self.batch_size:
+                    break
+                yield ctr_batch_from_table(piece, self.spec)
+
+
+@dataclass
+class SequenceSpec:
+    """How user histories are read from an events table.
+
+    Args:
+        max_length: keep the most recent ``max_length`` events of a history (training
+            sequences keep ``max_length + 1`` so every kept position has a next item).
+        keep_if: an optional column; only events where it is > 0 enter sequences (e.g.
+            ``click`` for histories of clicked items). Rows failing it are not targets either.
+        actions: columns carried per event as the ``actions`` tensor (e.g. click, like).
+        min_length: training sequences shorter than this (after filtering) are skipped.
+    """
+
+    max_length: int = 50
+    keep_if: str | None = None
+    actions: list[str] = field(default_factory=list)
+    min_length: int = 2
+
+    def check(self, meta: DatasetMeta) -> None:
+        if meta.kind != "events":
+            raise DataError("sequence batches need an events dataset", path=meta.name)
+        for name in ([self.keep_if] if self.keep_if else []) + list(self.actions):
+            if name not in meta.columns:
+                raise DataError(
+                    f"column '{name}' is not in the dataset (columns: {sorted(meta.columns)})",
+                    path=meta.name,
+                    field=name,
+                )
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+
+
+def _segment_bounds(user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each run of equal user ids in a sorted array."""
+    if user_ids.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    change = np.flatnonzero(user_ids[1:] != user_ids[:-1]) + 1
+    starts = np.concatenate([[0], change]).astype(np.int64)
+    ends = np.concatenate([change, [user_ids.size]]).astype(np.int64)
+    return starts, ends
+
+
+def _gather_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, e) for each pair, vectorised."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+class SequenceDataset(IterableDataset):
+    """Streams SequenceBatches of user histories from an events dataset.
+
+    ``split="train"``: each user's training events (split 0), the last ``max_length + 1``.
+    ``split="valid"`` / ``"test"``: history = the user's events of earlier splits (the last
+    ``max_length``), target = the user's first event of that split; users with no such event
+    or no history are skipped. Under leave-one-out that is exactly "second to last" /
+    "last"; under a time split it is the first event after the cut-off.
+
+    Users are dealt to DataLoader workers by a hash of their id, so every worker reads every
+    part but builds batches for its own users only.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str,
+        spec: SequenceSpec | None = None,
+        batch_size: int = 256,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.folder = Path(folder)
+        self.meta = DatasetMeta.load(self.folder)
+        self.spec = spec or SequenceSpec()
+        self.spec.check(self.meta)
+        self.split_code = _split_code(split)
+        self.split = split
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        extra = ([self.spec.keep_if] if self.spec.keep_if else []) + list(self.spec.actions)
+        self.columns = list(
+            dict.fromkeys([schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP, schema.SPLIT] + extra)
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _user_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[SequenceBatch]:
+        if self.spec.keep_if:
+            table = table.filter(pc.greater(table.column(self.spec.keep_if), 0))
+        split = table.column(schema.SPLIT).to_numpy()
+        table = table.filter(pa.array(split <= self.split_code))
+        split = split[split <= self.split_code]
+        users = table.column(schema.USER_ID).to_numpy()
+        worker, num_workers = _worker_slice()
+        if num_workers > 1:
+            mine = (hash_ints(users, "worker").view(np.uint64) % np.uint64(num_workers)) == worker
+            table, users, split = table.filter(pa.array(mine)), users[mine], split[mine]
+        starts, ends = _segment_bounds(users)
+        if self.split_code == 0:
+            hist_end = ends
+            has_target = np.zeros(starts.size, dtype=bool)
+            keep = (ends - starts) >= self.spec.min_length
+            first_kept = np.maximum(starts, ends - (self.spec.max_length + 1))
+        else:
+            # Rows are sorted by time within a user, and split codes of earlier splits come first
+            # under both leave-one-out and time splits: the first row of this split is the target.
+            is_target_split = split == self.split_code
+            target_pos = np.full(starts.size, -1, dtype=np.int64)
+            rows = np.flatnonzero(is_target_split)
+            if rows.size:
+                segment_of_row = np.searchsorted(starts, rows, side="right") - 1
+                first_rows = np.ones(rows.size, dtype=bool)
+                first_rows[1:] = segment_of_row[1:] != segment_of_row[:-1]
+                target_pos[segment_of_row[first_rows]] = rows[first_rows]
+            has_target = target_pos >= 0
+            hist_end = np.where(has_target, target_pos, ends)
+            keep = has_target & (hist_end > starts)
+            first_kept = np.maximum(starts, hist_end - self.spec.max_length)
+            target_pos = target_pos[keep]
+        first_kept, hist_end = first_kept[keep], hist_end[keep]
+        order = np.arange(first_kept.size)
+        if rng is not None:
+            order = rng.permutation(order)
+        item_ids = hash_array(table.column(schema.ITEM_ID), schema.ITEM_ID)
+        timestamps = table.column(schema.TIMESTAMP).to_numpy()
+        user_col = table.column(schema.USER_ID).to_numpy()
+        actions = (
+            np.stack([pc.fill_null(table.column(a), 0).to_numpy().astype(np.float32) for a in self.spec.actions], 1)
+            if self.spec.actions
+            else np.zeros((table.num_rows, 0), np.float32)
+        )
+        for start in range(0, order.size, self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            seg_start, seg_end = first_kept[chosen], hist_end[chosen]
+            rows = _gather_ranges(seg_start, seg_end)
+            batch = SequenceBatch(
+                user_ids=torch.from_numpy(user_col[seg_start].astype(np.int64)),
+                item_ids=KeyedJaggedTensor.from_lengths_sync(
+                    keys=[schema.ITEM_ID],
+                    values=torch.from_numpy(item_ids[rows]),
+                    lengths=torch.from_numpy(seg_end - seg_start),
+                ),
+                timestamps=torch.from_numpy(timestamps[rows].astype(np.int64)),
+                actions=torch.from_numpy(actions[rows]),
+            )
+            if self.split_code != 0:
+                targets = target_pos[chosen]
+                batch.target_item_ids = torch.from_numpy(item_ids[targets])
+                batch.target_timestamps = torch.from_numpy(timestamps[targets].astype(np.int64))
+            yield batch
+
+    def __iter__(self) -> Iterator[SequenceBatch]:
+        rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+        parts = list(self.meta.parts)
+        if rng is not None:
+            parts = [parts[i] for i in rng.permutation(len(parts))]
+        for part in parts:
+            table = pq.read_table(self.folder / part, columns=self.columns)
+            yield from self._user_batches(table, rng)
+
+
+def make_loader(dataset: IterableDataset, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over a batch-building dataset (batches are built in the workers)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

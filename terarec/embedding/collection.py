@@ -1,0 +1,106 @@
+"""Embedding lookup for KeyedJaggedTensors of 64-bit ids: vocabulary remap, then TorchRec tables.
+
+The models' dense parts receive what these modules return (a pooled KeyedTensor, or a
+JaggedTensor of sequence embeddings) and never touch tables, so the same model runs with
+exact, hashed or managed vocabularies and with sharded tables.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+
+from terarec.features.vocabulary import ExactVocabulary
+
+
+def remap(features: KeyedJaggedTensor, vocabularies: nn.ModuleDict) -> KeyedJaggedTensor:
+    """Replace each key's 64-bit ids by table rows through its vocabulary."""
+    rows = [vocabularies[key](features[key].values()) for key in features.keys()]
+    return KeyedJaggedTensor(
+        keys=features.keys(),
+        values=torch.cat(rows) if rows else features.values(),
+        lengths=features.lengths(),
+        stride=features.stride(),
+    )
+
+
+class PooledEmbeddings(nn.Module):
+    """One table per sparse feature, sum-pooled: KJT of 64-bit ids -> KeyedTensor (B, sum of dims).
+
+    Args:
+        vocabularies: feature name -> its vocabulary (sizes the table).
+        embedding_dim: width of every table.
+
+    Example:
+        >>> emb = PooledEmbeddings({"item_id": ExactVocabulary(np.arange(5))}, 8)  # doctest: +SKIP
+    """
+
+    def __init__(self, vocabularies: dict[str, ExactVocabulary], embedding_dim: int) -> None:
+        super().__init__()
+        self.feature_names = list(vocabularies)
+        self.embedding_dim = embedding_dim
+        self.vocabularies = nn.ModuleDict(vocabularies)
+        self.tables = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=f"t_{name}",
+                    embedding_dim=embedding_dim,
+                    num_embeddings=vocab.num_rows,
+                    feature_names=[name],
+                    pooling=PoolingType.SUM,
+                )
+                for name, vocab in vocabularies.items()
+            ],
+            device=torch.device("cpu"),
+        )
+        for table in self.tables.embedding_bags.values():
+            nn.init.normal_(table.weight, std=0.01)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        return self.tables(remap(features, self.vocabularies))
+
+
+class SequenceEmbeddings(nn.Module):
+    """One unpooled table: KJT of 64-bit ids -> JaggedTensor per key, plus catalogue lookups.
+
+    Args:
+        vocabulary: the item vocabulary (the catalogue is its ids, rows 1..N).
+        embedding_dim: row width.
+        feature_name: the KJT key looked up.
+    """
+
+    def __init__(self, vocabulary: ExactVocabulary, embedding_dim: int, feature_name: str = "item_id") -> None:
+        super().__init__()
+        self.feature_name = feature_name
+        self.vocabularies = nn.ModuleDict({feature_name: vocabulary})
+        self.tables = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=f"t_{feature_name}",
+                    embedding_dim=embedding_dim,
+                    num_embeddings=vocabulary.num_rows,
+                    feature_names=[feature_name],
+                )
+            ],
+            device=torch.device("cpu"),
+        )
+        nn.init.normal_(self.weight, std=0.02)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The table, row 0 being the default row of unknown ids."""
+        return self.tables.embeddings[f"t_{self.feature_name}"].weight
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.weight.shape[0])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Table rows of 64-bit ids (0 for unknown ids)."""
+        return self.vocabularies[self.feature_name](ids)
+
+    def forward(self, features: KeyedJaggedTensor) -> JaggedTensor:
+        return self.tables(remap(features, self.vocabularies))[self.feature_name]

@@ -1,0 +1,30 @@
+"""The model registry: a config's ``model.name`` -> the model class (one file per model).
+
+Every model class has a ``Config`` dataclass (its options, with defaults), a ``task``
+(``ctr`` or ``sequential``) and is built as ``cls(config, features)`` where ``features`` is a
+``terarec.models.inputs.ModelInputs``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+MODELS: dict[str, str] = {
+    "popularity": "terarec.models.popularity:ItemPopularity",
+    "most_popular": "terarec.models.popularity:MostPopular",
+    "embedding_mlp": "terarec.models.embedding_mlp:EmbeddingMLP",
+    "bag_of_items": "terarec.models.bag_of_items:BagOfItems",
+}
+
+
+def model_class(name: str) -> type:
+    """The class registered under ``name``; an unknown name is an error naming the nearest."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        from terarec.config import ConfigError
+
+        raise ConfigError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))}){hint}")
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,28 @@
+"""What a model is told about its inputs when it is built: features, vocabularies, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from terarec.features.vocabulary import ExactVocabulary
+
+
+@dataclass
+class ModelInputs:
+    """Shapes and vocabularies of a task's inputs.
+
+    Args:
+        vocabularies: sparse feature name -> vocabulary (CTR); ``{"item_id": ...}`` (sequential).
+        num_dense: width of the dense feature tensor.
+        labels: label names, one logit each (CTR).
+    """
+
+    vocabularies: dict[str, ExactVocabulary] = field(default_factory=dict)
+    num_dense: int = 0
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def item_vocabulary(self) -> ExactVocabulary:
+        if "item_id" not in self.vocabularies:
+            raise ValueError("this model needs an 'item_id' feature")
+        return self.vocabularies["item_id"]

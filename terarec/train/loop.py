@@ -1,0 +1,199 @@
+"""The training loop both task kinds share: fit, validate each epoch, keep the best, test.
+
+A run writes its folder as it goes: ``config.yaml`` (the resolved config), ``train.log``,
+``metrics.json`` (updated after every epoch) and ``checkpoint.pt`` (the best epoch so far,
+written atomically), so a run stopped part way keeps every finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from terarec.config import ExperimentConfig, to_yaml
+from terarec.data.batches import make_loader
+from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking
+from terarec.train.checkpoint import load_checkpoint, save_checkpoint
+from terarec.train.setup import Task, build_task, seed_everything, set_threads
+
+log = logging.getLogger("terarec")
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def selection_metric(config: ExperimentConfig) -> str:
+    """The validation metric that picks the best epoch: AUC for CTR, NDCG@10 (first K) for sequences."""
+    if config.task == "ctr":
+        return "auc" if len(config.data.labels or [None]) == 1 else f"{config.data.labels[0]}_auc"
+    return f"ndcg@{config.eval.ks[0]}"
+
+
+def new_run_dir(config: ExperimentConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(config.run_dir) / f"{config.name}-{stamp}"
+    run_dir, suffix = base, 1
+    while run_dir.exists():
+        run_dir = base.with_name(f"{base.name}-{suffix}")
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _attach_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def evaluate(task: Task, split: str, progress: bool = False) -> dict[str, float]:
+    """Metrics of the task's model on one split."""
+    loader = make_loader(task.dataset(split), task.config.data.num_workers)
+    if task.config.task == "ctr":
+        return evaluate_ctr(task.model, loader, task.inputs.labels, progress=progress)
+    return evaluate_ranking(
+        task.model, loader, task.config.eval.ks, task.config.eval.exclude_history, progress=progress
+    )
+
+
+def _training_loss(task: Task, batch) -> torch.Tensor:
+    if task.config.task == "ctr":
+        return F.binary_cross_entropy_with_logits(task.model(batch), batch.labels)
+    return task.model.loss(batch)
+
+
+def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        "format": "terarec.checkpoint.v1",
+        "config_yaml": to_yaml(task.config),
+        "epoch": epoch,
+        "metrics": metrics,
+        "model": task.model.state_dict(),
+        "vocabularies": {name: vocab.ids for name, vocab in task.inputs.vocabularies.items()},
+    }
+
+
+def load_task(run_dir: str | Path) -> Task:
+    """Rebuild a run's task and load its best checkpoint (``weights_only=True``)."""
+    from terarec.config import from_dict, check_model_options
+    import yaml
+
+    payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
+    check_model_options(config)
+    task = build_task(config, vocabulary_ids=payload["vocabularies"])
+    task.model.load_state_dict(payload["model"])
+    return task
+
+
+def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None = None) -> RunResult:
+    """Train ``config``'s model, keep the best validation epoch, report its test metrics."""
+    started = time.perf_counter()
+    seed_everything(config.train.seed)
+    threads = set_threads(config.train.threads)
+    run_dir = run_dir or new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+    handler = _attach_log(run_dir)
+    try:
+        task = build_task(config)
+        model = task.model
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("run %s: model %s, %s parameters, %d threads", run_dir, config.model["name"], f"{n_params:,}", threads)
+        metric = selection_metric(config)
+        record: dict[str, Any] = {"name": config.name, "model": config.model["name"], "task": config.task,
+                                  "parameters": n_params, "epochs": [], "selection_metric": metric}
+        best_value, best_epoch, best_valid = -math.inf, -1, {}
+
+        def write_record() -> None:
+            tmp = run_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(record, indent=2))
+            tmp.replace(run_dir / "metrics.json")
+
+        if not getattr(model, "trainable", True):
+            model.fit_statistics(make_loader(task.dataset("train"), config.data.num_workers))
+            best_valid, best_epoch = evaluate(task, "valid"), 0
+            record["epochs"].append({"epoch": 0, "valid": best_valid})
+            if config.train.checkpoint:
+                save_checkpoint(run_dir / "checkpoint.pt", checkpoint_payload(task, 0, best_valid))
+        else:
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate,
+                                         weight_decay=config.train.weight_decay)
+            train_set = task.dataset("train", shuffle=True)
+            stale = 0
+            for epoch in range(config.train.epochs):
+                train_set.set_epoch(epoch)
+                model.train()
+                epoch_start = time.perf_counter()
+                total_loss, steps, examples = 0.0, 0, 0
+                total = len(train_set) if hasattr(train_set, "__len__") else None
+                if config.train.max_steps_per_epoch and total:
+                    total = min(total, config.train.max_steps_per_epoch)
+                bar = tqdm(make_loader(train_set, config.data.num_workers), total=total,
+                           desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not progress, leave=False)
+                for batch in bar:
+                    loss = _training_loss(task, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total_loss += loss.item()
+                    steps += 1
+                    examples += len(batch)
+                    if steps % 20 == 0:
+                        bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+                    if config.train.max_steps_per_epoch and steps >= config.train.max_steps_per_epoch:
+                        break
+                bar.close()
+                train_seconds = time.perf_counter() - epoch_start
+                valid = evaluate(task, "valid")
+                entry = {"epoch": epoch + 1, "train_loss": total_loss / max(steps, 1), "steps": steps,
+                         "train_seconds": round(train_seconds, 2),
+                         "examples_per_s": round(examples / max(train_seconds, 1e-9), 1), "valid": valid}
+                record["epochs"].append(entry)
+                log.info("epoch %d: loss %.4f, valid %s %.4f, %.1fs", epoch + 1, entry["train_loss"], metric,
+                         valid.get(metric, float("nan")), train_seconds)
+                if progress:
+                    tqdm.write(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}, "
+                               f"valid {metric} {valid.get(metric, float('nan')):.4f} ({train_seconds:.1f}s)")
+                if valid.get(metric, -math.inf) > best_value:
+                    best_value, best_epoch, best_valid, stale = valid[metric], epoch + 1, valid, 0
+                    if config.train.checkpoint:
+                        save_checkpoint(run_dir / "checkpoint.pt", checkpoint_payload(task, epoch + 1, valid))
+                else:
+                    stale += 1
+                write_record()
+                if config.train.patience and stale >= config.train.patience:
+                    log.info("early stop: %d epochs without a better valid %s", stale, metric)
+                    break
+            if config.train.checkpoint and best_epoch > 0:
+                model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+        test = evaluate(task, "test")
+        record.update(best_epoch=best_epoch, valid=best_valid, test=test,
+                      seconds=round(time.perf_counter() - started, 2))
+        write_record()
+        log.info("best epoch %d; test %s", best_epoch, json.dumps(test))
+        return RunResult(run_dir, best_epoch, best_valid, test, record["epochs"], record["seconds"])
+    finally:
+        log.removeHandler(handler)
+        handler.close()

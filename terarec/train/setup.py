@@ -1,0 +1,130 @@
+"""Builds what a run needs from its config: datasets, vocabularies, model, loaders."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from terarec.config import ExperimentConfig, check_model_options
+from terarec.data import schema
+from terarec.data.batches import CTRDataset, FeatureSpec, SequenceDataset, SequenceSpec, _sparse_column
+from terarec.data.errors import DataError
+from terarec.data.schema import DatasetMeta
+from terarec.features.hashing import hash_array
+from terarec.features.vocabulary import ExactVocabulary
+from terarec.models import model_class
+from terarec.models.inputs import ModelInputs
+
+
+def seed_everything(seed: int) -> None:
+    """Fix Python's, numpy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int) -> int:
+    """Use ``threads`` intra-op threads (0 = every core this process may use)."""
+    if threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def feature_spec(config: ExperimentConfig, meta: DatasetMeta) -> FeatureSpec:
+    """The CTR columns a run uses: the config's lists, else the dataset's (first label only)."""
+    labels = config.data.labels if config.data.labels is not None else meta.labels[:1]
+    return FeatureSpec(
+        sparse=list(config.data.sparse if config.data.sparse is not None else meta.sparse),
+        dense=list(config.data.dense if config.data.dense is not None else meta.dense),
+        labels=list(labels),
+        dense_transform=config.data.dense_transform,
+    )
+
+
+def sequence_spec(config: ExperimentConfig) -> SequenceSpec:
+    return SequenceSpec(
+        max_length=config.data.max_length, keep_if=config.data.keep_if, actions=list(config.data.actions)
+    )
+
+
+def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict[str, ExactVocabulary]:
+    """Exact vocabularies of every sparse feature over the training split (one streaming pass)."""
+    seen: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in spec.sparse}
+    for part in meta.parts:
+        file = pq.ParquetFile(folder / part)
+        for group in range(file.num_row_groups):
+            table = file.read_row_group(group, columns=spec.sparse + [schema.SPLIT])
+            table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
+            for name in spec.sparse:
+                ids, _ = _sparse_column(table.column(name), name)
+                seen[name] = np.union1d(seen[name], ids)
+    return {name: ExactVocabulary(ids) for name, ids in seen.items()}
+
+
+def item_catalogue(folder: Path, meta: DatasetMeta) -> ExactVocabulary:
+    """The item vocabulary of a sequential task: every item of the dataset (the full catalogue)."""
+    ids = np.empty(0, np.int64)
+    for part in meta.parts:
+        column = pq.read_table(folder / part, columns=[schema.ITEM_ID]).column(0)
+        ids = np.union1d(ids, hash_array(pc.unique(column), schema.ITEM_ID))
+    return ExactVocabulary(ids)
+
+
+@dataclass
+class Task:
+    """A run's data and model: datasets for each split and the model built for them."""
+
+    config: ExperimentConfig
+    meta: DatasetMeta
+    inputs: ModelInputs
+    model: nn.Module
+
+    def dataset(self, split: str, shuffle: bool = False):
+        cfg = self.config
+        batch_size = cfg.data.batch_size if split == "train" else cfg.data.eval_batch_size
+        if cfg.task == "ctr":
+            spec = feature_spec(cfg, self.meta)
+            return CTRDataset(cfg.data.path, split, spec, batch_size=batch_size, shuffle=shuffle, seed=cfg.train.seed)
+        return SequenceDataset(
+            cfg.data.path, split, sequence_spec(cfg), batch_size=batch_size, shuffle=shuffle, seed=cfg.train.seed
+        )
+
+
+def build_model(config: ExperimentConfig, inputs: ModelInputs) -> nn.Module:
+    options = check_model_options(config)
+    return model_class(config.model["name"])(options, inputs)
+
+
+def build_task(config: ExperimentConfig, vocabulary_ids: dict[str, torch.Tensor] | None = None) -> Task:
+    """Build the task; ``vocabulary_ids`` (from a checkpoint) replaces fitting vocabularies."""
+    folder = Path(config.data.path)
+    meta = DatasetMeta.load(folder)
+    if config.task == "ctr":
+        if meta.kind != "ctr" and meta.kind != "events":
+            raise DataError(f"unknown dataset kind {meta.kind!r}", path=folder)
+        spec = feature_spec(config, meta)
+        spec.check(meta)
+        if not spec.labels:
+            raise DataError("a CTR task needs at least one label column", path=folder)
+        if vocabulary_ids is None:
+            vocabularies = ctr_vocabularies(folder, meta, spec)
+        else:
+            vocabularies = {name: ExactVocabulary(vocabulary_ids[name].numpy()) for name in spec.sparse}
+        inputs = ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels)
+    else:
+        sequence_spec(config).check(meta)
+        if vocabulary_ids is None:
+            catalogue = item_catalogue(folder, meta)
+        else:
+            catalogue = ExactVocabulary(vocabulary_ids[schema.ITEM_ID].numpy())
+        inputs = ModelInputs(vocabularies={schema.ITEM_ID: catalogue})
+    return Task(config=config, meta=meta, inputs=inputs, model=build_model(config, inputs))
