@@ -166,7 +166,12 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
         dense = np.zeros((num_rows, 0), dtype=np.float32)
     labels = np.stack([table.column(n).to_numpy().astype(np.float32) for n in spec.labels], axis=1) if spec.labels else np.zeros((num_rows, 0), np.float32)
     if schema.USER_ID in table.column_names:
-        user_ids = table.column(schema.USER_ID).to_numpy().astype(np.int64)
+        column = table.column(schema.USER_ID)
+        if pa.types.is_integer(column.type):
+            user_ids = pc.fill_null(column, -1).to_numpy().astype(np.int64)
+        else:  # string ids: any stable integer per user serves gAUC's grouping
+            user_ids = np.abs(hash_array(column, schema.USER_ID))
+            user_ids[pc.is_null(column).to_numpy(zero_copy_only=False)] = -1
     else:
         user_ids = np.full(num_rows, -1, dtype=np.int64)
     return CTRBatch(sparse, torch.from_numpy(dense), torch.from_numpy(labels), torch.from_numpy(user_ids))

@@ -8,6 +8,7 @@ them so (``sorted_by_user``) is streamed chunk by chunk, any other is sorted in 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -139,6 +140,9 @@ def write_dataset(
         raise ValueError(f"unknown table kind {data.kind!r}; expected one of {schema.TABLE_KINDS}")
     if split is None:
         split = SplitConfig(method="given" if data.has_split else ("leave_one_out" if data.kind == "events" else "random"))
+    else:
+        # A copy: the time split fills in cut-offs, which must not leak into the caller's config.
+        split = dataclasses.replace(split, cutoffs=list(split.cutoffs))
     if split.method == "given" and not data.has_split:
         raise DataError("split method 'given' but this source has no split of its own", path=data.name)
     if data.has_split and split.method != "given":

@@ -131,11 +131,14 @@ def check_events_table(table: pa.Table, path: str | Path | None = None) -> pa.Ta
             bad = np.flatnonzero(values != np.floor(values))
             if bad.size:
                 raise DataError(
-                    f"expected integers, row {int(bad[0])} has {values[bad[0]]!r}", path=path, field=name
+                    f"expected integers, row {int(bad[0])} has {float(values[bad[0]])!r}", path=path, field=name
                 )
         elif not pa.types.is_integer(column.type):
             raise DataError(f"expected an integer column, got {column.type}", path=path, field=name)
-        columns[name] = column.cast(pa.int64())
+        try:
+            columns[name] = column.cast(pa.int64())
+        except (pa.ArrowInvalid, OverflowError) as error:  # inf, or beyond the int64 range
+            raise DataError(f"values do not fit in int64 ({error})", path=path, field=name) from error
     negative = np.flatnonzero(columns[TIMESTAMP].to_numpy() < 0)
     if negative.size:
         row = int(negative[0])

@@ -46,6 +46,8 @@ class SplitConfig:
                 raise ValueError(f"split.{name} must be in [0, 1), got {value}")
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ValueError("split.valid_fraction + split.test_fraction must be below 1")
+        if self.cutoffs and (len(self.cutoffs) != 2 or self.cutoffs[0] > self.cutoffs[1]):
+            raise ValueError(f"split.cutoffs must be [valid_start, test_start] in order, got {self.cutoffs}")
 
 
 def leave_one_out(user_ids: np.ndarray) -> np.ndarray:
@@ -103,7 +105,8 @@ def random_split(
     go or chunk by chunk gives the same answer.
     """
     positions = np.arange(first_row, first_row + num_rows, dtype=np.uint64)
-    mixed = splitmix64(positions ^ splitmix64(np.array([seed], dtype=np.uint64))[0])
+    seed_bits = np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)  # negative seeds wrap
+    mixed = splitmix64(positions ^ splitmix64(seed_bits)[0])
     uniform = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     codes = np.zeros(num_rows, dtype=np.int8)
     codes[uniform >= 1.0 - valid_fraction - test_fraction] = 1

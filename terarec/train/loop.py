@@ -48,6 +48,17 @@ def selection_metric(config: ExperimentConfig) -> str:
     return f"ndcg@{config.eval.ks[0]}"
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN / inf (e.g. gAUC with no usable user) become null: metrics.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(config.run_dir) / f"{config.name}-{stamp}"
@@ -128,7 +139,7 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
 
         def write_record() -> None:
             tmp = run_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(record, indent=2))
+            tmp.write_text(json.dumps(_json_safe(record), indent=2))
             tmp.replace(run_dir / "metrics.json")
 
         if not getattr(model, "trainable", True):
