@@ -160,7 +160,7 @@ def eval_command(
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     _print_metrics(f"{run_dir.name} on {split}", [(split, metrics)])
-    console.print(json.dumps(metrics))
+    typer.echo(json.dumps(metrics))
 
 
 @app.command("demo")
