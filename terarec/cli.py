@@ -179,6 +179,26 @@ def demo_command(
     run_demo(out, events=events, epochs=epochs, console=console)
 
 
+@app.command("plan")
+def plan_command(
+    config: Path = typer.Argument(..., help="A memory plan YAML: tables (name, rows, dim, dtype, optimizer) and host_memory_gb."),
+    host_memory_gb: Optional[float] = typer.Option(None, help="Memory per host in GiB (overrides the file)."),
+) -> None:
+    """Print the memory an embedding plan needs (weights, ids, optimizer state, hash map) and the hosts it takes."""
+    from rich.console import Console as WideConsole
+
+    from terarec.config import ConfigError
+    from terarec.embedding.planner import load_plan, report_table
+
+    try:
+        plan = load_plan(config)
+        if host_memory_gb is not None:
+            plan.host_memory_gb = host_memory_gb
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    WideConsole(width=max(console.width, 130)).print(report_table(plan))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

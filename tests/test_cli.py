@@ -13,7 +13,7 @@ from terarec.cli import app
 
 runner = CliRunner()
 
-SUBCOMMANDS = [[], ["data"], ["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"]]
+SUBCOMMANDS = [[], ["data"], ["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"], ["plan"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "terarec")
