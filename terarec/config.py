@@ -40,6 +40,8 @@ class DataConfig:
         max_length: sequence tasks: history length kept.
         keep_if: sequence tasks: only events where this column is > 0 form histories.
         actions: sequence tasks: action columns carried per event.
+        crosses: CTR tasks: declared feature crosses, each a mapping with ``name``, ``kind``,
+            ``columns`` (and ``buckets``, ...) as in ``terarec.features.crosses.CrossSpec``.
     """
 
     path: str = "data/synthetic"
@@ -53,6 +55,12 @@ class DataConfig:
     max_length: int = 50
     keep_if: str | None = None
     actions: list[str] = field(default_factory=list)
+    crosses: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from terarec.features.crosses import crosses_from_config
+
+        crosses_from_config(self.crosses, "data.crosses")  # checked here, built where used
 
 
 @dataclass

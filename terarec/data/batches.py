@@ -109,12 +109,26 @@ class FeatureSpec:
         dense: float columns; nulls become 0.
         labels: label columns, 0/1 floats (regression targets allowed).
         dense_transform: ``none`` or ``log1p`` (sign(x) * log(1 + |x|), the usual Criteo one).
+        crosses: declared crosses (``terarec.features.crosses.CrossSpec``), each added as one
+            more sparse key after the plain ones.
     """
 
     sparse: list[str] = field(default_factory=list)
     dense: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     dense_transform: str = "none"
+    crosses: list = field(default_factory=list)
+
+    @property
+    def sparse_keys(self) -> list[str]:
+        """The KeyedJaggedTensor's keys: plain sparse features, then crosses."""
+        return list(self.sparse) + [cross.name for cross in self.crosses]
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Every table column the batches read."""
+        cross_columns = [name for cross in self.crosses for name in cross.input_columns]
+        return list(dict.fromkeys(self.sparse + cross_columns + self.dense + self.labels))
 
     @classmethod
     def from_meta(cls, meta: DatasetMeta) -> "FeatureSpec":
@@ -129,6 +143,18 @@ class FeatureSpec:
                         path=meta.name,
                         field=name,
                     )
+        for cross in self.crosses:
+            for name in cross.input_columns:
+                if name not in meta.columns:
+                    raise DataError(
+                        f"cross '{cross.name}' needs column '{name}', which is not in the dataset "
+                        f"(columns: {sorted(meta.columns)})",
+                        path=meta.name,
+                        field=name,
+                    )
+        duplicated = sorted({k for k in self.sparse_keys if self.sparse_keys.count(k) > 1})
+        if duplicated:
+            raise ValueError(f"sparse feature / cross names must be distinct, repeated: {duplicated}")
         if self.dense_transform not in ("none", "log1p"):
             raise ValueError(f"dense_transform must be 'none' or 'log1p', got {self.dense_transform!r}")
 
@@ -150,9 +176,15 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
         ids, lens = _sparse_column(table.column(name), name)
         values.append(ids)
         lengths.append(lens)
+    if spec.crosses:
+        from terarec.features.crosses import apply_crosses  # crosses builds on this module
+
+        for ids, lens in apply_crosses(table, spec.crosses).values():
+            values.append(ids)
+            lengths.append(lens)
     num_rows = table.num_rows
     sparse = KeyedJaggedTensor.from_lengths_sync(
-        keys=list(spec.sparse),
+        keys=spec.sparse_keys,
         values=torch.from_numpy(np.concatenate(values) if values else np.empty(0, np.int64)),
         lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.empty(0, np.int64)),
     )
@@ -237,7 +269,7 @@ class CTRDataset(IterableDataset):
             for part in self.meta.parts
             for group in range(pq.ParquetFile(self.folder / part).num_row_groups)
         ]
-        columns = list(dict.fromkeys(self.spec.sparse + self.spec.dense + self.spec.labels))
+        columns = self.spec.input_columns
         if schema.USER_ID in self.meta.columns and schema.USER_ID not in columns:
             columns.append(schema.USER_ID)
         self.columns = columns + [schema.SPLIT]

@@ -150,6 +150,11 @@ class CrossSpec:
         if not self.window_days > 0:
             raise ValueError(f"{where}: window_days must be positive, got {self.window_days}")
 
+    @property
+    def input_columns(self) -> list[str]:
+        """Table columns a batch needs: the inputs, or for weak_semantic its precomputed column."""
+        return [self.name] if self.kind == "weak_semantic" else list(self.columns)
+
 
 def crosses_from_config(items: list[dict[str, Any]] | None, where: str = "crosses") -> list[CrossSpec]:
     """CrossSpecs from a YAML list of mappings, with the config module's key and type checks.

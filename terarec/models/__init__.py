@@ -14,6 +14,7 @@ MODELS: dict[str, str] = {
     "popularity": "terarec.models.popularity:ItemPopularity",
     "most_popular": "terarec.models.popularity:MostPopular",
     "embedding_mlp": "terarec.models.embedding_mlp:EmbeddingMLP",
+    "dlrm": "terarec.models.dlrm:DLRM",
     "bag_of_items": "terarec.models.bag_of_items:BagOfItems",
 }
 

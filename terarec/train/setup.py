@@ -15,9 +15,10 @@ from torch import nn
 
 from terarec.config import ExperimentConfig, check_model_options
 from terarec.data import schema
-from terarec.data.batches import CTRDataset, FeatureSpec, SequenceDataset, SequenceSpec, _sparse_column
+from terarec.data.batches import CTRDataset, FeatureSpec, SequenceDataset, SequenceSpec, ctr_batch_from_table
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
+from terarec.features.crosses import crosses_from_config
 from terarec.features.hashing import hash_array
 from terarec.features.vocabulary import ExactVocabulary
 from terarec.models import model_class
@@ -47,6 +48,7 @@ def feature_spec(config: ExperimentConfig, meta: DatasetMeta) -> FeatureSpec:
         dense=list(config.data.dense if config.data.dense is not None else meta.dense),
         labels=list(labels),
         dense_transform=config.data.dense_transform,
+        crosses=crosses_from_config(config.data.crosses, "data.crosses"),
     )
 
 
@@ -58,15 +60,16 @@ def sequence_spec(config: ExperimentConfig) -> SequenceSpec:
 
 def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict[str, ExactVocabulary]:
     """Exact vocabularies of every sparse feature over the training split (one streaming pass)."""
-    seen: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in spec.sparse}
+    seen: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in spec.sparse_keys}
+    key_spec = FeatureSpec(sparse=spec.sparse, crosses=spec.crosses)
     for part in meta.parts:
         file = pq.ParquetFile(folder / part)
         for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=spec.sparse + [schema.SPLIT])
+            table = file.read_row_group(group, columns=key_spec.input_columns + [schema.SPLIT])
             table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
-            for name in spec.sparse:
-                ids, _ = _sparse_column(table.column(name), name)
-                seen[name] = np.union1d(seen[name], ids)
+            features = ctr_batch_from_table(table, key_spec).sparse_features
+            for name in spec.sparse_keys:
+                seen[name] = np.union1d(seen[name], features[name].values().numpy())
     return {name: ExactVocabulary(ids) for name, ids in seen.items()}
 
 
@@ -118,7 +121,7 @@ def build_task(config: ExperimentConfig, vocabulary_ids: dict[str, torch.Tensor]
         if vocabulary_ids is None:
             vocabularies = ctr_vocabularies(folder, meta, spec)
         else:
-            vocabularies = {name: ExactVocabulary(vocabulary_ids[name].numpy()) for name in spec.sparse}
+            vocabularies = {name: ExactVocabulary(vocabulary_ids[name].numpy()) for name in spec.sparse_keys}
         inputs = ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels)
     else:
         sequence_spec(config).check(meta)
