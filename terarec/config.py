@@ -89,6 +89,34 @@ class TrainConfig:
 
 
 @dataclass
+class EmbeddingConfig:
+    """How sparse ids become table rows, and how the tables are trained.
+
+    Args:
+        vocabulary: ``exact`` (every id seen in training gets a row; unknown ids share the
+            counted default row 0) or ``managed`` (a bounded table per feature with admission
+            and eviction, see ``terarec.embedding.vocabulary.ManagedVocabulary``).
+        capacity: managed: rows per feature (0 = 1.25 x the feature's distinct training ids).
+        min_count: managed: times an id must be seen before it gets a row.
+        eviction: managed: ``lfu``, ``lru`` or ``ttl``.
+        ttl_days: managed, ttl eviction: rows unseen for this long (event time) are freed.
+        optimizer: ``adam`` (tables trained with the dense Adam) or ``rowwise_adagrad`` /
+            ``sgd`` (fused into the backward pass by the embedding engine).
+        learning_rate: the sparse optimizer's learning rate (0 = train.learning_rate).
+        weight_dtype: ``fp32``, ``fp16`` or ``bf16`` table storage (engine only).
+    """
+
+    vocabulary: Literal["exact", "managed"] = "exact"
+    capacity: int = 0
+    min_count: int = 1
+    eviction: Literal["lfu", "lru", "ttl"] = "lfu"
+    ttl_days: float = 30.0
+    optimizer: Literal["adam", "rowwise_adagrad", "sgd"] = "adam"
+    learning_rate: float = 0.0
+    weight_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+
+@dataclass
 class EvalConfig:
     """How to evaluate.
 
@@ -113,6 +141,7 @@ class ExperimentConfig:
             checked against its Config dataclass.
         train: see TrainConfig.
         eval: see EvalConfig.
+        embedding: see EmbeddingConfig.
         run_dir: parent folder of run folders.
     """
 
@@ -122,6 +151,7 @@ class ExperimentConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "embedding_mlp"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     run_dir: str = "runs"
 
 

@@ -23,6 +23,7 @@ from terarec.data import schema, splits
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.data.sources.base import SourceData
+from terarec.features.vocabulary import sorted_union
 from terarec.data.splits import SplitConfig
 
 ROWS_PER_PART = 1_000_000
@@ -36,7 +37,7 @@ class _DistinctCounter:
         self.seen = np.empty(0, dtype=np.int64)
 
     def update(self, values: np.ndarray) -> None:
-        self.seen = np.union1d(self.seen, np.unique(values))
+        self.seen = sorted_union(self.seen, values)
 
     def __len__(self) -> int:
         return int(self.seen.size)

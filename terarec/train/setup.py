@@ -20,7 +20,7 @@ from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.features.crosses import crosses_from_config
 from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.features.vocabulary import ExactVocabulary, sorted_union
 from terarec.models import model_class
 from terarec.models.inputs import ModelInputs
 
@@ -69,7 +69,7 @@ def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict
             table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
             features = ctr_batch_from_table(table, key_spec).sparse_features
             for name in spec.sparse_keys:
-                seen[name] = np.union1d(seen[name], features[name].values().numpy())
+                seen[name] = sorted_union(seen[name], features[name].values().numpy())
     return {name: ExactVocabulary(ids) for name, ids in seen.items()}
 
 
@@ -78,7 +78,7 @@ def item_catalogue(folder: Path, meta: DatasetMeta) -> ExactVocabulary:
     ids = np.empty(0, np.int64)
     for part in meta.parts:
         column = pq.read_table(folder / part, columns=[schema.ITEM_ID]).column(0)
-        ids = np.union1d(ids, hash_array(pc.unique(column), schema.ITEM_ID))
+        ids = sorted_union(ids, hash_array(pc.unique(column), schema.ITEM_ID))
     return ExactVocabulary(ids)
 
 
