@@ -419,6 +419,8 @@ class FusedPooledEmbeddings(nn.Module):
                 raise KeyError(f"FusedPooledEmbeddings: features {missing} are not in the batch's keys {keys}")
             features = features.permute([keys.index(name) for name in self.feature_names])
         rows = remap(features, self.vocabularies)
+        if self.training:
+            self._reset_reassigned_rows()
         values = rows.values()
         offsets = rows.offsets().to(values.dtype)  # the kernel wants one integer type for both
         pooled = self.tables(values, offsets, rows.stride())  # (B, F * D)
@@ -427,6 +429,13 @@ class FusedPooledEmbeddings(nn.Module):
             length_per_key=[self.embedding_dim] * len(self.feature_names),
             values=pooled,
         )
+
+    def _reset_reassigned_rows(self) -> None:
+        """Rows a managed vocabulary just gave to new ids start fresh (weights and optimizer state)."""
+        for name, vocabulary in self.vocabularies.items():
+            new_rows = getattr(vocabulary, "last_new_rows", None)
+            if new_rows is not None and new_rows.numel():
+                self.tables.reset_rows(name, new_rows)
 
     def fused_parameters(self) -> list[torch.Tensor]:
         """The live tables, one per feature: updated in backward, not in ``parameters()``."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from terarec.data.batches import CTRBatch
-from terarec.embedding.collection import PooledEmbeddings
+from terarec.embedding.factory import pooled_embeddings
 from terarec.layers.interaction import DotInteraction
 from terarec.layers.mlp import MLP
 from terarec.models.inputs import ModelInputs
@@ -47,7 +47,7 @@ class DLRM(nn.Module):
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
         d = config.embedding_dim
-        self.sparse_arch = PooledEmbeddings(inputs.vocabularies, d)
+        self.sparse_arch = pooled_embeddings(inputs, d)
         self.num_sparse = len(inputs.vocabularies)
         self.has_dense = inputs.num_dense > 0
         self.bottom_arch = MLP(inputs.num_dense, config.bottom_mlp + [d]) if self.has_dense else None

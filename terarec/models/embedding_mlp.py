@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from terarec.data.batches import CTRBatch
-from terarec.embedding.collection import PooledEmbeddings
+from terarec.embedding.factory import pooled_embeddings
 from terarec.layers.mlp import MLP
 from terarec.models.inputs import ModelInputs
 
@@ -38,7 +38,7 @@ class EmbeddingMLP(nn.Module):
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
-        self.sparse_arch = PooledEmbeddings(inputs.vocabularies, config.embedding_dim)
+        self.sparse_arch = pooled_embeddings(inputs, config.embedding_dim)
         width = config.embedding_dim * len(inputs.vocabularies) + inputs.num_dense
         self.dense_arch = MLP(width, config.hidden, out_features=max(1, len(inputs.labels)), dropout=config.dropout)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from terarec.config import EmbeddingConfig
 from terarec.features.vocabulary import ExactVocabulary
 
 
@@ -15,11 +16,15 @@ class ModelInputs:
         vocabularies: sparse feature name -> vocabulary (CTR); ``{"item_id": ...}`` (sequential).
         num_dense: width of the dense feature tensor.
         labels: label names, one logit each (CTR).
+        embedding: how tables are stored and trained (see ``terarec.embedding.factory``).
+        learning_rate: the run's learning rate, the sparse optimizer's default.
     """
 
     vocabularies: dict[str, ExactVocabulary] = field(default_factory=dict)
     num_dense: int = 0
     labels: list[str] = field(default_factory=list)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    learning_rate: float = 1e-3
 
     @property
     def item_vocabulary(self) -> ExactVocabulary:

@@ -122,12 +122,14 @@ def build_task(config: ExperimentConfig, vocabulary_ids: dict[str, torch.Tensor]
             vocabularies = ctr_vocabularies(folder, meta, spec)
         else:
             vocabularies = {name: ExactVocabulary(vocabulary_ids[name].numpy()) for name in spec.sparse_keys}
-        inputs = ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels)
+        inputs = ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels,
+                             embedding=config.embedding, learning_rate=config.train.learning_rate)
     else:
         sequence_spec(config).check(meta)
         if vocabulary_ids is None:
             catalogue = item_catalogue(folder, meta)
         else:
             catalogue = ExactVocabulary(vocabulary_ids[schema.ITEM_ID].numpy())
-        inputs = ModelInputs(vocabularies={schema.ITEM_ID: catalogue})
+        inputs = ModelInputs(vocabularies={schema.ITEM_ID: catalogue}, embedding=config.embedding,
+                             learning_rate=config.train.learning_rate)
     return Task(config=config, meta=meta, inputs=inputs, model=build_model(config, inputs))
