@@ -24,7 +24,7 @@ from terarec.config import ExperimentConfig, to_yaml
 from terarec.data.batches import make_loader
 from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
-from terarec.train.setup import Task, build_task, seed_everything, set_threads
+from terarec.train.setup import Task, build_task, seed_everything, set_threads, vocabulary_record
 
 log = logging.getLogger("terarec")
 
@@ -101,7 +101,7 @@ def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dic
         "epoch": epoch,
         "metrics": metrics,
         "model": task.model.state_dict(),
-        "vocabularies": {name: vocab.ids for name, vocab in task.inputs.vocabularies.items()},
+        "vocabularies": vocabulary_record(task.inputs.vocabularies),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -73,6 +74,49 @@ def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict
     return {name: ExactVocabulary(ids) for name, ids in seen.items()}
 
 
+def managed_vocabularies(
+    config: ExperimentConfig,
+    folder: Path,
+    meta: DatasetMeta,
+    spec: FeatureSpec,
+    saved: dict[str, torch.Tensor] | None = None,
+) -> dict[str, nn.Module]:
+    """Bounded managed vocabularies of raw 64-bit ids, one per sparse key.
+
+    Capacity: ``embedding.capacity``, or 1.25 x the key's distinct training ids (one counting
+    pass); a checkpoint's saved capacities (``saved``) win, so its state loads into them.
+    """
+    from terarec.embedding.vocabulary import ManagedVocabulary
+
+    options = config.embedding
+    if saved is not None:
+        capacities = {name: int(saved[name][0]) for name in spec.sparse_keys}
+    elif options.capacity > 0:
+        capacities = {name: options.capacity for name in spec.sparse_keys}
+    else:
+        exact = ctr_vocabularies(folder, meta, spec)
+        capacities = {name: max(16, math.ceil(1.25 * (vocab.num_rows - 1))) for name, vocab in exact.items()}
+    return {
+        name: ManagedVocabulary(
+            capacities[name],
+            min_count=options.min_count,
+            evict=options.eviction,
+            ttl_seconds=options.ttl_days * 86400 if options.eviction == "ttl" else None,
+            seed=config.train.seed,
+        )
+        for name in spec.sparse_keys
+    }
+
+
+def vocabulary_record(vocabularies: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps to rebuild the vocabularies: exact ids, or a managed table's capacity
+    (its mapping itself is in the model's state dict)."""
+    return {
+        name: vocab.ids if isinstance(vocab, ExactVocabulary) else torch.tensor([vocab.capacity])
+        for name, vocab in vocabularies.items()
+    }
+
+
 def item_catalogue(folder: Path, meta: DatasetMeta) -> ExactVocabulary:
     """The item vocabulary of a sequential task: every item of the dataset (the full catalogue)."""
     ids = np.empty(0, np.int64)
@@ -118,7 +162,9 @@ def build_task(config: ExperimentConfig, vocabulary_ids: dict[str, torch.Tensor]
         spec.check(meta)
         if not spec.labels:
             raise DataError("a CTR task needs at least one label column", path=folder)
-        if vocabulary_ids is None:
+        if config.embedding.vocabulary == "managed":
+            vocabularies = managed_vocabularies(config, folder, meta, spec, vocabulary_ids)
+        elif vocabulary_ids is None:
             vocabularies = ctr_vocabularies(folder, meta, spec)
         else:
             vocabularies = {name: ExactVocabulary(vocabulary_ids[name].numpy()) for name in spec.sparse_keys}
