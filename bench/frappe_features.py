@@ -109,9 +109,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--only", choices=["frappe", "synthetic"], default=None)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 2, quick 1)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    seeds = [0] if args.quick else [0, 1]
+    seeds = list(range(args.seeds or (1 if args.quick else 2)))
     epochs = 4 if args.quick else 30
 
     from terarec.data.prepare import write_dataset
