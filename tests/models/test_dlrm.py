@@ -86,3 +86,24 @@ def test_unknown_cross_key_names_nearest(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="columns"):
         load_config(None, ["data.crosses=[{name: c, kind: interaction, colums: [a]}]"])
+
+
+def test_managed_vocabulary_with_fused_engine_trains_and_reloads(xor_data: Path, tmp_path: Path) -> None:
+    from terarec.embedding.vocabulary import ManagedVocabulary
+    from terarec.train.loop import evaluate, load_task
+
+    cross = "data.crosses=[{name: item_x_device, kind: interaction, columns: [item_id, device]}]"
+    config = _config(xor_data, tmp_path, "data.sparse=[user_id]", cross, "embedding.vocabulary=managed",
+                     "embedding.optimizer=rowwise_adagrad", "embedding.learning_rate=0.1")
+    result = train(config, progress=False)
+    assert result.test["auc"] > 0.8
+    task = load_task(result.run_dir)
+    vocab = task.inputs.vocabularies["item_x_device"]
+    assert isinstance(vocab, ManagedVocabulary)
+    assert int(vocab.num_admitted) == 80  # 40 items x 2 devices, each with its own row
+    assert evaluate(task, "test")["auc"] == pytest.approx(result.test["auc"])
+
+
+def test_managed_vocabulary_needs_a_sparse_optimizer(xor_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="rowwise_adagrad"):
+        build_task(_config(xor_data, tmp_path, "embedding.vocabulary=managed"))
