@@ -259,19 +259,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an ExperimentConfig from YAML (or defaults when ``path`` is None) plus overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "config") if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
     config = from_dict(ExperimentConfig, data)
     check_model_options(config)

@@ -16,6 +16,19 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from terarec.features.vocabulary import ExactVocabulary
 
 
+def sum_pooled_tables(tables: list[tuple[str, int, int]]) -> EmbeddingBagCollection:
+    """A CPU EmbeddingBagCollection of sum-pooled tables, one per (feature key, width, rows)."""
+    return EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(
+                name=f"t_{key}", embedding_dim=width, num_embeddings=rows, feature_names=[key], pooling=PoolingType.SUM
+            )
+            for key, width, rows in tables
+        ],
+        device=torch.device("cpu"),
+    )
+
+
 def remap(features: KeyedJaggedTensor, vocabularies: nn.ModuleDict) -> KeyedJaggedTensor:
     """Replace each key's 64-bit ids by table rows through its vocabulary."""
     rows = [vocabularies[key](features[key].values()) for key in features.keys()]
@@ -43,18 +56,8 @@ class PooledEmbeddings(nn.Module):
         self.feature_names = list(vocabularies)
         self.embedding_dim = embedding_dim
         self.vocabularies = nn.ModuleDict(vocabularies)
-        self.tables = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(
-                    name=f"t_{name}",
-                    embedding_dim=embedding_dim,
-                    num_embeddings=vocab.num_rows,
-                    feature_names=[name],
-                    pooling=PoolingType.SUM,
-                )
-                for name, vocab in vocabularies.items()
-            ],
-            device=torch.device("cpu"),
+        self.tables = sum_pooled_tables(
+            [(name, embedding_dim, vocab.num_rows) for name, vocab in vocabularies.items()]
         )
         for table in self.tables.embedding_bags.values():
             nn.init.normal_(table.weight, std=0.01)

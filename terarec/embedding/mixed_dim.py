@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from terarec.embedding.collection import remap
+from terarec.embedding.collection import remap, sum_pooled_tables
 from terarec.features.vocabulary import ExactVocabulary
 
 BAND_SPLITS = ("mass", "rows")
@@ -224,19 +222,7 @@ class MixedDimEmbedding(nn.Module):
         rank_dtype = torch.int32 if bands.num_rows < 2**31 else torch.int64
         self.register_buffer("rank_of_row", torch.from_numpy(bands.rank_of_row()).to(rank_dtype))
         self.register_buffer("band_starts", torch.from_numpy(bands.boundaries[:-1].copy()))
-        self.tables = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(
-                    name=f"t_{key}",
-                    embedding_dim=width,
-                    num_embeddings=size,
-                    feature_names=[key],
-                    pooling=PoolingType.SUM,
-                )
-                for key, width, size in zip(self.band_keys, self.dims, self.band_sizes)
-            ],
-            device=torch.device("cpu"),
-        )
+        self.tables = sum_pooled_tables(list(zip(self.band_keys, self.dims, self.band_sizes)))
         for table in self.tables.embedding_bags.values():
             nn.init.normal_(table.weight, std=init_std)
         self.projections = nn.ModuleList()

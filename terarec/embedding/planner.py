@@ -59,10 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from rich.table import Table
 
-from terarec.config import ConfigError, from_dict
+from terarec.config import ConfigError, from_dict, read_yaml_mapping
 
 Dtype = Literal["fp32", "fp16", "bf16", "int8"]
 Optimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd", "none"]
@@ -183,12 +182,7 @@ class MemoryPlan:
 def load_plan(path: str | Path) -> MemoryPlan:
     """Read a MemoryPlan from a YAML file; errors name the file and the key."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"plan file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    data = read_yaml_mapping(path, "plan")
     try:
         return from_dict(MemoryPlan, data)
     except ConfigError as error:

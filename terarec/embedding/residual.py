@@ -32,11 +32,9 @@ import torch
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.utils.extmath import randomized_svd
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from terarec.embedding.collection import remap
+from terarec.embedding.collection import remap, sum_pooled_tables
 from terarec.features.vocabulary import DEFAULT_ROW, ExactVocabulary
 
 NO_CLUSTER = -1
@@ -218,18 +216,8 @@ class ResEmbedding(nn.Module):
         # NO_CLUSTER rows read the extra centre at index num_clusters.
         self.register_buffer("centre_of_row", torch.where(clusters == NO_CLUSTER, num_clusters, clusters))
         self.keys = [f"{feature_name}@centre", f"{feature_name}@residual"]
-        self.tables = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(
-                    name=f"t_{key}",
-                    embedding_dim=embedding_dim,
-                    num_embeddings=size,
-                    feature_names=[key],
-                    pooling=PoolingType.SUM,
-                )
-                for key, size in zip(self.keys, (num_clusters + 1, clusters.numel()))
-            ],
-            device=torch.device("cpu"),
+        self.tables = sum_pooled_tables(
+            [(key, embedding_dim, size) for key, size in zip(self.keys, (num_clusters + 1, clusters.numel()))]
         )
         nn.init.normal_(self.centres, std=centre_init_std)
         nn.init.normal_(self.residuals, std=residual_init_std)
