@@ -70,33 +70,29 @@ def run(data: Path, name: str, seed: int, epochs: int, extra: list[str], run_dir
 
 
 def sweep(label: str, data: Path, crosses: list[str], plain_sparse: list[str] | None, seeds: list[int],
-          epochs: int, run_dir: Path, out: dict) -> None:
+          epochs: int, run_dir: Path, out: dict, variants: list[str]) -> None:
+    from terarec.config import load_config
     from terarec.train.setup import build_task
 
     cross_arg = f"data.crosses=[{', '.join(crosses)}]"
     sparse_arg = [f"data.sparse=[{', '.join(plain_sparse)}]"] if plain_sparse else []
-    variants = {
+
+    def rows(extra: list[str]) -> int:
+        return table_rows(build_task(load_config(None, ["task=ctr", f"data.path={data}", "model.name=dlrm", *extra])))
+
+    rows_plain, rows_cross = rows(sparse_arg), rows(sparse_arg + [cross_arg])
+    # Same table bytes as the crossed model (rows x d), rounded to the engine's multiple of 4.
+    wide_dim = 4 * max(1, round(16 * rows_cross / rows_plain / 4))
+    arguments = {
         "nocross": sparse_arg,
         "cross": sparse_arg + [cross_arg],
         "cross_managed": sparse_arg + [cross_arg, "embedding.vocabulary=managed"],
+        "wide": sparse_arg + [f"model.embedding_dim={wide_dim}"],
     }
-    aucs: dict[str, list[float]] = {}
-    for variant, extra in variants.items():
-        for seed in seeds:
-            auc, config = run(data, f"{label}-{variant}", seed, epochs, extra, run_dir)
-            aucs.setdefault(variant, []).append(auc)
-            if variant == "nocross" and seed == seeds[0]:
-                rows_plain = table_rows(build_task(config))
-            if variant == "cross" and seed == seeds[0]:
-                rows_cross = table_rows(build_task(config))
-    wide_dim = int(round(16 * rows_cross / rows_plain))
-    for seed in seeds:
-        auc, _ = run(data, f"{label}-wide", seed, epochs,
-                     sparse_arg + [f"model.embedding_dim={wide_dim}"], run_dir)
-        aucs.setdefault("wide", []).append(auc)
-    for variant, values in aucs.items():
-        out[f"{label}_{variant}_auc"] = round(float(np.mean(values)), 5)
-        out[f"{label}_{variant}_auc_spread"] = round(float(np.max(values) - np.min(values)), 5)
+    for variant in variants:
+        aucs = [run(data, f"{label}-{variant}", seed, epochs, arguments[variant], run_dir)[0] for seed in seeds]
+        out[f"{label}_{variant}_auc"] = round(float(np.mean(aucs)), 5)
+        out[f"{label}_{variant}_auc_spread"] = round(float(np.max(aucs) - np.min(aucs)), 5)
     out[f"{label}_rows_plain"] = rows_plain
     out[f"{label}_rows_cross"] = rows_cross
     out[f"{label}_wide_dim"] = wide_dim
@@ -110,10 +106,13 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--only", choices=["frappe", "synthetic"], default=None)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 2, quick 1)")
+    parser.add_argument("--variants", default="nocross,cross,cross_managed,wide",
+                        help="comma-separated subset of nocross, cross, cross_managed, wide")
     args = parser.parse_args()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
     epochs = 4 if args.quick else 30
+    variants = args.variants.split(",")
 
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
@@ -128,7 +127,7 @@ def main() -> None:
             write_dataset(load_source("frappe-splits", str(args.shared / "benchmarks" / "frappe-ctr")), frappe,
                           progress=False)
             print("frappe-ctr:", flush=True)
-            sweep("frappe", frappe, FRAPPE_CROSSES, None, seeds, epochs, work / "runs", out)
+            sweep("frappe", frappe, FRAPPE_CROSSES, None, seeds, epochs, work / "runs", out, variants)
         if args.only in (None, "synthetic"):
             events = 300_000 if args.quick else 1_000_000
             synthetic = work / "synthetic"
@@ -137,7 +136,7 @@ def main() -> None:
                           synthetic, SplitConfig(method="time"), progress=False)
             print(f"synthetic ({events:,} events, time split):", flush=True)
             plain = ["user_id", "item_id", "category", "hour", "device", "age_bucket", "gender"]
-            sweep("synthetic", synthetic, SYNTHETIC_CROSSES, plain, seeds, epochs, work / "runs", out)
+            sweep("synthetic", synthetic, SYNTHETIC_CROSSES, plain, seeds, epochs, work / "runs", out, variants)
     print(json.dumps(out))
 
 

@@ -25,6 +25,11 @@ def pooled_embeddings(inputs: ModelInputs, embedding_dim: int) -> nn.Module:
                 "set embedding.optimizer to rowwise_adagrad or sgd"
             )
         return PooledEmbeddings(inputs.vocabularies, embedding_dim)
+    if embedding_dim % 4:
+        raise ValueError(
+            f"embedding_dim {embedding_dim}: the fused engine (FBGEMM) needs a multiple of 4; "
+            "use embedding.optimizer=adam for other widths"
+        )
     engine = EmbeddingEngineConfig(
         optimizer=config.optimizer,
         learning_rate=config.learning_rate or inputs.learning_rate,
