@@ -15,6 +15,10 @@ MODELS: dict[str, str] = {
     "most_popular": "terarec.models.popularity:MostPopular",
     "embedding_mlp": "terarec.models.embedding_mlp:EmbeddingMLP",
     "dlrm": "terarec.models.dlrm:DLRM",
+    "dcnv2": "terarec.models.dcnv2:DCNv2",
+    "deepfm": "terarec.models.deepfm:DeepFM",
+    "mmoe": "terarec.models.mmoe:MMoE",
+    "wukong": "terarec.models.wukong:Wukong",
     "bag_of_items": "terarec.models.bag_of_items:BagOfItems",
 }
 
