@@ -130,7 +130,9 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
     try:
         task = build_task(config)
         model = task.model
-        n_params = sum(p.numel() for p in model.parameters())
+        # Tables trained inside backward are not nn.Parameters; count them too.
+        fused = [t for m in model.modules() if hasattr(m, "fused_parameters") for t in m.fused_parameters()]
+        n_params = sum(p.numel() for p in model.parameters()) + sum(t.numel() for t in fused)
         log.info("run %s: model %s, %s parameters, %d threads", run_dir, config.model["name"], f"{n_params:,}", threads)
         metric = selection_metric(config)
         record: dict[str, Any] = {"name": config.name, "model": config.model["name"], "task": config.task,
