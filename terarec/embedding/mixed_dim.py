@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from terarec.embedding.collection import remap, sum_pooled_tables
+from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
 from terarec.features.vocabulary import ExactVocabulary
 
 BAND_SPLITS = ("mass", "rows")
@@ -408,13 +408,7 @@ class MixedDimPooledEmbeddings(nn.Module):
         self.features = nn.ModuleDict(features)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        rows = remap(features, self.vocabularies).to_dict()
-        pooled = [self.features[name].pooled(rows[name].values(), rows[name].lengths()) for name in self.feature_names]
-        return KeyedTensor(
-            keys=self.feature_names,
-            length_per_key=[self.embedding_dim] * len(self.feature_names),
-            values=torch.cat(pooled, dim=1),  # (B, F * d)
-        )
+        return pool_each_feature(features, self.vocabularies, self.features, self.embedding_dim)  # (B, F * d)
 
     def memory_bytes(self) -> int:
         """Bytes of all features' band tables, projections and row maps (vocabularies excluded)."""

@@ -34,7 +34,7 @@ from sklearn.utils.extmath import randomized_svd
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from terarec.embedding.collection import remap, sum_pooled_tables
+from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
 from terarec.features.vocabulary import DEFAULT_ROW, ExactVocabulary
 
 NO_CLUSTER = -1
@@ -328,13 +328,7 @@ class ResPooledEmbeddings(nn.Module):
         )
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        rows = remap(features, self.vocabularies).to_dict()
-        pooled = [self.features[name].pooled(rows[name].values(), rows[name].lengths()) for name in self.feature_names]
-        return KeyedTensor(
-            keys=self.feature_names,
-            length_per_key=[self.embedding_dim] * len(self.feature_names),
-            values=torch.cat(pooled, dim=1),  # (B, F * d)
-        )
+        return pool_each_feature(features, self.vocabularies, self.features, self.embedding_dim)  # (B, F * d)
 
     def regularization(self) -> torch.Tensor:
         """Sum of every feature's residual penalty."""
