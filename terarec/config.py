@@ -42,6 +42,7 @@ class DataConfig:
         actions: sequence tasks: action columns carried per event.
         crosses: CTR tasks: declared feature crosses, each a mapping with ``name``, ``kind``,
             ``columns`` (and ``buckets``, ...) as in ``terarec.features.crosses.CrossSpec``.
+        user_column: CTR tasks: the column naming the user, for gAUC.
     """
 
     path: str = "data/synthetic"
@@ -56,6 +57,7 @@ class DataConfig:
     keep_if: str | None = None
     actions: list[str] = field(default_factory=list)
     crosses: list[dict[str, Any]] = field(default_factory=list)
+    user_column: str = "user_id"
 
     def __post_init__(self) -> None:
         from terarec.features.crosses import crosses_from_config

@@ -111,6 +111,7 @@ class FeatureSpec:
         dense_transform: ``none`` or ``log1p`` (sign(x) * log(1 + |x|), the usual Criteo one).
         crosses: declared crosses (``terarec.features.crosses.CrossSpec``), each added as one
             more sparse key after the plain ones.
+        user_column: the column that names the user, for gAUC (Frappe calls it ``user``).
     """
 
     sparse: list[str] = field(default_factory=list)
@@ -118,6 +119,7 @@ class FeatureSpec:
     labels: list[str] = field(default_factory=list)
     dense_transform: str = "none"
     crosses: list = field(default_factory=list)
+    user_column: str = schema.USER_ID
 
     @property
     def sparse_keys(self) -> list[str]:
@@ -197,8 +199,8 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
     else:
         dense = np.zeros((num_rows, 0), dtype=np.float32)
     labels = np.stack([table.column(n).to_numpy().astype(np.float32) for n in spec.labels], axis=1) if spec.labels else np.zeros((num_rows, 0), np.float32)
-    if schema.USER_ID in table.column_names:
-        column = table.column(schema.USER_ID)
+    if spec.user_column in table.column_names:
+        column = table.column(spec.user_column)
         if pa.types.is_integer(column.type):
             user_ids = pc.fill_null(column, -1).to_numpy().astype(np.int64)
         else:  # string ids: any stable integer per user serves gAUC's grouping
@@ -270,8 +272,8 @@ class CTRDataset(IterableDataset):
             for group in range(pq.ParquetFile(self.folder / part).num_row_groups)
         ]
         columns = self.spec.input_columns
-        if schema.USER_ID in self.meta.columns and schema.USER_ID not in columns:
-            columns.append(schema.USER_ID)
+        if self.spec.user_column in self.meta.columns and self.spec.user_column not in columns:
+            columns.append(self.spec.user_column)
         self.columns = columns + [schema.SPLIT]
 
     def set_epoch(self, epoch: int) -> None:

@@ -50,6 +50,7 @@ def feature_spec(config: ExperimentConfig, meta: DatasetMeta) -> FeatureSpec:
         labels=list(labels),
         dense_transform=config.data.dense_transform,
         crosses=crosses_from_config(config.data.crosses, "data.crosses"),
+        user_column=config.data.user_column,
     )
 
 

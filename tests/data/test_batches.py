@@ -403,3 +403,11 @@ def test_sequence_shuffle_is_seeded(many_users_folder: Path) -> None:
     assert order(0, 0) == order(0, 0) != plain
     assert order(0, 1) != order(0, 0)
     assert sorted(order(0, 1)) == plain
+
+
+def test_user_column_names_the_user_for_gauc() -> None:
+    table = pa.table({"user": pa.array([7, 8, None], pa.int64()), "item": [1, 2, 3], "label": [1.0, 0.0, 1.0]})
+    spec = FeatureSpec(sparse=["item"], labels=["label"], user_column="user")
+    assert ctr_batch_from_table(table, spec).user_ids.tolist() == [7, 8, -1]
+    default = FeatureSpec(sparse=["item"], labels=["label"])
+    assert ctr_batch_from_table(table, default).user_ids.tolist() == [-1, -1, -1]
