@@ -9,15 +9,12 @@ import pytest
 import torch
 
 from terarec.config import load_config
-from terarec.data.prepare import write_dataset
-from terarec.data.sources.base import SourceData
 from terarec.features.vocabulary import ExactVocabulary
 from terarec.layers.interaction import DotInteraction
 from terarec.models.dlrm import DLRM
 from terarec.models.inputs import ModelInputs
 from terarec.train.loop import train
 from terarec.train.setup import build_task
-from tests.train.test_train import _ctr_events
 
 
 def test_dot_interaction_matches_loop() -> None:
@@ -43,14 +40,6 @@ def test_dlrm_shapes(num_dense: int) -> None:
         torch.randn(2, num_dense), torch.zeros(2, 2), torch.zeros(2, dtype=torch.long),
     )
     assert model(batch).shape == (2, 2)
-
-
-@pytest.fixture(scope="module")
-def xor_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("xor") / "ds"
-    data = SourceData("xor", "test", "events", [_ctr_events()], sparse=["user_id", "item_id", "device"], labels=["click"])
-    write_dataset(data, folder, progress=False)
-    return folder
 
 
 def _config(folder: Path, tmp: Path, *extra: str):

@@ -11,8 +11,6 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.config import ConfigError, load_config
 from terarec.data.batches import CTRBatch
-from terarec.data.prepare import write_dataset
-from terarec.data.sources.base import SourceData
 from terarec.features.vocabulary import ExactVocabulary
 from terarec.layers.fm import (
     FactorizationMachineBlock,
@@ -23,7 +21,6 @@ from terarec.models import model_class
 from terarec.models.inputs import ModelInputs
 from terarec.models.wukong import Wukong, WukongLayer
 from terarec.train.loop import train
-from tests.train.test_train import _ctr_events
 
 
 def test_optimized_fm_equals_naive_product() -> None:
@@ -118,14 +115,6 @@ def test_registry_finds_wukong_and_rejects_unknown_keys() -> None:
 def test_frappe_config_loads() -> None:
     config = load_config(Path(__file__).parents[2] / "configs" / "frappe" / "wukong.yaml")
     assert config.model["name"] == "wukong"
-
-
-@pytest.fixture(scope="module")
-def xor_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("xor") / "ds"
-    data = SourceData("xor", "test", "events", [_ctr_events()], sparse=["user_id", "item_id", "device"], labels=["click"])
-    write_dataset(data, folder, progress=False)
-    return folder
 
 
 def test_wukong_learns_the_item_x_device_interaction(xor_data: Path, tmp_path: Path) -> None:
