@@ -29,6 +29,17 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024.0  # ru_maxrss is in KiB on Linux
 
 
+def time_loader(loader) -> tuple[float, int, int, object]:
+    """Seconds to drain a loader, batches, rows (len of each batch), and the last batch."""
+    started = time.perf_counter()
+    batches = rows = 0
+    batch = None
+    for batch in loader:
+        batches += 1
+        rows += len(batch)
+    return time.perf_counter() - started, batches, rows, batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M events instead of 10M")
@@ -56,23 +67,13 @@ def main() -> None:
         print(f"prepared {meta.num_rows:,} events in {prepare_seconds:.1f}s ({meta.num_rows / prepare_seconds:,.0f}/s), "
               f"peak RSS {peak_rss_mb():.0f} MB")
 
-        dataset = CTRDataset(folder, "train", batch_size=args.batch_size, shuffle=True, seed=0)
-        started = time.perf_counter()
-        batches = rows = 0
-        for batch in make_loader(dataset, args.workers):
-            batches += 1
-            rows += len(batch)
-        ctr_seconds = time.perf_counter() - started
+        ctr_seconds, batches, rows, batch = time_loader(
+            make_loader(CTRDataset(folder, "train", batch_size=args.batch_size, shuffle=True, seed=0), args.workers)
+        )
         print(f"read {batches:,} CTR batches ({rows:,} rows, {len(batch.sparse_features.keys())} sparse features) "
               f"in {ctr_seconds:.1f}s, peak RSS {peak_rss_mb():.0f} MB")
-
         sequences = SequenceDataset(folder, "train", SequenceSpec(max_length=200, keep_if="click"), batch_size=256)
-        started = time.perf_counter()
-        seq_batches = seq_users = 0
-        for batch in make_loader(sequences, args.workers):
-            seq_batches += 1
-            seq_users += len(batch)
-        seq_seconds = time.perf_counter() - started
+        seq_seconds, seq_batches, seq_users, _ = time_loader(make_loader(sequences, args.workers))
         print(f"read {seq_batches:,} sequence batches ({seq_users:,} users) in {seq_seconds:.1f}s")
         result = {
             "events": meta.num_rows,

@@ -464,18 +464,6 @@ class FusedPooledEmbeddings(nn.Module):
         self.tables.set_learning_rate(learning_rate)
 
 
-def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters for the dense optimizer: ``model.parameters()`` minus any fused table (there are none,
-    by construction; this says so where an optimizer is built)."""
-    fused = {
-        id(table)
-        for module in model.modules()
-        if isinstance(module, FusedPooledEmbeddings)
-        for table in module.fused_parameters()
-    }
-    return [param for param in model.parameters() if id(param) not in fused]
-
-
 # ----------------------------------------------------------------------------- int8 inference
 
 

@@ -65,8 +65,3 @@ class ExactVocabulary(nn.Module):
         known = self.ids[position] == ids
         self.unknown_count += (~known).sum()
         return torch.where(known, position + 1, torch.zeros_like(position))
-
-    @classmethod
-    def empty_like_state(cls, state: dict, prefix: str) -> "ExactVocabulary":
-        """A vocabulary sized to match a saved state dict (to load a checkpoint into)."""
-        return cls(np.zeros(0, np.int64)) if f"{prefix}ids" not in state else cls(state[f"{prefix}ids"].numpy())
