@@ -78,6 +78,11 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation metric (0 = never).
         max_steps_per_epoch: cap on steps per epoch (0 = no cap), for smoke runs.
         checkpoint: write the best model to the run folder.
+        warmup_steps: the learning rate of every optimizer (dense and sparse) rises linearly
+            from learning_rate / warmup_steps to learning_rate over the first steps (0 = none).
+        log_every: write the running train loss to ``steps.csv`` every this many steps.
+        plateau_decay: multiply every learning rate by this after an epoch that does not
+            improve the validation metric (FuxiCTR's reduce-on-plateau uses 0.1; 1 = off).
     """
 
     epochs: int = 3
@@ -88,6 +93,20 @@ class TrainConfig:
     patience: int = 2
     max_steps_per_epoch: int = 0
     checkpoint: bool = True
+    warmup_steps: int = 0
+    log_every: int = 50
+    plateau_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "warmup_steps", "max_steps_per_epoch", "patience", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: expected an integer >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every: expected an integer >= 1, got {self.log_every}")
+        if not 0 < self.plateau_decay <= 1:
+            raise ConfigError(f"train.plateau_decay: expected a factor in (0, 1], got {self.plateau_decay}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"train.learning_rate: expected > 0, got {self.learning_rate}")
 
 
 @dataclass
@@ -106,6 +125,10 @@ class EmbeddingConfig:
             ``sgd`` (fused into the backward pass by the embedding engine).
         learning_rate: the sparse optimizer's learning rate (0 = train.learning_rate).
         weight_dtype: ``fp32``, ``fp16`` or ``bf16`` table storage (engine only).
+        regularization: L2 coefficient lambda on the tables. ``adam``: lambda/2 * ||W||^2 over
+            every row of every table is added to the loss each step (FuxiCTR's
+            ``embedding_regularizer``; it costs a pass over the tables, so it is for small
+            tables); engine optimizers: weight decay lambda * w on the rows a batch touches.
     """
 
     vocabulary: Literal["exact", "managed"] = "exact"
@@ -116,6 +139,7 @@ class EmbeddingConfig:
     optimizer: Literal["adam", "rowwise_adagrad", "sgd"] = "adam"
     learning_rate: float = 0.0
     weight_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    regularization: float = 0.0
 
 
 @dataclass

@@ -78,6 +78,10 @@ class PooledEmbeddings(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         return self.tables(remap(features, self.vocabularies))
 
+    def table_weights(self) -> list[torch.Tensor]:
+        """The tables (parameters of the dense optimizer), for a penalty such as L2."""
+        return [table.weight for table in self.tables.embedding_bags.values()]
+
 
 class SequenceEmbeddings(nn.Module):
     """One unpooled table: KJT of 64-bit ids -> JaggedTensor per key, plus catalogue lookups.
@@ -120,3 +124,7 @@ class SequenceEmbeddings(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> JaggedTensor:
         return self.tables(remap(features, self.vocabularies))[self.feature_name]
+
+    def table_weights(self) -> list[torch.Tensor]:
+        """The table (a parameter of the dense optimizer), for a penalty such as L2."""
+        return [self.weight]

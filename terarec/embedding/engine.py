@@ -104,6 +104,10 @@ class EmbeddingEngineConfig:
         beta1: Adam's first-moment decay.
         beta2: Adam's second-moment decay.
         init_std: tables start as N(0, init_std**2), like ``PooledEmbeddings``.
+        weight_decay: L2 weight decay (``weight_decay * w`` added to the gradient of each row a
+            batch touches; rows not looked up are not decayed). FBGEMM's CPU kernels ignore
+            their weight-decay argument (measured with fbgemm-gpu-cpu 1.8), so a non-zero decay
+            runs on the torch backend.
         backend: ``auto`` (FBGEMM where its CPU kernels support the optimizer and dtype, that is
             row-wise Adagrad or SGD on fp32 or fp16; otherwise torch), ``fbgemm`` or ``torch``.
 
@@ -121,6 +125,7 @@ class EmbeddingEngineConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     init_std: float = 0.01
+    weight_decay: float = 0.0
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -133,17 +138,20 @@ class EmbeddingEngineConfig:
         for key in ("learning_rate", "eps"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"EmbeddingEngineConfig.{key}: expected > 0, got {getattr(self, key)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"EmbeddingEngineConfig.weight_decay: expected >= 0, got {self.weight_decay}")
         if self.init_std < 0:
             raise ValueError(f"EmbeddingEngineConfig.init_std: expected >= 0, got {self.init_std}")
         if self.backend == "fbgemm" and not self._fbgemm_supports():
             raise ValueError(
                 f"EmbeddingEngineConfig.backend: FBGEMM's CPU kernels do not train optimizer={self.optimizer!r} "
-                f"with weight_dtype={self.weight_dtype!r}: they support {list(_FBGEMM_OPTIMIZERS)} on "
-                f"{list(_FBGEMM_DTYPES)}; use backend 'torch' or 'auto'"
+                f"with weight_dtype={self.weight_dtype!r} and weight_decay={self.weight_decay}: they support "
+                f"{list(_FBGEMM_OPTIMIZERS)} on {list(_FBGEMM_DTYPES)} without weight decay; "
+                "use backend 'torch' or 'auto'"
             )
 
     def _fbgemm_supports(self) -> bool:
-        return self.optimizer in _FBGEMM_OPTIMIZERS and self.weight_dtype in _FBGEMM_DTYPES
+        return self.optimizer in _FBGEMM_OPTIMIZERS and self.weight_dtype in _FBGEMM_DTYPES and not self.weight_decay
 
     def resolved_backend(self) -> str:
         """The backend that runs: ``fbgemm`` or ``torch``."""
@@ -272,6 +280,8 @@ class FusedTables(nn.Module):
         """Apply the optimizer to ``rows`` (unique) of one table, given their summed gradients (U, D)."""
         config, weight = self.config, self._weights[table]
         new_rows = weight[rows].float()
+        if config.weight_decay:
+            row_grads = row_grads + config.weight_decay * new_rows
         if config.optimizer == "sgd":
             new_rows -= config.learning_rate * row_grads
         elif config.optimizer == "rowwise_adagrad":

@@ -34,5 +34,6 @@ def pooled_embeddings(inputs: ModelInputs, embedding_dim: int) -> nn.Module:
         optimizer=config.optimizer,
         learning_rate=config.learning_rate or inputs.learning_rate,
         weight_dtype=config.weight_dtype,
+        weight_decay=config.regularization,
     )
     return FusedPooledEmbeddings(inputs.vocabularies, embedding_dim, engine)

@@ -14,7 +14,8 @@ from terarec.eval.metrics import BinaryAccumulator, RankingAccumulator
 
 @torch.no_grad()
 def evaluate_ctr(model: nn.Module, batches: Iterable[CTRBatch], labels: list[str], progress: bool = False) -> dict[str, float]:
-    """AUC, LogLoss and gAUC for each label; keys are ``auc`` etc. for one label, ``<label>_auc`` for several."""
+    """AUC, LogLoss and gAUC for each label; keys are ``auc`` etc. for one label, ``<label>_auc`` for
+    several, plus their ``mean_auc``."""
     model.eval()
     accumulators = [BinaryAccumulator() for _ in labels]
     for batch in tqdm(batches, desc="eval", leave=False, disable=not progress):
@@ -28,6 +29,8 @@ def evaluate_ctr(model: nn.Module, batches: Iterable[CTRBatch], labels: list[str
     for label, accumulator in zip(labels, accumulators):
         prefix = "" if len(labels) == 1 else f"{label}_"
         metrics.update({f"{prefix}{key}": float(value) for key, value in accumulator.compute().items()})
+    if len(labels) > 1:  # what multi-task runs select their best epoch on
+        metrics["mean_auc"] = sum(metrics[f"{label}_auc"] for label in labels) / len(labels)
     return metrics
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 
 class MLP(nn.Sequential):
-    """Linear -> activation (-> dropout) for each hidden width, then an optional output layer.
+    """Linear (-> batch norm) -> activation (-> dropout) per hidden width, then an optional output layer.
 
     Args:
         in_features: input width.
@@ -14,6 +14,8 @@ class MLP(nn.Sequential):
         out_features: width of a final linear layer without activation (None: no such layer).
         dropout: dropout after each hidden activation.
         activation: activation module class.
+        batch_norm: batch normalisation between each hidden Linear and its activation (the
+            usual CTR-model recipe, e.g. FuxiCTR's ``batch_norm: True``).
 
     Example:
         >>> MLP(8, [16, 16], out_features=1)(torch.zeros(4, 8)).shape  # doctest: +SKIP
@@ -27,11 +29,15 @@ class MLP(nn.Sequential):
         out_features: int | None = None,
         dropout: float = 0.0,
         activation: type[nn.Module] = nn.ReLU,
+        batch_norm: bool = False,
     ) -> None:
         layers: list[nn.Module] = []
         width = in_features
         for size in hidden:
-            layers += [nn.Linear(width, size), activation()]
+            layers.append(nn.Linear(width, size))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(activation())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size

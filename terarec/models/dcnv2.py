@@ -36,6 +36,7 @@ class DCNv2(nn.Module):
             more than 1 needs low_rank.
         mlp ([400, 400, 400]): hidden widths of the deep network.
         dropout (0.0): dropout after each hidden layer of the deep network.
+        batch_norm (False): batch normalisation in the deep network's hidden layers.
 
     Example:
         >>> model = DCNv2(DCNv2.Config(structure="stacked", low_rank=8), inputs)  # doctest: +SKIP
@@ -55,6 +56,7 @@ class DCNv2(nn.Module):
         num_experts: int = 1
         mlp: list[int] = field(default_factory=lambda: [400, 400, 400])
         dropout: float = 0.0
+        batch_norm: bool = False
 
         def __post_init__(self) -> None:
             if self.num_cross_layers < 0:
@@ -74,10 +76,11 @@ class DCNv2(nn.Module):
         num_labels = max(1, len(inputs.labels))
         self.cross = CrossNetV2(width, config.num_cross_layers, config.low_rank, config.num_experts)
         if self.structure == "stacked":
-            self.deep = MLP(width, config.mlp, out_features=num_labels, dropout=config.dropout)
+            self.deep = MLP(width, config.mlp, out_features=num_labels, dropout=config.dropout,
+                            batch_norm=config.batch_norm)
             self.head = None
         else:
-            self.deep = MLP(width, config.mlp, dropout=config.dropout)
+            self.deep = MLP(width, config.mlp, dropout=config.dropout, batch_norm=config.batch_norm)
             self.head = nn.Linear(width + self.deep.out_features, num_labels)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:

@@ -37,6 +37,7 @@ class DeepFM(nn.Module):
         embedding_dim (16): d, the width of every sparse feature's embedding e_i.
         mlp ([400, 400, 400]): hidden widths of the deep part.
         dropout (0.0): dropout after each hidden layer of the deep part.
+        batch_norm (False): batch normalisation in the deep part's hidden layers.
 
     Example:
         >>> model = DeepFM(DeepFM.Config(embedding_dim=10), inputs)  # doctest: +SKIP
@@ -52,6 +53,7 @@ class DeepFM(nn.Module):
         embedding_dim: int = 16
         mlp: list[int] = field(default_factory=lambda: [400, 400, 400])
         dropout: float = 0.0
+        batch_norm: bool = False
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
@@ -62,7 +64,8 @@ class DeepFM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
         self.dense_weights = nn.Linear(inputs.num_dense, 1, bias=False) if inputs.num_dense else None
         width = config.embedding_dim * self.num_sparse + inputs.num_dense
-        self.deep = MLP(width, config.mlp, out_features=max(1, len(inputs.labels)), dropout=config.dropout)
+        self.deep = MLP(width, config.mlp, out_features=max(1, len(inputs.labels)), dropout=config.dropout,
+                        batch_norm=config.batch_norm)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         pooled = self.sparse_arch(batch.sparse_features).values()  # (B, F * row_width)

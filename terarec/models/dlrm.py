@@ -32,6 +32,7 @@ class DLRM(nn.Module):
         bottom_mlp: hidden widths of the dense-feature MLP (its output is embedding_dim).
         top_mlp: hidden widths of the MLP over the interactions.
         dropout: dropout in the top MLP.
+        batch_norm: batch normalisation in the top MLP's hidden layers.
     """
 
     task = "ctr"
@@ -43,6 +44,7 @@ class DLRM(nn.Module):
         bottom_mlp: list[int] = field(default_factory=lambda: [64])
         top_mlp: list[int] = field(default_factory=lambda: [256, 128])
         dropout: float = 0.0
+        batch_norm: bool = False
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
@@ -55,7 +57,8 @@ class DLRM(nn.Module):
         self.interaction = DotInteraction(num_vectors)
         first_order = d if self.has_dense else d * self.num_sparse
         self.top_arch = MLP(first_order + self.interaction.out_features, config.top_mlp,
-                            out_features=max(1, len(inputs.labels)), dropout=config.dropout)
+                            out_features=max(1, len(inputs.labels)), dropout=config.dropout,
+                            batch_norm=config.batch_norm)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         pooled = self.sparse_arch(batch.sparse_features).values()  # (B, F * d)

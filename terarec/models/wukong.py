@@ -106,6 +106,7 @@ class Wukong(nn.Module):
             (ignored without dense features).
         dense_mlp: hidden widths of the dense features' MLP (its output is n_D * d wide).
         dropout: dropout in the FMB MLPs and the final MLP.
+        batch_norm: batch normalisation in the final MLP's hidden layers.
 
     Example:
         >>> model = Wukong(Wukong.Config(num_layers=2), inputs)  # doctest: +SKIP
@@ -128,6 +129,7 @@ class Wukong(nn.Module):
         dense_embeddings: int = 1
         dense_mlp: list[int] = field(default_factory=lambda: [64])
         dropout: float = 0.0
+        batch_norm: bool = False
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
@@ -156,7 +158,7 @@ class Wukong(nn.Module):
             num_embeddings = layer.num_outputs  # n_{i+1} = n_F + n_L
         self.interaction_stack = nn.Sequential(*layers)
         self.top_arch = MLP(num_embeddings * d, config.top_mlp, out_features=max(1, len(inputs.labels)),
-                            dropout=config.dropout)
+                            dropout=config.dropout, batch_norm=config.batch_norm)
 
     def embed(self, batch: CTRBatch) -> torch.Tensor:
         """X_0: the dense embeddings, then one embedding per sparse feature. (B, n_0, d)"""

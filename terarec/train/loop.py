@@ -1,12 +1,20 @@
 """The training loop both task kinds share: fit, validate each epoch, keep the best, test.
 
 A run writes its folder as it goes: ``config.yaml`` (the resolved config), ``train.log``,
-``metrics.json`` (updated after every epoch) and ``checkpoint.pt`` (the best epoch so far,
-written atomically), so a run stopped part way keeps every finished epoch.
+``metrics.json`` (updated after every epoch), ``steps.csv`` (running train loss and learning
+rate every ``train.log_every`` steps), ``epochs.csv`` (one row per epoch: loss, speed,
+validation metrics) and ``checkpoint.pt`` (the best epoch so far, written atomically), so a
+run stopped part way keeps every finished epoch.
+
+Optimizers: Adam for the dense parameters (and for tables kept as parameters,
+``embedding.optimizer: adam``); tables on the embedding engine are updated inside backward
+by their own sparse optimizer (row-wise Adagrad by default). ``train.warmup_steps`` ramps
+both learning rates linearly.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -24,7 +32,13 @@ from terarec.config import ExperimentConfig, to_yaml
 from terarec.data.batches import make_loader
 from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
-from terarec.train.setup import Task, build_task, seed_everything, set_threads, vocabulary_record
+from terarec.train.setup import (
+    Task,
+    build_task,
+    seed_everything,
+    set_threads,
+    vocabulary_record,
+)
 
 log = logging.getLogger("terarec")
 
@@ -42,9 +56,10 @@ class RunResult:
 
 
 def selection_metric(config: ExperimentConfig) -> str:
-    """The validation metric that picks the best epoch: AUC for CTR, NDCG@10 (first K) for sequences."""
+    """The validation metric that picks the best epoch: AUC for CTR (the mean over labels for
+    several), NDCG@K (first K) for sequences."""
     if config.task == "ctr":
-        return "auc" if len(config.data.labels or [None]) == 1 else f"{config.data.labels[0]}_auc"
+        return "auc" if len(config.data.labels or [None]) == 1 else "mean_auc"
     return f"ndcg@{config.eval.ks[0]}"
 
 
@@ -89,9 +104,68 @@ def evaluate(task: Task, split: str, progress: bool = False) -> dict[str, float]
 
 
 def _training_loss(task: Task, batch) -> torch.Tensor:
-    if task.config.task == "ctr":
-        return F.binary_cross_entropy_with_logits(task.model(batch), batch.labels)
-    return task.model.loss(batch)
+    """A model's own ``loss(batch)`` when it has one (sequence models; CTR models with an
+    auxiliary loss such as DIEN's), else binary cross-entropy of its logits."""
+    if hasattr(task.model, "loss"):
+        return task.model.loss(batch)
+    return F.binary_cross_entropy_with_logits(task.model(batch), batch.labels)
+
+
+def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
+    """lambda/2 * sum ||W||^2 over the tables kept as parameters (``embedding.regularization``)."""
+    if coefficient <= 0:
+        return None
+    weights = [w for module in model.modules() if hasattr(module, "table_weights") for w in module.table_weights()]
+    if not weights:
+        return None
+    return 0.5 * coefficient * sum(weight.square().sum() for weight in weights)
+
+
+class LearningRates:
+    """The learning rates of the dense optimizer and of the engine's sparse optimizers, moved
+    together: a linear warm-up over the first ``warmup_steps`` steps, and a decay by a factor
+    after each epoch without a better validation metric."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, warmup_steps: int,
+                 sparse_learning_rate: float) -> None:
+        self.optimizer, self.warmup_steps = optimizer, warmup_steps
+        self.dense = [group["lr"] for group in optimizer.param_groups]
+        self.sparse_modules = [m for m in model.modules()
+                               if hasattr(m, "set_learning_rate") and hasattr(m, "fused_parameters")]
+        self.sparse = sparse_learning_rate
+        self.scale = 1.0  # product of the plateau decays so far
+
+    def _apply(self, factor: float) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.dense):
+            group["lr"] = base * factor
+        for module in self.sparse_modules:
+            module.set_learning_rate(self.sparse * factor)
+
+    def step(self, global_step: int) -> float:
+        """Set the rates for step ``global_step`` (0-based); returns the multiplier in force."""
+        if self.warmup_steps and global_step <= self.warmup_steps:
+            self._apply(self.scale * min(1.0, (global_step + 1) / self.warmup_steps))
+            return self.scale * min(1.0, (global_step + 1) / self.warmup_steps)
+        return self.scale
+
+    def decay(self, factor: float) -> None:
+        """Multiply every rate by ``factor`` (after an epoch without improvement)."""
+        if factor < 1.0:
+            self.scale *= factor
+            self._apply(self.scale)
+
+
+class CSVLog:
+    """Appends rows to a CSV file in the run folder, header first."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(columns)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([row.get(column, "") for column in self.columns])
 
 
 def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -107,8 +181,9 @@ def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dic
 
 def load_task(run_dir: str | Path) -> Task:
     """Rebuild a run's task and load its best checkpoint (``weights_only=True``)."""
-    from terarec.config import from_dict, check_model_options
     import yaml
+
+    from terarec.config import check_model_options, from_dict
 
     payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
@@ -153,8 +228,12 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
         else:
             optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate,
                                          weight_decay=config.train.weight_decay)
+            rates = LearningRates(optimizer, model, config.train.warmup_steps,
+                                  config.embedding.learning_rate or config.train.learning_rate)
+            step_log = CSVLog(run_dir / "steps.csv", ["step", "epoch", "learning_rate", "train_loss"])
+            epoch_log: CSVLog | None = None
             train_set = task.dataset("train", shuffle=True)
-            stale = 0
+            stale, global_step = 0, 0
             for epoch in range(config.train.epochs):
                 train_set.set_epoch(epoch)
                 model.train()
@@ -165,16 +244,28 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                     total = min(total, config.train.max_steps_per_epoch)
                 bar = tqdm(make_loader(train_set, config.data.num_workers), total=total,
                            desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not progress, leave=False)
+                window_loss, window_steps = 0.0, 0
                 for batch in bar:
+                    factor = rates.step(global_step)
                     loss = _training_loss(task, batch)
+                    penalty = embedding_penalty(model, config.embedding.regularization)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss if penalty is None else loss + penalty).backward()
                     optimizer.step()
-                    total_loss += loss.item()
+                    value = loss.item()
+                    total_loss += value
+                    window_loss += value
+                    window_steps += 1
                     steps += 1
+                    global_step += 1
                     examples += len(batch)
                     if steps % 20 == 0:
                         bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+                    if global_step % config.train.log_every == 0:
+                        step_log.write({"step": global_step, "epoch": epoch + 1,
+                                        "learning_rate": config.train.learning_rate * factor,
+                                        "train_loss": round(window_loss / window_steps, 6)})
+                        window_loss, window_steps = 0.0, 0
                     if config.train.max_steps_per_epoch and steps >= config.train.max_steps_per_epoch:
                         break
                 bar.close()
@@ -184,6 +275,10 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                          "train_seconds": round(train_seconds, 2),
                          "examples_per_s": round(examples / max(train_seconds, 1e-9), 1), "valid": valid}
                 record["epochs"].append(entry)
+                if epoch_log is None:
+                    epoch_log = CSVLog(run_dir / "epochs.csv", ["epoch", "train_loss", "steps", "train_seconds",
+                                                                "examples_per_s", *[f"valid_{k}" for k in valid]])
+                epoch_log.write({**entry, **{f"valid_{k}": v for k, v in valid.items()}})
                 log.info("epoch %d: loss %.4f, valid %s %.4f, %.1fs", epoch + 1, entry["train_loss"], metric,
                          valid.get(metric, float("nan")), train_seconds)
                 if progress:
@@ -195,6 +290,9 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                         save_checkpoint(run_dir / "checkpoint.pt", checkpoint_payload(task, epoch + 1, valid))
                 else:
                     stale += 1
+                    rates.decay(config.train.plateau_decay)
+                    if config.train.plateau_decay < 1:
+                        log.info("no better valid %s: learning rates x%g", metric, rates.scale)
                 write_record()
                 if config.train.patience and stale >= config.train.patience:
                     log.info("early stop: %d epochs without a better valid %s", stale, metric)

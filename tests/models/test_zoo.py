@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -152,9 +154,11 @@ def test_mmoe_gates_are_softmax_over_experts() -> None:
         assert torch.allclose(logits[:, task], tower(mixed)[:, 0], atol=1e-6)
 
 
-def test_mmoe_with_one_label_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"two or more labels.*data.labels.*\['click'\]"):
-        MMoE(MMoE.Config(), _inputs(0, ("click",)))
+def test_mmoe_with_one_label_is_a_single_task_mixture_and_no_label_is_an_error() -> None:
+    model = MMoE(MMoE.Config(num_experts=3), _inputs(0, ("click",)))
+    assert len(model.towers) == 1 and len(model.gates) == 1
+    with pytest.raises(ValueError, match=r"at least one label.*data.labels"):
+        MMoE(MMoE.Config(), _inputs(0, ()))
 
 
 def test_registry_finds_the_zoo() -> None:
@@ -213,3 +217,5 @@ def test_zoo_learns_xor(model: str, labels: str, xor_two_labels: Path, tmp_path:
     else:
         assert result.test["click_auc"] > 0.75
         assert result.test["like_auc"] > 0.75
+        assert result.test["mean_auc"] == pytest.approx((result.test["click_auc"] + result.test["like_auc"]) / 2)
+        assert json.loads((result.run_dir / "metrics.json").read_text())["selection_metric"] == "mean_auc"
