@@ -76,6 +76,12 @@ class PooledEmbeddings(nn.Module):
             nn.init.normal_(table.weight, std=0.01)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        keys = features.keys()
+        if keys != self.feature_names:  # a batch with more (or reordered) keys: take this collection's
+            missing = [name for name in self.feature_names if name not in keys]
+            if missing:
+                raise KeyError(f"PooledEmbeddings: features {missing} are not in the batch's keys {keys}")
+            features = features.permute([keys.index(name) for name in self.feature_names])
         return self.tables(remap(features, self.vocabularies))
 
     def table_weights(self) -> list[torch.Tensor]:

@@ -2,9 +2,14 @@
 arXiv 2403.02545): an embedding layer, a stack of l interaction layers, a final MLP.
 
 Embedding layer (section 3.2), X_0 in R^{n x d}:
-    e_1..e_F = pooled embeddings of the F sparse features                  (B, F, d)
+    e_f = pooled embedding of sparse feature f, m_f * d wide, split into m_f d-wide
+          embeddings (m_f = feature_embeddings[f], default 1: "important features get more
+          embeddings")                                                      (B, m_f, d)
+    g_j = MLP_group([e_f for f in group j])  small features grouped, their
+          embeddings concatenated and projected to one d-wide embedding      (B, 1, d)
     D = reshape(MLP_dense(x_dense))    n_D = dense_embeddings embeddings    (B, n_D, d)
-    X_0 = [D; e_1; ...; e_F]           n_0 = n_D + F                        (B, n_0, d)
+    X_0 = [D; e_f for ungrouped f; g_j for each group]
+    n_0 = n_D + sum of m_f over ungrouped features + number of groups
 
 Interaction stack (sections 3.3-3.5), for i = 0..l-1, each layer from n_i embeddings to
 n_{i+1} = n_F + n_L:
@@ -23,16 +28,11 @@ O(n^2 d) of X X^T; the blocks are ``terarec.layers.fm``.
 
 Because FM interactions feed the next layer's FM, layer i captures interactions of order up
 to 2^i, while LCB (and the residual) carry the lower orders forward.
-
-Not implemented from the paper's embedding layer: several embeddings for important sparse
-features and grouping small ones, concatenated and projected by an MLP to d. Every sparse
-feature gets one d-wide table (``terarec.embedding.factory.pooled_embeddings``); only the
-dense features' number of embeddings (``dense_embeddings``) is a knob.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -105,6 +105,11 @@ class Wukong(nn.Module):
         dense_embeddings: n_D, the number of d-wide embeddings the dense features become
             (ignored without dense features).
         dense_mlp: hidden widths of the dense features' MLP (its output is n_D * d wide).
+        feature_embeddings: sparse feature -> m_f, its number of d-wide embeddings (a table
+            m_f * d wide, split); features not named get one.
+        feature_groups: groups of (small) sparse features; each group's embeddings are
+            concatenated and projected by an MLP to one d-wide embedding.
+        group_mlp: hidden widths of each group's projection MLP.
         dropout: dropout in the FMB MLPs and the final MLP.
         batch_norm: batch normalisation in the final MLP's hidden layers.
 
@@ -128,6 +133,9 @@ class Wukong(nn.Module):
         top_mlp: list[int] = field(default_factory=lambda: [256, 128])
         dense_embeddings: int = 1
         dense_mlp: list[int] = field(default_factory=lambda: [64])
+        feature_embeddings: dict[str, int] = field(default_factory=dict)
+        feature_groups: list[list[str]] = field(default_factory=list)
+        group_mlp: list[int] = field(default_factory=list)
         dropout: float = 0.0
         batch_norm: bool = False
 
@@ -139,13 +147,30 @@ class Wukong(nn.Module):
                 raise ConfigError(f"model.{name}: expected an integer >= 1, got {getattr(config, name)}")
         d = config.embedding_dim
         self.embedding_dim = d
-        self.num_sparse = len(inputs.vocabularies)
+        features = list(inputs.vocabularies)
+        self._check_embedding_layout(config, features)
+        grouped = [name for group in config.feature_groups for name in group]
+        # m_f per ungrouped feature, in the order of X_0; grouped features get one d-wide table each.
+        self.embeddings_per_feature = {name: config.feature_embeddings.get(name, 1)
+                                       for name in features if name not in grouped}
+        self.groups = [list(group) for group in config.feature_groups]
+        widths: dict[int, list[str]] = {}
+        for name in features:
+            widths.setdefault(d * self.embeddings_per_feature.get(name, 1), []).append(name)
+        # One pooled collection per table width (the engine stores one width per collection).
+        self.sparse_arch = nn.ModuleList(
+            pooled_embeddings(replace(inputs, vocabularies={n: inputs.vocabularies[n] for n in names}), width)
+            for width, names in widths.items()
+        )
+        self._sparse_keys = [names for names in widths.values()]
+        self.group_arch = nn.ModuleList(
+            MLP(len(group) * d, config.group_mlp, out_features=d) for group in self.groups
+        )
         self.num_dense_embeddings = config.dense_embeddings if inputs.num_dense > 0 else 0
-        num_embeddings = self.num_sparse + self.num_dense_embeddings  # n_0
+        num_embeddings = self.num_dense_embeddings + sum(self.embeddings_per_feature.values()) + len(self.groups)
         if num_embeddings == 0:
             raise ConfigError("model 'wukong' needs at least one sparse or dense feature (data.sparse, data.dense)")
-
-        self.sparse_arch = pooled_embeddings(inputs, d) if self.num_sparse else None
+        self.num_embeddings = num_embeddings  # n_0
         self.dense_arch = (
             MLP(inputs.num_dense, config.dense_mlp, out_features=self.num_dense_embeddings * d)
             if self.num_dense_embeddings else None
@@ -160,16 +185,36 @@ class Wukong(nn.Module):
         self.top_arch = MLP(num_embeddings * d, config.top_mlp, out_features=max(1, len(inputs.labels)),
                             dropout=config.dropout, batch_norm=config.batch_norm)
 
+    @staticmethod
+    def _check_embedding_layout(config: "Wukong.Config", features: list[str]) -> None:
+        for name, count in config.feature_embeddings.items():
+            if name not in features:
+                raise ConfigError(f"model.feature_embeddings: '{name}' is not a sparse feature (features: {features})")
+            if not isinstance(count, int) or count < 1:
+                raise ConfigError(f"model.feature_embeddings.{name}: expected an integer >= 1, got {count!r}")
+        seen: set[str] = set()
+        for group in config.feature_groups:
+            for name in group:
+                if name not in features:
+                    raise ConfigError(f"model.feature_groups: '{name}' is not a sparse feature (features: {features})")
+                if name in seen or name in config.feature_embeddings:
+                    raise ConfigError(f"model.feature_groups: '{name}' is in two groups or also in feature_embeddings")
+                seen.add(name)
+
     def embed(self, batch: CTRBatch) -> torch.Tensor:
-        """X_0: the dense embeddings, then one embedding per sparse feature. (B, n_0, d)"""
-        batch_size = len(batch)
+        """X_0: the dense embeddings, the sparse features' embeddings, the groups'. (B, n_0, d)"""
+        batch_size, d = len(batch), self.embedding_dim
+        pooled: dict[str, torch.Tensor] = {}
+        for collection, names in zip(self.sparse_arch, self._sparse_keys):
+            values = collection(batch.sparse_features).values()  # (B, len(names) * width)
+            pooled.update(zip(names, values.split(values.shape[1] // len(names), dim=1)))
         parts = []
         if self.dense_arch is not None:
-            dense = self.dense_arch(batch.dense_features)  # (B, n_D * d)
-            parts.append(dense.view(batch_size, self.num_dense_embeddings, self.embedding_dim))
-        if self.num_sparse:
-            pooled = self.sparse_arch(batch.sparse_features).values()  # (B, F * d)
-            parts.append(pooled.view(batch_size, self.num_sparse, self.embedding_dim))
+            parts.append(self.dense_arch(batch.dense_features).view(batch_size, self.num_dense_embeddings, d))
+        for name, count in self.embeddings_per_feature.items():
+            parts.append(pooled[name].view(batch_size, count, d))  # (B, m_f, d)
+        for group, project in zip(self.groups, self.group_arch):
+            parts.append(project(torch.cat([pooled[name] for name in group], dim=1)).unsqueeze(1))  # (B, 1, d)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, n_0, d)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:

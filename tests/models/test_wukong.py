@@ -128,3 +128,46 @@ def test_wukong_learns_the_item_x_device_interaction(xor_data: Path, tmp_path: P
     ])
     result = train(config, progress=False)
     assert result.test["auc"] > 0.8
+
+
+# ----------------------------------------------------------------------------- embedding layer
+
+
+def _three_feature_batch() -> tuple[ModelInputs, CTRBatch]:
+    vocabularies = {name: ExactVocabulary(np.arange(1, 9)) for name in ("user", "item", "hour")}
+    inputs = ModelInputs(vocabularies=vocabularies, num_dense=2, labels=["click"])
+    features = KeyedJaggedTensor.from_lengths_sync(
+        ["user", "item", "hour"], torch.tensor([1, 2, 3, 4, 5, 6]), torch.ones(6, dtype=torch.int32)
+    )
+    return inputs, CTRBatch(features, torch.randn(2, 2), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+
+
+def test_important_features_get_several_embeddings_and_small_ones_are_grouped() -> None:
+    inputs, batch = _three_feature_batch()
+    config = Wukong.Config(embedding_dim=4, num_layers=1, feature_embeddings={"user": 3},
+                           feature_groups=[["item", "hour"]], group_mlp=[8], dense_embeddings=2)
+    model = Wukong(config, inputs)
+    x0 = model.embed(batch)
+    assert model.num_embeddings == 2 + 3 + 1 and x0.shape == (2, 6, 4)  # n_D + m_user + one group
+    # The user's three embeddings are its 12-wide row split in three.
+    user_collection = next(c for c, names in zip(model.sparse_arch, model._sparse_keys) if names == ["user"])
+    row = user_collection.table_weights()[0][user_collection.vocabularies["user"](torch.tensor([1]))]
+    assert torch.allclose(x0[0, 2:5].reshape(-1), row.reshape(-1))
+    # The group embedding is the projection of the concatenated item and hour embeddings.
+    others = next(c for c, names in zip(model.sparse_arch, model._sparse_keys) if names == ["item", "hour"])
+    pooled = others(batch.sparse_features).values()[:1]
+    assert torch.allclose(x0[0, 5], model.group_arch[0](pooled)[0], atol=1e-6)
+    assert model(batch).shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"feature_embeddings": {"nope": 2}}, "feature_embeddings: 'nope'"),
+     ({"feature_embeddings": {"user": 0}}, "feature_embeddings.user"),
+     ({"feature_groups": [["item"], ["item", "hour"]]}, "two groups"),
+     ({"feature_groups": [["user", "x"]]}, "feature_groups: 'x'")],
+)
+def test_embedding_layout_errors_name_the_field(options: dict, message: str) -> None:
+    inputs, _ = _three_feature_batch()
+    with pytest.raises(ConfigError, match=message):
+        Wukong(Wukong.Config(embedding_dim=4, **options), inputs)
