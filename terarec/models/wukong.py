@@ -186,7 +186,7 @@ class Wukong(nn.Module):
                             dropout=config.dropout, batch_norm=config.batch_norm)
 
     @staticmethod
-    def _check_embedding_layout(config: "Wukong.Config", features: list[str]) -> None:
+    def _check_embedding_layout(config: Wukong.Config, features: list[str]) -> None:
         for name, count in config.feature_embeddings.items():
             if name not in features:
                 raise ConfigError(f"model.feature_embeddings: '{name}' is not a sparse feature (features: {features})")
