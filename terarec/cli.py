@@ -1,4 +1,4 @@
-"""The ``terarec`` command: prepare data, train, evaluate, run the demo."""
+"""The ``terarec`` command: prepare data, train, evaluate, sweep model sizes, run the demo."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def data_synth(
 
 @data_app.command("prepare")
 def data_prepare(
-    source: str = typer.Argument(..., help="movielens | amazon | frappe | frappe-splits | criteo | events"),
+    source: str = typer.Argument(..., help="movielens | amazon | frappe | frappe-splits | criteo | events | synthetic-ctr"),
     path: Path = typer.Argument(..., help="The raw file or folder, in the source's published format."),
     out: Path = typer.Option(..., help="Folder to write the prepared dataset to."),
     split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
@@ -197,6 +197,62 @@ def plan_command(
     except (ConfigError, ValueError, FileNotFoundError) as error:
         _fail(error)
     WideConsole(width=max(console.width, 130)).print(report_table(plan))
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Path = typer.Argument(..., help="Sweep YAML: model families and their sizes, e.g. configs/scaling/sweep.yaml."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides for every point, e.g. data.path=data/scaling train.threads=1."),
+    out: Optional[Path] = typer.Option(None, help="Sweep folder (default: the spec's out); an existing one is resumed."),
+) -> None:
+    """Train every model size of a sweep on the same data and steps, then fit LogLoss = a + b * C^-alpha.
+
+    Records GFLOPs/example, parameters, test LogLoss and AUC and wall time per point in
+    OUT/results.json; a stopped sweep resumes without redoing finished points. Writes
+    OUT/fit.json and OUT/scaling.png."""
+    _quiet_libraries()
+    from terarec.config import ConfigError
+    from terarec.data.errors import DataError
+    from terarec.scaling.sweep import load_sweep, run_sweep, summarize
+
+    try:
+        spec = load_sweep(config, overrides or [])
+        folder = out or Path(spec.out)
+        run_sweep(spec, folder, log=console.print)
+        summary = summarize(folder)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    _print_fits(summary)
+    console.print(f"sweep folder: {folder}")
+
+
+@app.command("sweep-plot")
+def sweep_plot_command(
+    out: Path = typer.Argument(..., help="A sweep folder written by `terarec sweep`."),
+) -> None:
+    """Fit the finished points of a sweep folder again; rewrite its fit.json and scaling.png."""
+    from terarec.scaling.sweep import summarize
+
+    try:
+        summary = summarize(out)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(error)
+    _print_fits(summary)
+
+
+def _print_fits(summary: dict) -> None:
+    table = Table(title=f"LogLoss = a + b * GFLOPs^-alpha (Bayes floor {summary.get('floor') or 'unknown'})")
+    for column in ("family", "points", "GFLOPs span", "best LogLoss", "monotone", "a", "alpha", "R^2", "gain per 4x"):
+        table.add_column(column, justify="right")
+    for name, family in summary["families"].items():
+        fit = family["fit"] or {}
+        cells = [f"{fit[k]:.4f}" if k in fit else "" for k in ("a", "alpha", "r2")]
+        gain = f"{fit['gain_per_4x']:.5f} ({100 * fit['relative_gain_per_4x']:.2f}%)" if fit else ""
+        table.add_row(name, str(family["points"]), f"{family['gflops_span']:.0f}x", f"{family['logloss_best']:.5f}",
+                      str(family["monotone"]), *cells, gain)
+    console.print(table)
+    if summary.get("plot"):
+        console.print(f"chart: {summary['plot']}")
 
 
 def main() -> None:  # pragma: no cover

@@ -1,7 +1,8 @@
 """Data sources, one module per published format; each returns a ``SourceData``.
 
 ``load_source(name, path, **options)`` dispatches by name so the command line and configs
-can name a format: synthetic, movielens, amazon, frappe, frappe-splits, criteo, events.
+can name a format: synthetic, movielens, amazon, frappe, frappe-splits, criteo, events,
+synthetic-ctr.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SOURCES: dict[str, str] = {
     "frappe-splits": "terarec.data.sources.frappe:load_frappe_splits",
     "criteo": "terarec.data.sources.criteo:load_criteo",
     "events": "terarec.data.sources.events:load_events",
+    "synthetic-ctr": "terarec.data.sources.synthetic_ctr:load_synthetic_ctr",
 }
 
 
