@@ -161,6 +161,17 @@ class FeatureSpec:
             raise ValueError(f"dense_transform must be 'none' or 'log1p', got {self.dense_transform!r}")
 
 
+HISTORY_PREFIX = "hist_"
+
+
+def id_slot(column: str) -> str:
+    """The slot a column's ids are hashed in: its name, except that a history column ``hist_X``
+    (``terarec.data.history``) shares ``X``'s slot, so its ids equal the target's ids."""
+    if column.startswith(HISTORY_PREFIX) and len(column) > len(HISTORY_PREFIX):
+        return column[len(HISTORY_PREFIX):]
+    return column
+
+
 def _sparse_column(column: pa.ChunkedArray | pa.Array, slot: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids, lengths) of one categorical column; list columns give multi-hot lengths."""
     if isinstance(column, pa.ChunkedArray):
@@ -175,7 +186,7 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
     """Build one CTRBatch from a table of rows (vectorised; one hash per distinct string)."""
     values, lengths = [], []
     for name in spec.sparse:
-        ids, lens = _sparse_column(table.column(name), name)
+        ids, lens = _sparse_column(table.column(name), id_slot(name))
         values.append(ids)
         lengths.append(lens)
     if spec.crosses:

@@ -20,6 +20,9 @@ MODELS: dict[str, str] = {
     "mmoe": "terarec.models.mmoe:MMoE",
     "wukong": "terarec.models.wukong:Wukong",
     "bag_of_items": "terarec.models.bag_of_items:BagOfItems",
+    "din": "terarec.models.din:DIN",
+    "dien": "terarec.models.dien:DIEN",
+    "sim": "terarec.models.sim:SIM",
 }
 
 

@@ -23,6 +23,14 @@ release has: age, gender, occupation, zip_code) and ``items`` (``item_id``, ``ti
 ``genres`` as list<string>; "(no genres listed)" becomes an empty list). The dataset name is
 the folder's name (e.g. ``ml-100k``).
 
+CTR options (ML-100K as CTR, for DIN / DIEN / SIM): ``like_threshold=4`` adds the label
+``like`` (float32, 1 where rating >= 4; labels become ``[like, rating]``); ``features=true``
+joins the side tables onto every event (the user's columns, e.g. age, gender, occupation,
+zip_code; the movie's ``genres`` as list<string> and ``genre``, its first listed genre) and
+declares them sparse; ``history_length=N`` adds ``hist_item_id``, ``hist_rating`` (whole
+stars, int64) and with ``features`` ``hist_genre``: the movies, ratings and genres of the
+user's N most recent earlier events (``terarec.data.history``).
+
 The ratings files are parsed by pyarrow (``::`` is rewritten to a tab first); only the small
 user / movie files are read line by line.
 """
@@ -51,6 +59,8 @@ from terarec.data.sources.text import (
 )
 
 RATING = "rating"
+LIKE = "like"
+GENRE = "genre"
 RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv", "data.parquet")
 GENRES_100K = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -67,7 +77,14 @@ _RATING_TYPES: dict[str, pa.DataType] = {
 _ITEMS_SCHEMA = pa.schema([(ITEM_ID, pa.int64()), ("title", pa.string()), ("genres", pa.list_(pa.string()))])
 
 
-def load_movielens(path: str | Path, *, on_bad_line: BadLinePolicy = "error") -> SourceData:
+def load_movielens(
+    path: str | Path,
+    *,
+    on_bad_line: BadLinePolicy = "error",
+    like_threshold: float | None = None,
+    features: bool = False,
+    history_length: int = 0,
+) -> SourceData:
     """Load a MovieLens release (a folder, or its ratings file) as an events table.
 
     Args:
@@ -75,6 +92,9 @@ def load_movielens(path: str | Path, *, on_bad_line: BadLinePolicy = "error") ->
             (``u.data``, ``ratings.dat``, ``ratings.csv``, ``data.parquet``).
         on_bad_line: ``"error"`` raises a DataError naming file and line of the first
             malformed record; ``"skip"`` skips malformed records and counts them.
+        like_threshold: add the 0/1 label ``like`` = rating >= like_threshold.
+        features: join user and movie columns onto every event (sparse features).
+        history_length: add each event's earlier items, ratings (and genres), the last N.
 
     Returns:
         SourceData(kind="events", labels=["rating"]) with ``users`` / ``items`` side tables
@@ -138,12 +158,34 @@ def load_movielens(path: str | Path, *, on_bad_line: BadLinePolicy = "error") ->
     if table.num_rows == 0:
         raise no_records("ratings", counters[0]) if counters else DataError("no ratings", path=ratings)
     table = check_events_table(table, ratings)
+    labels, sparse = [RATING], []
+    if like_threshold is not None:
+        if isinstance(like_threshold, bool) or not isinstance(like_threshold, (int, float)):
+            raise DataError(f"like_threshold must be a number, got {like_threshold!r}", field="like_threshold")
+        like = pc.cast(pc.greater_equal(table.column(RATING), float(like_threshold)), pa.float32())
+        table, labels = table.append_column(LIKE, like), [LIKE, RATING]
+    if features:
+        table, added = _with_side_features(table, side, folder)
+        sparse = [USER_ID, ITEM_ID, *added]
+    if history_length:
+        if isinstance(history_length, bool) or not isinstance(history_length, int) or history_length < 0:
+            raise DataError(f"history_length must be a whole number >= 0, got {history_length!r}",
+                            field="history_length")
+        # Imported here: terarec.data.history needs torch, which plain loading does not.
+        from terarec.data.history import add_history, history_column
+
+        # Earlier ratings are known when an event is scored; whole stars (half stars rounded up).
+        stars = pc.cast(pc.ceil(table.column(RATING)), pa.int64())
+        columns = {ITEM_ID: None, **({GENRE: None} if GENRE in table.column_names else {}), RATING: stars}
+        table = add_history(table, columns, history_length)
+        sparse = (sparse or [USER_ID, ITEM_ID]) + [history_column(column) for column in columns]
     return SourceData(
         name=name,
         source="movielens",
         kind="events",
         chunks=[table],
-        labels=[RATING],
+        sparse=sparse,
+        labels=labels,
         side_tables=side,
         bad_lines=counters,
     )
@@ -224,6 +266,34 @@ def _parquet_ratings(path: Path) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------- side tables
+
+
+def _with_side_features(table: pa.Table, side: dict[str, pa.Table], folder: Path) -> tuple[pa.Table, list[str]]:
+    """Each event with its user's columns and its movie's ``genres`` and ``genre`` (first genre);
+    ids missing from a side table get nulls. Row order is kept."""
+    if not side:
+        raise DataError("features=true needs the users / items files beside the ratings", path=folder)
+    added = []
+    for key, side_table in ((USER_ID, side.get("users")), (ITEM_ID, side.get("items"))):
+        if side_table is None:
+            continue
+        ids = side_table.column(key).to_numpy()  # unique (checked when read), not empty
+        order = np.argsort(ids, kind="stable")
+        wanted = table.column(key).to_numpy()
+        rows = order[np.searchsorted(ids, wanted, sorter=order).clip(max=ids.size - 1)]
+        take = pa.array(rows, mask=ids[rows] != wanted)
+        names = [n for n in side_table.column_names if n != key] if key == USER_ID else ["genres"]
+        for name in names:
+            table = table.append_column(name, side_table.column(name).take(take))
+            added.append(name)
+        if key == ITEM_ID:
+            genres = table.column("genres").combine_chunks()
+            lengths = pc.fill_null(pc.list_value_length(genres), 0).to_numpy()
+            starts = genres.offsets.to_numpy()[:-1]
+            first = genres.values.take(pa.array(np.where(lengths > 0, starts, 0), mask=lengths == 0))
+            table = table.append_column(GENRE, first)
+            added.append(GENRE)
+    return table, added
 
 
 def _int(text: str) -> int:
