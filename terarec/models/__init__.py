@@ -23,6 +23,10 @@ MODELS: dict[str, str] = {
     "din": "terarec.models.din:DIN",
     "dien": "terarec.models.dien:DIEN",
     "sim": "terarec.models.sim:SIM",
+    "hstu": "terarec.models.hstu:HSTU",
+    "sasrec": "terarec.models.sasrec:SASRec",
+    "bert4rec": "terarec.models.bert4rec:BERT4Rec",
+    "gru4rec": "terarec.models.gru4rec:GRU4Rec",
 }
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.mlp import MLP
+from terarec.layers.retrieval import SampledSoftmax
 from terarec.models.inputs import ModelInputs
 
 
@@ -45,6 +45,7 @@ class BagOfItems(nn.Module):
         self.config = config
         self.items = SequenceEmbeddings(inputs.item_vocabulary, config.embedding_dim)
         self.user_tower = MLP(config.embedding_dim, config.hidden) if config.hidden else nn.Identity()
+        self.head = SampledSoftmax(num_negatives=config.num_negatives)  # raw dot products, no temperature
 
     def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.items.rows(ids)
@@ -68,23 +69,11 @@ class BagOfItems(nn.Module):
         is_last[torch.cumsum(lengths, 0) - 1] = True
         users = self.user_tower(means[~is_last])
         targets = torch.roll(rows, -1)[~is_last]
-        table = self.items.weight
-        if self.config.num_negatives <= 0:
-            logits = users @ table.T
-            logits[:, 0] = -torch.inf
-            return F.cross_entropy(logits, targets)
-        negatives = torch.randint(1, table.shape[0], (self.config.num_negatives,))
-        positive = (users * table[targets]).sum(1, keepdim=True)
-        sampled = users @ table[negatives].T
-        sampled = sampled.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), -torch.inf)
-        logits = torch.cat([positive, sampled], 1)
-        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+        return self.head.loss(users, targets, self.items.weight)
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         means, _, lengths = self._prefix_means(batch)
         return self.user_tower(means[torch.cumsum(lengths, 0) - 1])  # (B, d)
 
     def score_catalogue(self, batch: SequenceBatch) -> torch.Tensor:
-        scores = self.user_vectors(batch) @ self.items.weight.T  # (B, num_rows)
-        scores[:, 0] = -torch.inf  # the default row of unknown ids is never a candidate
-        return scores
+        return self.head.score_catalogue(self.user_vectors(batch), self.items.weight)  # (B, num_rows)

@@ -1,0 +1,104 @@
+"""The next-item retrieval head: (optionally L2-normalised) dot products, temperature, sampled softmax.
+
+A user vector u and an item vector e_j score ``s(u, j) = <u', e_j'> / tau`` where ``x' =
+x / ||x||`` when ``l2_norm`` is on (the HSTU paper's setting, after Zhai et al. 2023
+"Revisiting Neural Retrieval on Accelerators") and ``x' = x`` otherwise. Training maximises
+the softmax probability of the true next item against
+
+* the whole catalogue (``num_negatives = 0`` and no ``in_batch``), or
+* ``num_negatives`` items drawn uniformly from the catalogue, one draw shared by every
+  position of the batch (a (N, K) product instead of a (N, K, d) gather), and / or
+* the distinct target items of the batch (``in_batch``: popular items come up more often,
+  which no logQ correction undoes here).
+
+A negative equal to the position's own target is removed (its logit is -inf), so the
+positive is never counted as a negative. Row 0 of an item table is the unknown-id row and is
+never a candidate. Ranking by these scores does not depend on the temperature.
+
+Example:
+    >>> head = SampledSoftmax(num_negatives=128, temperature=0.05)
+    >>> loss = head.loss(torch.randn(10, 8), torch.randint(1, 50, (10,)), torch.randn(50, 8))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SampledSoftmax(nn.Module):
+    """Softmax over the true next item and negatives; scores the whole catalogue for evaluation.
+
+    Args:
+        num_negatives: uniform negatives per batch (0: the full catalogue, unless ``in_batch``).
+        in_batch: add the batch's distinct target items as negatives.
+        temperature: tau, dividing every logit.
+        l2_norm: L2-normalise user and item vectors.
+        eps: floor of the norm in the normalisation.
+    """
+
+    def __init__(
+        self,
+        num_negatives: int = 128,
+        in_batch: bool = False,
+        temperature: float = 1.0,
+        l2_norm: bool = False,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.num_negatives = num_negatives
+        self.in_batch = in_batch
+        self.temperature = temperature
+        self.l2_norm = l2_norm
+        self.eps = eps
+
+    def normalise(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(vectors, dim=-1, eps=self.eps) if self.l2_norm else vectors
+
+    def logits(
+        self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with the positive in column 0, and the negatives' table rows.
+
+        Args:
+            users: (N, d) user vectors, one per predicted position.
+            targets: (N,) table rows of the true next items.
+            table: (R, d) item table; row 0 is never sampled.
+            generator: random source of the uniform negatives.
+
+        Returns:
+            ``(logits (N, 1 + M), negative_rows (M,))``; masked negatives hold -inf.
+        """
+        users = self.normalise(users)
+        positives = self.normalise(table[targets])
+        columns = [(users * positives).sum(-1, keepdim=True)]
+        negative_rows = []
+        if self.num_negatives > 0:
+            sampled = torch.randint(1, table.shape[0], (self.num_negatives,), generator=generator, device=table.device)
+            negative_rows.append(sampled)
+        if self.in_batch:
+            negative_rows.append(torch.unique(targets))
+        if not negative_rows:  # the full catalogue; the positive stays in its own column
+            negative_rows.append(torch.arange(1, table.shape[0], device=table.device))
+        rows = torch.cat(negative_rows)
+        negatives = users @ self.normalise(table[rows]).T  # (N, M)
+        columns.append(negatives.masked_fill(rows.unsqueeze(0) == targets.unsqueeze(1), -torch.inf))
+        return torch.cat(columns, 1) / self.temperature, rows
+
+    def loss(
+        self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the true next item (column 0) over the positions."""
+        logits, _ = self.logits(users, targets, table, generator)
+        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
+
+    def score_catalogue(self, users: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(B, R) scores of every table row; row 0 (unknown ids) is -inf."""
+        scores = self.normalise(users) @ self.normalise(table).T
+        scores[:, 0] = -torch.inf
+        return scores

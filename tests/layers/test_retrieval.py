@@ -1,0 +1,51 @@
+"""The sampled-softmax retrieval head: positives never negatives, full catalogue, in-batch, L2 and temperature."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from terarec.layers.retrieval import SampledSoftmax
+
+
+def test_the_positive_is_never_a_negative() -> None:
+    torch.manual_seed(0)
+    table = torch.randn(5, 4)  # rows 1..4 are items: 64 draws cover every one
+    targets = torch.tensor([1, 2, 3, 4, 2])
+    logits, rows = SampledSoftmax(num_negatives=64).logits(torch.randn(5, 4), targets, table)
+    assert logits.shape == (5, 65) and (rows >= 1).all()  # row 0 (unknown ids) never sampled
+    same = rows.unsqueeze(0) == targets.unsqueeze(1)
+    assert same.any()
+    assert torch.isneginf(logits[:, 1:][same]).all() and torch.isfinite(logits[:, 1:][~same]).all()
+    assert torch.isfinite(logits[:, 0]).all()
+
+
+def test_full_catalogue_equals_cross_entropy_over_rows() -> None:
+    torch.manual_seed(0)
+    users, table, targets = torch.randn(3, 4), torch.randn(6, 4), torch.tensor([1, 5, 2])
+    expected_logits = users @ table.T
+    expected_logits[:, 0] = -torch.inf
+    expected = F.cross_entropy(expected_logits, targets)
+    torch.testing.assert_close(SampledSoftmax(num_negatives=0).loss(users, targets, table), expected)
+
+
+def test_l2_norm_and_temperature() -> None:
+    users, table = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 5.0]])
+    head = SampledSoftmax(num_negatives=0, temperature=0.1, l2_norm=True)
+    logits, rows = head.logits(users, torch.tensor([1]), table)
+    assert rows.tolist() == [1, 2]
+    # cosines: target row 1 -> 0.6, row 2 -> 0.8; row 1 is the positive, so masked among negatives
+    torch.testing.assert_close(logits, torch.tensor([[6.0, -math.inf, 8.0]]))
+    scores = head.score_catalogue(users, table)
+    assert torch.isneginf(scores[0, 0])
+    torch.testing.assert_close(scores[0, 1:], torch.tensor([0.6, 0.8]))
+
+
+def test_in_batch_negatives_are_the_distinct_targets() -> None:
+    users, table = torch.randn(4, 3), torch.randn(10, 3)
+    targets = torch.tensor([7, 2, 7, 9])
+    logits, rows = SampledSoftmax(num_negatives=0, in_batch=True).logits(users, targets, table)
+    assert rows.tolist() == [2, 7, 9]
+    assert torch.isneginf(logits[0, 2]) and torch.isneginf(logits[1, 1]) and torch.isfinite(logits[0, 1])
