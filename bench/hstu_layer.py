@@ -1,0 +1,113 @@
+"""One HSTU layer against one standard Transformer encoder layer: forward + backward time.
+
+HSTU (``terarec.layers.hstu.HSTULayer``, HSTU paper eqs. (1)-(3)): pointwise SiLU attention
+with a relative position + time bias, causal mask, H heads of width d / H for Q, K, U and V
+(its weights: f1 d x 4d, f2 d x d). Baseline: ``torch.nn.TransformerEncoderLayer``
+(batch_first, norm_first, dropout 0, d_ff = 4d, ReLU; weights: 3d^2 attention in, d^2 out,
+8d^2 feed-forward) with a causal mask and ``is_causal=True``, so its attention runs in
+``torch.nn.functional.scaled_dot_product_attention``. Same d, H and length on both sides;
+both in float32, training mode with dropout 0.
+
+Lengths 256, 1024 and 4096 with a fixed number of tokens per step (batch 16, 4, 1 by
+default: 4096 tokens); the time buckets of the HSTU bias are computed once outside the timed
+step (a stack shares them between its layers), the bias lookup is inside. Each side is timed
+as forward, sum of the output, backward, after warm-up; the median of the repeats is
+reported. Last line JSON: ``ratio_<T>`` = HSTU time / Transformer time, the times and their
+spreads.
+
+    python bench/hstu_layer.py            # d 128, 4 heads, lengths 256 1024 4096
+    python bench/hstu_layer.py --quick    # lengths 256 1024, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from functools import partial
+
+import torch
+from torch import nn
+
+
+def _hstu_step(layer, x, index, shape, mask, buckets) -> None:
+    layer(x, index, shape, mask, buckets).sum().backward()
+
+
+def _transformer_step(layer, x, src_mask) -> None:
+    layer(x, src_mask=src_mask, is_causal=True).sum().backward()
+
+
+def _timed(step, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="lengths 256 and 1024, 2 repeats")
+    parser.add_argument("--lengths", default="256,1024,4096")
+    parser.add_argument("--tokens", type=int, default=4096, help="tokens per step: batch = tokens // length")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.quick:
+        lengths, args.repeats, args.warmup = [t for t in lengths if t <= 1024], 2, 1
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+
+    from terarec.layers.hstu import HSTULayer, causal_mask, time_buckets
+    from terarec.layers.jagged import padded_index
+
+    d, heads = args.dim, args.heads
+    torch.manual_seed(0)
+    out: dict = {"embedding_dim": d, "num_heads": heads, "head_dim": d // heads, "transformer_d_ff": 4 * d,
+                 "tokens_per_step": args.tokens, "repeats": args.repeats, "threads": threads, "dtype": "float32"}
+    for length in lengths:
+        batch = max(1, args.tokens // length)
+        hstu = HSTULayer(d, heads, d // heads, d // heads, dropout=0.0, max_length=length, num_buckets=128)
+        transformer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True,
+                                                 norm_first=True)
+        x = torch.randn(batch * length, d, requires_grad=True)
+        lengths_t = torch.full((batch,), length)
+        index = padded_index(lengths_t, length)
+        mask = causal_mask(length)
+        times = torch.cumsum(torch.randint(1, 3600, (batch, length)), 1)
+        buckets = time_buckets(times.unsqueeze(2) - times.unsqueeze(1), 128)
+        src_mask = nn.Transformer.generate_square_subsequent_mask(length)
+        x_padded = torch.randn(batch, length, d, requires_grad=True)
+
+        hstu_step = partial(_hstu_step, hstu, x, index, (batch, length), mask, buckets)
+        transformer_step = partial(_transformer_step, transformer, x_padded, src_mask)
+        timed = partial(_timed, warmup=args.warmup, repeats=args.repeats)
+
+        # Alternate the two sides so that a burst of load from elsewhere hits both.
+        hstu_seconds, transformer_seconds = [], []
+        for _ in range(2):
+            hstu_seconds += timed(hstu_step)
+            transformer_seconds += timed(transformer_step)
+        h, t = statistics.median(hstu_seconds), statistics.median(transformer_seconds)
+        out[f"ratio_{length}"] = round(h / t, 3)
+        out[f"hstu_s_{length}"] = round(h, 5)
+        out[f"transformer_s_{length}"] = round(t, 5)
+        out[f"hstu_s_{length}_range"] = [round(min(hstu_seconds), 5), round(max(hstu_seconds), 5)]
+        out[f"transformer_s_{length}_range"] = [round(min(transformer_seconds), 5), round(max(transformer_seconds), 5)]
+        out[f"batch_{length}"] = batch
+        print(f"length {length}, batch {batch}: HSTU {h * 1e3:.1f} ms, Transformer {t * 1e3:.1f} ms, "
+              f"ratio {h / t:.2f}", flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
