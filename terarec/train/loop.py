@@ -77,12 +77,15 @@ def _json_safe(value: Any) -> Any:
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(config.run_dir) / f"{config.name}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     run_dir, suffix = base, 1
-    while run_dir.exists():
-        run_dir = base.with_name(f"{base.name}-{suffix}")
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    while True:  # mkdir is the claim: two runs started in the same second get two folders
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_dir = base.with_name(f"{base.name}-{suffix}")
+            suffix += 1
 
 
 def _attach_log(run_dir: Path) -> logging.Handler:

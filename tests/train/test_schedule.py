@@ -110,3 +110,19 @@ def _small_ctr_data(tmp_path: Path) -> Path:
 def test_bad_train_options_name_the_field(override: str) -> None:
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         load_config(None, ["name=x", "task=ctr", "data.path=.", "model={name: dlrm}", override])
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime as real_datetime
+
+    from terarec.train import loop
+
+    class FrozenClock:
+        @staticmethod
+        def now() -> real_datetime:
+            return real_datetime(2026, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr(loop, "datetime", FrozenClock)
+    config = load_config(None, ["name=x", "task=ctr", "data.path=.", "model={name: dlrm}", f"run_dir={tmp_path}"])
+    folders = {loop.new_run_dir(config) for _ in range(3)}
+    assert len(folders) == 3 and all(folder.is_dir() for folder in folders)
