@@ -199,8 +199,12 @@ class HSTULayer(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
         )  # (B, H, T, d_v)
         attended = to_jagged(attended.transpose(1, 2).reshape(batch, length, -1), index)  # (N, H*d_v)
-        y = x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))
+        y = self.output(x, attended, u)
         return (y, (k, v)) if return_kv else y
+
+    def output(self, x: torch.Tensor, attended: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Eq. (3): Y = X + f2(Dropout(LN(A V) * U)), on (N, d) values (also M-FALCON's candidates)."""
+        return x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))
 
 
 class HSTUStack(nn.Module):

@@ -152,8 +152,7 @@ def _layer_candidates(
         softmax=layer.softmax,
     )  # (1, H, b, d_v)
     attended = attended.transpose(1, 2).reshape(b, h * layer.linear_dim)
-    # Eq. (3) as HSTULayer.forward writes it, with dropout off (eval).
-    return x + layer.f2(layer.attention_norm(attended) * u)
+    return layer.output(x, attended, u)  # eq. (3), the layer's own (dropout is off in eval)
 
 
 @torch.no_grad()
