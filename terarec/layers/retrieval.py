@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from terarec.layers.jagged import last_index, next_item_split
+
 
 class SampledSoftmax(nn.Module):
     """Softmax over the true next item and negatives; scores the whole catalogue for evaluation.
@@ -102,3 +104,29 @@ class SampledSoftmax(nn.Module):
         scores = self.normalise(users) @ self.normalise(table).T
         scores[:, 0] = -torch.inf
         return scores
+
+
+class NextItemRetrieval:
+    """The next-item contract shared by the causal sequence encoders (HSTU, SASRec, GRU4Rec).
+
+    A model mixing this in holds ``items`` (``SequenceEmbeddings``) and ``head``
+    (``SampledSoftmax``) and defines ``encode(batch, keep, lengths) -> (N', d)``: the outputs
+    of the values kept by the boolean ``keep`` (None: all), read as sequences of ``lengths``.
+    Training: every position but each user's last predicts the next event; scoring: the
+    last position's output is the user vector.
+    """
+
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.items.rows(ids)
+
+    def loss(self, batch) -> torch.Tensor:
+        is_input, is_target, lengths = next_item_split(batch.lengths)
+        users = self.encode(batch, is_input, lengths)  # position i predicts event i + 1
+        targets = self.items.rows(batch.item_ids.values()[is_target])
+        return self.head.loss(users, targets, self.items.weight)
+
+    def user_vectors(self, batch) -> torch.Tensor:
+        return self.encode(batch, None, batch.lengths)[last_index(batch.lengths)]  # (B, d)
+
+    def score_catalogue(self, batch) -> torch.Tensor:
+        return self.head.score_catalogue(self.user_vectors(batch), self.items.weight)

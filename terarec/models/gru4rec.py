@@ -23,17 +23,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.jagged import (
-    last_index,
-    next_item_split,
     padded_index,
     to_jagged,
     to_padded,
 )
-from terarec.layers.retrieval import SampledSoftmax
+from terarec.layers.retrieval import NextItemRetrieval, SampledSoftmax
 from terarec.models.inputs import ModelInputs
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(NextItemRetrieval, nn.Module):
     """A GRU over a user's jagged history; the state after item t is the user vector for t + 1.
 
     Args (Config):
@@ -68,9 +66,6 @@ class GRU4Rec(nn.Module):
         self.output = nn.Linear(hidden, d) if hidden != d else nn.Identity()
         self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
 
-    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.items.rows(ids)
-
     def encode(self, batch: SequenceBatch, keep: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """(N', d) GRU states for the kept values of the batch (None: all)."""
         embeddings = self.items(batch.item_ids).values()
@@ -84,15 +79,3 @@ class GRU4Rec(nn.Module):
         )
         states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=length)
         return self.output(F.dropout(to_jagged(states, index), self.config.dropout, self.training))
-
-    def loss(self, batch: SequenceBatch) -> torch.Tensor:
-        is_input, is_target, lengths = next_item_split(batch.lengths)
-        users = self.encode(batch, is_input, lengths)
-        targets = self.items.rows(batch.item_ids.values()[is_target])
-        return self.head.loss(users, targets, self.items.weight)
-
-    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.encode(batch, None, batch.lengths)[last_index(batch.lengths)]
-
-    def score_catalogue(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.head.score_catalogue(self.user_vectors(batch), self.items.weight)

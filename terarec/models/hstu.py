@@ -33,12 +33,12 @@ from torch import nn
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.hstu import HSTUStack
-from terarec.layers.jagged import last_index, next_item_split, positions
-from terarec.layers.retrieval import SampledSoftmax
+from terarec.layers.jagged import last_index, positions
+from terarec.layers.retrieval import NextItemRetrieval, SampledSoftmax
 from terarec.models.inputs import ModelInputs
 
 
-class HSTU(nn.Module):
+class HSTU(NextItemRetrieval, nn.Module):
     """Hierarchical Sequential Transduction Units over a user's jagged history.
 
     Args (Config):
@@ -109,9 +109,6 @@ class HSTU(nn.Module):
         )
         self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
 
-    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.items.rows(ids)
-
     def encode(self, batch: SequenceBatch, keep: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """(N', d) outputs for the kept values of the batch (None: all), in sequences of ``lengths``."""
         embeddings = self.items(batch.item_ids).values()  # (N, d)
@@ -132,15 +129,3 @@ class HSTU(nn.Module):
         x = embeddings * math.sqrt(self.config.embedding_dim) + self.positions(positions(lengths))
         x = F.dropout(x, self.config.dropout, self.training)
         return self.stack(x, lengths, timestamps, query_times)
-
-    def loss(self, batch: SequenceBatch) -> torch.Tensor:
-        is_input, is_target, lengths = next_item_split(batch.lengths)
-        users = self.encode(batch, is_input, lengths)  # position i predicts event i + 1
-        targets = self.items.rows(batch.item_ids.values()[is_target])
-        return self.head.loss(users, targets, self.items.weight)
-
-    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.encode(batch, None, batch.lengths)[last_index(batch.lengths)]  # (B, d)
-
-    def score_catalogue(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.head.score_catalogue(self.user_vectors(batch), self.items.weight)

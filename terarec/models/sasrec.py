@@ -27,13 +27,13 @@ from torch import nn
 
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
-from terarec.layers.jagged import last_index, next_item_split, positions
-from terarec.layers.retrieval import SampledSoftmax
+from terarec.layers.jagged import positions
+from terarec.layers.retrieval import NextItemRetrieval, SampledSoftmax
 from terarec.layers.transformer import TransformerEncoder
 from terarec.models.inputs import ModelInputs
 
 
-class SASRec(nn.Module):
+class SASRec(NextItemRetrieval, nn.Module):
     """Causal Transformer over a user's jagged history.
 
     Args (Config):
@@ -71,9 +71,6 @@ class SASRec(nn.Module):
         self.encoder = TransformerEncoder(d, config.num_layers, config.num_heads, config.dropout, causal=True)
         self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
 
-    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.items.rows(ids)
-
     def encode(self, batch: SequenceBatch, keep: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """(N', d) outputs F^(b) for the kept values of the batch (None: all)."""
         if int(lengths.max()) > self.config.max_length:
@@ -83,15 +80,3 @@ class SASRec(nn.Module):
             embeddings = embeddings[keep]
         x = embeddings * math.sqrt(self.config.embedding_dim) + self.positions(positions(lengths))
         return self.encoder(F.dropout(x, self.config.dropout, self.training), lengths)
-
-    def loss(self, batch: SequenceBatch) -> torch.Tensor:
-        is_input, is_target, lengths = next_item_split(batch.lengths)
-        users = self.encode(batch, is_input, lengths)
-        targets = self.items.rows(batch.item_ids.values()[is_target])
-        return self.head.loss(users, targets, self.items.weight)
-
-    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.encode(batch, None, batch.lengths)[last_index(batch.lengths)]
-
-    def score_catalogue(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.head.score_catalogue(self.user_vectors(batch), self.items.weight)

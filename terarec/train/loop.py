@@ -147,8 +147,9 @@ class LearningRates:
     def step(self, global_step: int) -> float:
         """Set the rates for step ``global_step`` (0-based); returns the multiplier in force."""
         if self.warmup_steps and global_step <= self.warmup_steps:
-            self._apply(self.scale * min(1.0, (global_step + 1) / self.warmup_steps))
-            return self.scale * min(1.0, (global_step + 1) / self.warmup_steps)
+            factor = self.scale * min(1.0, (global_step + 1) / self.warmup_steps)
+            self._apply(factor)
+            return factor
         return self.scale
 
     def decay(self, factor: float) -> None:

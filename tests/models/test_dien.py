@@ -17,20 +17,7 @@ from tests.models.test_din import (
     history_config,
     tiny_batch,
     tiny_inputs,
-    write_taste_dataset,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def taste_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_taste_dataset(tmp_path_factory.mktemp("taste") / "ds")
 
 
 def _model(aux_weight: float = 1.0, extra: bool = True) -> DIEN:

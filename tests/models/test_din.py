@@ -26,12 +26,6 @@ HISTORY = {"hist_item_id": "item_id", "hist_genre": "genre"}
 HISTORY_FEATURES = ["user_id", "item_id", "genre", "hist_item_id", "hist_genre"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """train() sets torch's thread count for the process; give other test modules theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- fixtures shared with DIEN / SIM
@@ -74,9 +68,6 @@ def history_config(folder: Path, run_dir: Path, model: str, *extra: str):
     ])
 
 
-@pytest.fixture(scope="module")
-def taste_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_taste_dataset(tmp_path_factory.mktemp("taste") / "ds")
 
 
 def tiny_inputs(extra: bool = False) -> ModelInputs:

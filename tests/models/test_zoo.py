@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,6 @@ from terarec.models.inputs import ModelInputs
 from terarec.models.mmoe import MMoE
 from terarec.train.loop import train
 from tests.train.test_train import _ctr_events
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """train() sets torch's thread count for the process; give other test modules theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inputs(num_dense: int = 0, labels: tuple[str, ...] = ("click",)) -> ModelInputs:
