@@ -18,15 +18,21 @@ configuration (max length 50, d 64, 2 layers).
     python bench/seq_quality.py --datasets beauty --models hstu,sasrec
     python bench/seq_quality.py --quick                           # 2 epochs each
     python bench/seq_quality.py --threads 1 model.dropout=0.3     # overrides apply to every run
+    python bench/seq_quality.py --jobs 2                          # two runs at a time, one thread each
+
+With ``--jobs N`` the runs go to N worker processes of one thread each; seconds per epoch are
+then those of one thread beside another run. Measure speed with ``--jobs 1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 
@@ -59,71 +65,104 @@ def minutes_to_best(run_dir: Path, best_epoch: int) -> float:
     return (stamps[best_epoch] - first).total_seconds() / 60
 
 
+def run_one(config_path: str, overrides: list[str]) -> dict:
+    """Train one (data set, model); returns its figures (picklable, for worker processes)."""
+    from terarec.config import load_config
+    from terarec.train.loop import train
+
+    started = time.perf_counter()
+    result = train(load_config(config_path, overrides), progress=False)
+    epochs = [e for e in result.epochs if "train_seconds" in e]
+    return {
+        "test": result.test,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(epochs),
+        "s_per_epoch": float(np.median([e["train_seconds"] for e in epochs])),
+        "minutes_to_best": minutes_to_best(result.run_dir, result.best_epoch),
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 epochs per model")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: every core)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: every core; 1 with --jobs > 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes of one thread each)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every run, e.g. train.epochs=5")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0))))
+    threads = 1 if args.jobs > 1 else args.threads or max(1, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
 
-    from terarec.config import load_config
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
-    from terarec.train.loop import train
 
     datasets = [name for name in args.datasets.split(",") if name]
     models = [name for name in args.models.split(",") if name]
     for name in datasets:
         if name not in DATASETS:
             parser.error(f"unknown data set {name!r} (known: {', '.join(DATASETS)})")
-    out: dict = {}
+    for name in models:
+        if name not in MODELS:
+            parser.error(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    out: dict = {"seed": args.seed, "jobs": args.jobs, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="terarec-seq-") as tmp:
+        jobs = []
         for dataset in datasets:
             source, relative = DATASETS[dataset]
             folder = Path(tmp) / dataset
             meta = write_dataset(load_source(source, str(args.shared / "datasets" / relative)), folder, progress=False)
             print(f"{dataset}: {meta.split['counts']} events by split (leave-one-out)", flush=True)
             for model in models:
-                overrides = [f"data.path={folder}", f"run_dir={Path(tmp) / 'runs'}", f"train.threads={args.threads}"]
+                overrides = [f"data.path={folder}", f"run_dir={Path(tmp) / 'runs'}", f"train.threads={threads}",
+                             f"train.seed={args.seed}"]
                 if args.quick:
                     overrides.append("train.epochs=2")
-                config = load_config(ROOT / "configs" / dataset / f"{model}.yaml", overrides + list(args.overrides))
-                started = time.perf_counter()
-                result = train(config, progress=False)
-                epochs = [e for e in result.epochs if "train_seconds" in e]
-                key = f"{dataset}_{model}"
-                test = result.test
-                out.update({
-                    f"{key}_hr10": round(test["hr@10"], 5),
-                    f"{key}_hr50": round(test["hr@50"], 5),
-                    f"{key}_ndcg10": round(test["ndcg@10"], 5),
-                    f"{key}_ndcg50": round(test["ndcg@50"], 5),
-                    f"{key}_mrr": round(test["mrr"], 5),
-                    f"{key}_s_per_epoch": round(float(np.median([e["train_seconds"] for e in epochs])), 2),
-                    f"{key}_best_epoch": result.best_epoch,
-                    f"{key}_epochs_run": len(epochs),
-                    f"{key}_minutes_to_best": round(minutes_to_best(result.run_dir, result.best_epoch), 2),
-                })  # fmt: skip
-                print(
-                    f"{dataset} {model}: HR@10 {test['hr@10']:.4f} HR@50 {test['hr@50']:.4f} "
-                    f"NDCG@10 {test['ndcg@10']:.4f} NDCG@50 {test['ndcg@50']:.4f} MRR {test['mrr']:.4f} | "
-                    f"{out[f'{key}_s_per_epoch']:.1f} s/epoch, best epoch {result.best_epoch} of {len(epochs)}, "
-                    f"{out[f'{key}_minutes_to_best']:.1f} min to best, {time.perf_counter() - started:.0f} s in all",
-                    flush=True,
-                )
-            if {"hstu", "sasrec"} <= set(models):
-                ratio = out[f"{dataset}_hstu_ndcg10"] / max(out[f"{dataset}_sasrec_ndcg10"], 1e-12)
-                out[f"{dataset}_hstu_over_sasrec_ndcg10"] = round(ratio, 3)
-                print(f"{dataset}: HSTU NDCG@10 / SASRec NDCG@10 = {ratio:.3f}", flush=True)
+                jobs.append((dataset, model, str(ROOT / "configs" / dataset / f"{model}.yaml"), overrides + list(args.overrides)))
+
+        def report(dataset: str, model: str, result: dict) -> None:
+            key, test = f"{dataset}_{model}", result["test"]
+            out.update({
+                f"{key}_hr10": round(test["hr@10"], 5),
+                f"{key}_hr50": round(test["hr@50"], 5),
+                f"{key}_ndcg10": round(test["ndcg@10"], 5),
+                f"{key}_ndcg50": round(test["ndcg@50"], 5),
+                f"{key}_mrr": round(test["mrr"], 5),
+                f"{key}_s_per_epoch": round(result["s_per_epoch"], 2),
+                f"{key}_best_epoch": result["best_epoch"],
+                f"{key}_epochs_run": result["epochs_run"],
+                f"{key}_minutes_to_best": round(result["minutes_to_best"], 2),
+            })  # fmt: skip
+            print(
+                f"{dataset} {model}: HR@10 {test['hr@10']:.4f} HR@50 {test['hr@50']:.4f} "
+                f"NDCG@10 {test['ndcg@10']:.4f} NDCG@50 {test['ndcg@50']:.4f} MRR {test['mrr']:.4f} | "
+                f"{result['s_per_epoch']:.1f} s/epoch, best epoch {result['best_epoch']} of {result['epochs_run']}, "
+                f"{result['minutes_to_best']:.1f} min to best, {result['seconds']:.0f} s in all",
+                flush=True,
+            )
+
+        if args.jobs > 1:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+                futures = {pool.submit(run_one, path, overrides): (dataset, model)
+                           for dataset, model, path, overrides in jobs}
+                for future in as_completed(futures):
+                    report(*futures[future], future.result())
+        else:
+            for dataset, model, path, overrides in jobs:
+                report(dataset, model, run_one(path, overrides))
+    for dataset in datasets:
+        if {"hstu", "sasrec"} <= set(models):
+            ratio = out[f"{dataset}_hstu_ndcg10"] / max(out[f"{dataset}_sasrec_ndcg10"], 1e-12)
+            out[f"{dataset}_hstu_over_sasrec_ndcg10"] = round(ratio, 3)
+            print(f"{dataset}: HSTU NDCG@10 / SASRec NDCG@10 = {ratio:.3f}", flush=True)
     for model in ("sasrec", "hstu"):
         if f"beauty_{model}_s_per_epoch" in out:
             speedup = RECBOLE_SASREC_BEAUTY_S_PER_EPOCH / out[f"beauty_{model}_s_per_epoch"]
             out[f"beauty_{model}_speedup_vs_recbole_sasrec"] = round(speedup, 1)
-    out["threads"] = torch.get_num_threads()
     print(json.dumps(out))
 
 
