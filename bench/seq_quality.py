@@ -14,11 +14,10 @@ Prints one line per (data set, model), then, as its last line, one JSON object w
 the best epoch's validation. The Beauty configs of SASRec and HSTU are the speed
 configuration (max length 50, d 64, 2 layers).
 
-    python bench/seq_quality.py                                   # everything (about an hour on 2 cores)
+    python bench/seq_quality.py --jobs 2                          # everything, two one-thread runs at a time (~1 h on 2 cores)
     python bench/seq_quality.py --datasets beauty --models hstu,sasrec
     python bench/seq_quality.py --quick                           # 2 epochs each
     python bench/seq_quality.py --threads 1 model.dropout=0.3     # overrides apply to every run
-    python bench/seq_quality.py --jobs 2                          # two runs at a time, one thread each
 
 With ``--jobs N`` the runs go to N worker processes of one thread each; seconds per epoch are
 then those of one thread beside another run. Measure speed with ``--jobs 1``.
