@@ -22,11 +22,30 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from terarec.layers.jagged import last_index, next_item_split
+
+
+@dataclass
+class RetrievalLoss:
+    """The loss options every next-item model's ``Config`` shares (``SampledSoftmax``'s arguments).
+
+    Args:
+        num_negatives: uniform negatives per batch (0 with ``in_batch`` false: full softmax).
+        in_batch: add the batch's distinct targets as negatives.
+        temperature: logits are (cosine or dot product) / temperature.
+        l2_norm: L2-normalise user and item vectors.
+    """
+
+    num_negatives: int = 128
+    in_batch: bool = False
+    temperature: float = 0.05
+    l2_norm: bool = True
 
 
 class SampledSoftmax(nn.Module):
@@ -58,6 +77,11 @@ class SampledSoftmax(nn.Module):
         self.temperature = temperature
         self.l2_norm = l2_norm
         self.eps = eps
+
+    @classmethod
+    def from_options(cls, options: RetrievalLoss) -> SampledSoftmax:
+        """The head a model's ``RetrievalLoss`` fields describe."""
+        return cls(options.num_negatives, options.in_batch, options.temperature, options.l2_norm)
 
     def normalise(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1, eps=self.eps) if self.l2_norm else vectors

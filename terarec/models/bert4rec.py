@@ -31,7 +31,7 @@ from torch import nn
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.jagged import last_index, positions_from_end
-from terarec.layers.retrieval import SampledSoftmax
+from terarec.layers.retrieval import RetrievalLoss, SampledSoftmax
 from terarec.layers.transformer import TransformerEncoder
 from terarec.models.inputs import ModelInputs
 
@@ -55,7 +55,7 @@ class BERT4Rec(nn.Module):
     trainable = True
 
     @dataclass
-    class Config:
+    class Config(RetrievalLoss):
         embedding_dim: int = 64
         num_layers: int = 2
         num_heads: int = 2
@@ -64,7 +64,6 @@ class BERT4Rec(nn.Module):
         mask_probability: float = 0.2
         last_item_probability: float = 0.1
         num_negatives: int = 0
-        in_batch: bool = False
         temperature: float = 1.0
         l2_norm: bool = False
 
@@ -83,7 +82,7 @@ class BERT4Rec(nn.Module):
             d, config.num_layers, config.num_heads, config.dropout, causal=False, hidden_dim=4 * d, activation="gelu"
         )
         self.output = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
-        self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
+        self.head = SampledSoftmax.from_options(config)
 
     def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.items.rows(ids)

@@ -27,7 +27,7 @@ from terarec.layers.jagged import (
     to_jagged,
     to_padded,
 )
-from terarec.layers.retrieval import NextItemRetrieval, SampledSoftmax
+from terarec.layers.retrieval import NextItemRetrieval, RetrievalLoss, SampledSoftmax
 from terarec.models.inputs import ModelInputs
 
 
@@ -46,15 +46,11 @@ class GRU4Rec(NextItemRetrieval, nn.Module):
     trainable = True
 
     @dataclass
-    class Config:
+    class Config(RetrievalLoss):
         embedding_dim: int = 64
         hidden_dim: int = 0
         num_layers: int = 1
         dropout: float = 0.2
-        num_negatives: int = 128
-        in_batch: bool = False
-        temperature: float = 0.05
-        l2_norm: bool = True
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
@@ -64,7 +60,7 @@ class GRU4Rec(NextItemRetrieval, nn.Module):
         self.items = SequenceEmbeddings(inputs.item_vocabulary, d)
         self.gru = nn.GRU(d, hidden, num_layers=config.num_layers, batch_first=True)
         self.output = nn.Linear(hidden, d) if hidden != d else nn.Identity()
-        self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
+        self.head = SampledSoftmax.from_options(config)
 
     def encode(self, batch: SequenceBatch, keep: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """(N', d) GRU states for the kept values of the batch (None: all)."""

@@ -34,7 +34,7 @@ from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.hstu import HSTUStack
 from terarec.layers.jagged import last_index, positions
-from terarec.layers.retrieval import NextItemRetrieval, SampledSoftmax
+from terarec.layers.retrieval import NextItemRetrieval, RetrievalLoss, SampledSoftmax
 from terarec.models.inputs import ModelInputs
 
 
@@ -55,17 +55,15 @@ class HSTU(NextItemRetrieval, nn.Module):
         query_time: ``next`` (time of the predicted event) or ``own``; see the module docstring.
         softmax: softmax attention instead of pointwise SiLU (for comparison).
         num_actions: width of the batches' ``actions`` (0: items only).
-        num_negatives: uniform negatives per batch (0 with ``in_batch`` false: full softmax).
-        in_batch: add the batch's distinct targets as negatives.
-        temperature: logits are cosine / temperature.
-        l2_norm: L2-normalise user and item vectors.
+        num_negatives, in_batch, temperature, l2_norm: the retrieval loss
+            (``terarec.layers.retrieval.RetrievalLoss``).
     """
 
     task = "sequential"
     trainable = True
 
     @dataclass
-    class Config:
+    class Config(RetrievalLoss):
         embedding_dim: int = 64
         num_layers: int = 2
         num_heads: int = 1
@@ -79,10 +77,6 @@ class HSTU(NextItemRetrieval, nn.Module):
         query_time: Literal["next", "own"] = "next"
         softmax: bool = False
         num_actions: int = 0
-        num_negatives: int = 128
-        in_batch: bool = False
-        temperature: float = 0.05
-        l2_norm: bool = True
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
@@ -107,7 +101,7 @@ class HSTU(NextItemRetrieval, nn.Module):
                 softmax=config.softmax,
             )
         )
-        self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
+        self.head = SampledSoftmax.from_options(config)
 
     def encode(self, batch: SequenceBatch, keep: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """(N', d) outputs for the kept values of the batch (None: all), in sequences of ``lengths``."""

@@ -28,7 +28,7 @@ from torch import nn
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.jagged import positions
-from terarec.layers.retrieval import NextItemRetrieval, SampledSoftmax
+from terarec.layers.retrieval import NextItemRetrieval, RetrievalLoss, SampledSoftmax
 from terarec.layers.transformer import TransformerEncoder
 from terarec.models.inputs import ModelInputs
 
@@ -50,16 +50,12 @@ class SASRec(NextItemRetrieval, nn.Module):
     trainable = True
 
     @dataclass
-    class Config:
+    class Config(RetrievalLoss):
         embedding_dim: int = 64
         num_layers: int = 2
         num_heads: int = 1
         max_length: int = 200
         dropout: float = 0.2
-        num_negatives: int = 128
-        in_batch: bool = False
-        temperature: float = 0.05
-        l2_norm: bool = True
 
     def __init__(self, config: Config, inputs: ModelInputs) -> None:
         super().__init__()
@@ -69,7 +65,7 @@ class SASRec(NextItemRetrieval, nn.Module):
         self.positions = nn.Embedding(config.max_length, d)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.encoder = TransformerEncoder(d, config.num_layers, config.num_heads, config.dropout, causal=True)
-        self.head = SampledSoftmax(config.num_negatives, config.in_batch, config.temperature, config.l2_norm)
+        self.head = SampledSoftmax.from_options(config)
 
     def encode(self, batch: SequenceBatch, keep: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """(N', d) outputs F^(b) for the kept values of the batch (None: all)."""
