@@ -7,7 +7,9 @@ the softmax probability of the true next item against
 
 * the whole catalogue (``num_negatives = 0`` and no ``in_batch``), or
 * ``num_negatives`` items drawn uniformly from the catalogue, one draw shared by every
-  position of the batch (a (N, K) product instead of a (N, K, d) gather), and / or
+  position of the batch (a (N, K) product instead of a (N, K, d) gather), or, with
+  ``per_position``, a draw of its own for every position (the HSTU reference code's sampler:
+  more distinct negatives per step at the cost of the gather), and / or
 * the distinct target items of the batch (``in_batch``: popular items come up more often,
   which no logQ correction undoes here).
 
@@ -40,12 +42,14 @@ class RetrievalLoss:
         in_batch: add the batch's distinct targets as negatives.
         temperature: logits are (cosine or dot product) / temperature.
         l2_norm: L2-normalise user and item vectors.
+        per_position: draw the uniform negatives for each position apart (False: one draw per batch).
     """
 
     num_negatives: int = 128
     in_batch: bool = False
     temperature: float = 0.05
     l2_norm: bool = True
+    per_position: bool = False
 
 
 class SampledSoftmax(nn.Module):
@@ -56,6 +60,7 @@ class SampledSoftmax(nn.Module):
         in_batch: add the batch's distinct target items as negatives.
         temperature: tau, dividing every logit.
         l2_norm: L2-normalise user and item vectors.
+        per_position: each position draws its own ``num_negatives`` (False: one draw per batch).
         eps: floor of the norm in the normalisation.
     """
 
@@ -65,6 +70,7 @@ class SampledSoftmax(nn.Module):
         in_batch: bool = False,
         temperature: float = 1.0,
         l2_norm: bool = False,
+        per_position: bool = False,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -76,12 +82,13 @@ class SampledSoftmax(nn.Module):
         self.in_batch = in_batch
         self.temperature = temperature
         self.l2_norm = l2_norm
+        self.per_position = per_position
         self.eps = eps
 
     @classmethod
     def from_options(cls, options: RetrievalLoss) -> SampledSoftmax:
         """The head a model's ``RetrievalLoss`` fields describe."""
-        return cls(options.num_negatives, options.in_batch, options.temperature, options.l2_norm)
+        return cls(options.num_negatives, options.in_batch, options.temperature, options.l2_norm, options.per_position)
 
     def normalise(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1, eps=self.eps) if self.l2_norm else vectors
@@ -98,22 +105,32 @@ class SampledSoftmax(nn.Module):
             generator: random source of the uniform negatives.
 
         Returns:
-            ``(logits (N, 1 + M), negative_rows (M,))``; masked negatives hold -inf.
+            ``(logits (N, 1 + M), negative_rows)``, negative_rows (M,) shared by every position,
+            or (N, M) with ``per_position``; masked negatives (a position's own target) hold -inf.
         """
         users = self.normalise(users)
         positives = self.normalise(table[targets])
         columns = [(users * positives).sum(-1, keepdim=True)]
-        negative_rows = []
-        if self.num_negatives > 0:
-            sampled = torch.randint(1, table.shape[0], (self.num_negatives,), generator=generator, device=table.device)
-            negative_rows.append(sampled)
-        if self.in_batch:
-            negative_rows.append(torch.unique(targets))
-        if not negative_rows:  # the full catalogue; the positive stays in its own column
-            negative_rows.append(torch.arange(1, table.shape[0], device=table.device))
-        rows = torch.cat(negative_rows)
-        negatives = users @ self.normalise(table[rows]).T  # (N, M)
-        columns.append(negatives.masked_fill(rows.unsqueeze(0) == targets.unsqueeze(1), -torch.inf))
+        if self.per_position and self.num_negatives > 0:
+            shape = (len(targets), self.num_negatives)
+            rows = torch.randint(1, table.shape[0], shape, generator=generator, device=table.device)
+            if self.in_batch:
+                rows = torch.cat([rows, torch.unique(targets).expand(len(targets), -1)], 1)
+            negatives = torch.einsum("nd,nmd->nm", users, self.normalise(table[rows]))  # (N, M)
+            same = rows == targets.unsqueeze(1)
+        else:
+            negative_rows = []
+            if self.num_negatives > 0:
+                sampled = torch.randint(1, table.shape[0], (self.num_negatives,), generator=generator, device=table.device)
+                negative_rows.append(sampled)
+            if self.in_batch:
+                negative_rows.append(torch.unique(targets))
+            if not negative_rows:  # the full catalogue; the positive stays in its own column
+                negative_rows.append(torch.arange(1, table.shape[0], device=table.device))
+            rows = torch.cat(negative_rows)
+            negatives = users @ self.normalise(table[rows]).T  # (N, M)
+            same = rows.unsqueeze(0) == targets.unsqueeze(1)
+        columns.append(negatives.masked_fill(same, -torch.inf))
         return torch.cat(columns, 1) / self.temperature, rows
 
     def loss(

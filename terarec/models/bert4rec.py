@@ -47,7 +47,7 @@ class BERT4Rec(nn.Module):
         dropout: on embeddings, attention and feed-forward.
         mask_probability: rho, the share of training items replaced by [mask].
         last_item_probability: share of training sequences with only the last item masked.
-        num_negatives, in_batch, temperature, l2_norm: the softmax head
+        num_negatives, in_batch, temperature, l2_norm, per_position: the softmax head
             (defaults: full catalogue, raw dot products).
     """
 

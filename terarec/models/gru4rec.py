@@ -39,7 +39,7 @@ class GRU4Rec(NextItemRetrieval, nn.Module):
         hidden_dim: GRU state width (0: d); projected back to d when different.
         num_layers: stacked GRU layers.
         dropout: on the embeddings and on the GRU output.
-        num_negatives, in_batch, temperature, l2_norm: the retrieval loss.
+        num_negatives, in_batch, temperature, l2_norm, per_position: the retrieval loss.
     """
 
     task = "sequential"

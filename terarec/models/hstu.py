@@ -55,7 +55,7 @@ class HSTU(NextItemRetrieval, nn.Module):
         query_time: ``next`` (time of the predicted event) or ``own``; see the module docstring.
         softmax: softmax attention instead of pointwise SiLU (for comparison).
         num_actions: width of the batches' ``actions`` (0: items only).
-        num_negatives, in_batch, temperature, l2_norm: the retrieval loss
+        num_negatives, in_batch, temperature, l2_norm, per_position: the retrieval loss
             (``terarec.layers.retrieval.RetrievalLoss``).
     """
 

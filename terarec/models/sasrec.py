@@ -42,7 +42,7 @@ class SASRec(NextItemRetrieval, nn.Module):
         num_heads: attention heads.
         max_length: longest input sequence (the position table's size).
         dropout: on embeddings, attention and feed-forward.
-        num_negatives, in_batch, temperature, l2_norm: the retrieval loss
+        num_negatives, in_batch, temperature, l2_norm, per_position: the retrieval loss
             (``terarec.layers.retrieval.SampledSoftmax``).
     """
 

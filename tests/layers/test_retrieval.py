@@ -49,3 +49,25 @@ def test_in_batch_negatives_are_the_distinct_targets() -> None:
     logits, rows = SampledSoftmax(num_negatives=0, in_batch=True).logits(users, targets, table)
     assert rows.tolist() == [2, 7, 9]
     assert torch.isneginf(logits[0, 2]) and torch.isneginf(logits[1, 1]) and torch.isfinite(logits[0, 1])
+
+
+def test_per_position_negatives_are_drawn_for_each_position() -> None:
+    torch.manual_seed(0)
+    users, table = torch.randn(6, 3), torch.randn(5, 3)
+    targets = torch.tensor([1, 2, 3, 4, 1, 2])
+    head = SampledSoftmax(num_negatives=40, per_position=True)
+    logits, rows = head.logits(users, targets, table)
+    assert rows.shape == (6, 40) and (rows >= 1).all() and (rows < 5).all()
+    assert not (rows == rows[0]).all()  # each position has its own draw
+    same = rows == targets.unsqueeze(1)
+    assert same.any() and torch.isneginf(logits[:, 1:][same]).all()
+    torch.testing.assert_close(logits[:, 1:][~same], (users.unsqueeze(1) * table[rows]).sum(-1)[~same])
+    torch.testing.assert_close(logits[:, 0], (users * table[targets]).sum(-1))
+
+
+def test_per_position_with_in_batch_adds_the_distinct_targets_to_every_row() -> None:
+    torch.manual_seed(0)
+    users, table, targets = torch.randn(4, 3), torch.randn(10, 3), torch.tensor([7, 2, 7, 9])
+    logits, rows = SampledSoftmax(num_negatives=3, in_batch=True, per_position=True).logits(users, targets, table)
+    assert rows.shape == (4, 6) and rows[:, 3:].tolist() == [[2, 7, 9]] * 4
+    assert torch.isneginf(logits[0, 1 + 4]) and torch.isneginf(logits[1, 1 + 3]) and torch.isfinite(logits[1, 1 + 4])
