@@ -9,7 +9,8 @@ the softmax probability of the true next item against
 * ``num_negatives`` items drawn uniformly from the catalogue, one draw shared by every
   position of the batch (a (N, K) product instead of a (N, K, d) gather), or, with
   ``per_position``, a draw of its own for every position (the HSTU reference code's sampler:
-  more distinct negatives per step at the cost of the gather), and / or
+  more distinct negatives per step, at the cost of an (N, K, d) gather, or, when the catalogue
+  has fewer rows than the N K draws, of scoring every row once and picking), and / or
 * the distinct target items of the batch (``in_batch``: popular items come up more often,
   which no logQ correction undoes here).
 
@@ -116,7 +117,10 @@ class SampledSoftmax(nn.Module):
             rows = torch.randint(1, table.shape[0], shape, generator=generator, device=table.device)
             if self.in_batch:
                 rows = torch.cat([rows, torch.unique(targets).expand(len(targets), -1)], 1)
-            negatives = torch.einsum("nd,nmd->nm", users, self.normalise(table[rows]))  # (N, M)
+            if rows.numel() > table.shape[0]:  # fewer rows than draws: score every row once, then pick
+                negatives = torch.gather(users @ self.normalise(table).T, 1, rows)
+            else:
+                negatives = torch.einsum("nd,nmd->nm", users, self.normalise(table[rows]))  # (N, M)
             same = rows == targets.unsqueeze(1)
         else:
             negative_rows = []

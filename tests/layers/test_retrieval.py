@@ -71,3 +71,14 @@ def test_per_position_with_in_batch_adds_the_distinct_targets_to_every_row() -> 
     logits, rows = SampledSoftmax(num_negatives=3, in_batch=True, per_position=True).logits(users, targets, table)
     assert rows.shape == (4, 6) and rows[:, 3:].tolist() == [[2, 7, 9]] * 4
     assert torch.isneginf(logits[0, 1 + 4]) and torch.isneginf(logits[1, 1 + 3]) and torch.isfinite(logits[1, 1 + 4])
+
+
+def test_per_position_scores_agree_whether_rows_are_gathered_or_the_catalogue_scored() -> None:
+    users, targets = torch.randn(3, 4, dtype=torch.float64), torch.tensor([1, 2, 3])
+    for rows_in_table, negatives in ((50, 4), (5, 40)):  # 12 gathered rows < 50; 120 > 5
+        table = torch.randn(rows_in_table, 4, dtype=torch.float64)
+        head = SampledSoftmax(num_negatives=negatives, per_position=True, l2_norm=True)
+        logits, rows = head.logits(users, targets, table)
+        expected = (F.normalize(users, dim=-1).unsqueeze(1) * F.normalize(table[rows], dim=-1)).sum(-1)
+        finite = rows != targets.unsqueeze(1)
+        torch.testing.assert_close(logits[:, 1:][finite], expected[finite])
