@@ -79,6 +79,8 @@ class SampledSoftmax(nn.Module):
             raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if per_position and num_negatives == 0:
+            raise ValueError("per_position draws uniform negatives: set num_negatives > 0 with it")
         self.num_negatives = num_negatives
         self.in_batch = in_batch
         self.temperature = temperature

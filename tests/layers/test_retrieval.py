@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +83,8 @@ def test_per_position_scores_agree_whether_rows_are_gathered_or_the_catalogue_sc
         expected = (F.normalize(users, dim=-1).unsqueeze(1) * F.normalize(table[rows], dim=-1)).sum(-1)
         finite = rows != targets.unsqueeze(1)
         torch.testing.assert_close(logits[:, 1:][finite], expected[finite])
+
+
+def test_per_position_without_negatives_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_negatives > 0"):
+        SampledSoftmax(num_negatives=0, per_position=True)
