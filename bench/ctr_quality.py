@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
+from _runs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -72,23 +71,16 @@ def main() -> None:
                              f"train.threads={1 if args.jobs > 1 else threads}", *args.overrides]
                 if args.quick:
                     overrides.append("train.epochs=2")
-                jobs.append((name, seed, str(ROOT / "configs" / "frappe" / f"{name}.yaml"), overrides))
+                jobs.append(((name, seed), (str(ROOT / "configs" / "frappe" / f"{name}.yaml"), overrides)))
         results: dict[str, list[dict]] = {name: [] for name in names}
 
-        def report(name: str, seed: int, result: dict) -> None:
+        def report(key: tuple[str, int], result: dict) -> None:
+            name, seed = key
             results[name].append(result)
             print(f"{name} seed {seed}: test AUC {result['test']['auc']:.4f}, LogLoss {result['test']['logloss']:.4f}, "
                   f"best epoch {result['best_epoch']}", flush=True)
 
-        if args.jobs > 1:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-                futures = {pool.submit(run_one, path, overrides): (name, seed) for name, seed, path, overrides in jobs}
-                for future in as_completed(futures):
-                    report(*futures[future], future.result())
-        else:
-            for name, seed, path, overrides in jobs:
-                report(name, seed, run_one(path, overrides))
+        run_jobs(jobs, run_one, report, args.jobs)
         for name in names:
             runs = results[name]
             aucs = [r["test"]["auc"] for r in runs]

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from _runs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -120,9 +119,10 @@ def main() -> None:
                              f"train.seed={args.seed}"]
                 if args.quick:
                     overrides.append("train.epochs=2")
-                jobs.append((dataset, model, str(ROOT / "configs" / dataset / f"{model}.yaml"), overrides + list(args.overrides)))
+                jobs.append(((dataset, model), (str(ROOT / "configs" / dataset / f"{model}.yaml"), overrides + list(args.overrides))))
 
-        def report(dataset: str, model: str, result: dict) -> None:
+        def report(names: tuple[str, str], result: dict) -> None:
+            dataset, model = names
             key, test = f"{dataset}_{model}", result["test"]
             out.update({
                 f"{key}_hr10": round(test["hr@10"], 5),
@@ -143,18 +143,9 @@ def main() -> None:
                 flush=True,
             )
 
-        if args.jobs > 1:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-                futures = {pool.submit(run_one, path, overrides): (dataset, model)
-                           for dataset, model, path, overrides in jobs}
-                for future in as_completed(futures):
-                    report(*futures[future], future.result())
-        else:
-            for dataset, model, path, overrides in jobs:
-                report(dataset, model, run_one(path, overrides))
-    for dataset in datasets:
-        if {"hstu", "sasrec"} <= set(models):
+        run_jobs(jobs, run_one, report, args.jobs)
+    if {"hstu", "sasrec"} <= set(models):
+        for dataset in datasets:
             ratio = out[f"{dataset}_hstu_ndcg10"] / max(out[f"{dataset}_sasrec_ndcg10"], 1e-12)
             out[f"{dataset}_hstu_over_sasrec_ndcg10"] = round(ratio, 3)
             print(f"{dataset}: HSTU NDCG@10 / SASRec NDCG@10 = {ratio:.3f}", flush=True)

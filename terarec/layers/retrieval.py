@@ -114,7 +114,7 @@ class SampledSoftmax(nn.Module):
         users = self.normalise(users)
         positives = self.normalise(table[targets])
         columns = [(users * positives).sum(-1, keepdim=True)]
-        if self.per_position and self.num_negatives > 0:
+        if self.per_position:  # num_negatives > 0, checked in __init__
             shape = (len(targets), self.num_negatives)
             rows = torch.randint(1, table.shape[0], shape, generator=generator, device=table.device)
             if self.in_batch:

@@ -43,7 +43,7 @@ class SASRec(NextItemRetrieval, nn.Module):
         max_length: longest input sequence (the position table's size).
         dropout: on embeddings, attention and feed-forward.
         num_negatives, in_batch, temperature, l2_norm, per_position: the retrieval loss
-            (``terarec.layers.retrieval.SampledSoftmax``).
+            (``terarec.layers.retrieval.RetrievalLoss``).
     """
 
     task = "sequential"
