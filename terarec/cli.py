@@ -152,11 +152,11 @@ def eval_command(
 ) -> None:
     """Evaluate a run's best checkpoint on one split."""
     _quiet_libraries()
-    from terarec.train.loop import evaluate, load_task
+    from terarec.train.loop import load_task
 
     try:
         task = load_task(run_dir)
-        metrics = evaluate(task, split, progress=True)
+        metrics = task.evaluate(split, progress=True)
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     _print_metrics(f"{run_dir.name} on {split}", [(split, metrics)])

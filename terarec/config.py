@@ -83,6 +83,11 @@ class TrainConfig:
         log_every: write the running train loss to ``steps.csv`` every this many steps.
         plateau_decay: multiply every learning rate by this after an epoch that does not
             improve the validation metric (FuxiCTR's reduce-on-plateau uses 0.1; 1 = off).
+        monitor: the validation metric that picks the best epoch, e.g. ``valid.auc`` or
+            ``valid.ndcg@10`` (empty = the task's default: AUC, mean AUC or NDCG at the first K);
+            LogLoss-, RMSE- and loss-like metrics are minimised, every other one maximised.
+        checkpoint_every: also save the resumable state every this many steps (0 = only at the
+            end of each epoch); ``terarec train --resume RUN`` continues from the latest.
     """
 
     epochs: int = 3
@@ -96,9 +101,11 @@ class TrainConfig:
     warmup_steps: int = 0
     log_every: int = 50
     plateau_decay: float = 1.0
+    monitor: str = ""
+    checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "warmup_steps", "max_steps_per_epoch", "patience", "threads"):
+        for name in ("epochs", "warmup_steps", "max_steps_per_epoch", "patience", "threads", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected an integer >= 0, got {getattr(self, name)}")
         if self.log_every < 1:
@@ -161,7 +168,9 @@ class ExperimentConfig:
 
     Args:
         name: names the run folder.
-        task: ``ctr`` (one row per impression, binary labels) or ``sequential`` (next item).
+        task: ``ctr`` (one row per impression, binary labels), ``sequential`` (next item) or
+            ``ranking`` (impressions over interleaved item / action series); see
+            ``terarec.train.tasks``.
         data: see DataConfig.
         model: ``name`` (a key of ``terarec.models.MODELS``) plus that model's own options,
             checked against its Config dataclass.
@@ -172,7 +181,7 @@ class ExperimentConfig:
     """
 
     name: str = "experiment"
-    task: Literal["ctr", "sequential"] = "ctr"
+    task: Literal["ctr", "sequential", "ranking"] = "ctr"
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "embedding_mlp"})
     train: TrainConfig = field(default_factory=TrainConfig)

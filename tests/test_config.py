@@ -178,7 +178,7 @@ def test_unknown_key_without_near_match_lists_valid_keys() -> None:
         ("data.sparse=user_id", "data.sparse", "list"),
         ("eval.ks=[10, x]", "eval.ks[1]", "integer"),
         ("data.path=[a]", "data.path", "string"),
-        ("task=ranking", "task", "one of"),
+        ("task=retrieval", "task", "one of"),
         ("data=3", "data", "mapping"),
     ],
 )

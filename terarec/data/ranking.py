@@ -57,6 +57,8 @@ class RankingBatch:
         timestamps: (N,) seconds.
         actions: (N, num_actions) float32 actions (labels, for a candidate).
         is_candidate: (N,) True for a candidate event (at most one per series, last).
+        candidate_labels: (C, num_labels) float32 label columns of the candidates (evaluation
+            batches of a dataset given ``labels``), or None.
     """
 
     user_ids: torch.Tensor
@@ -67,6 +69,7 @@ class RankingBatch:
     is_candidate: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     user_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    candidate_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -116,6 +119,8 @@ class RankingDataset(IterableDataset):
         max_events: events per training window.
         batch_size: series per batch.
         shuffle: shuffle the series (training); seeded by ``seed`` and the epoch.
+        labels: valid / test: columns of each impression carried as ``candidate_labels``
+            (e.g. ``long_watch``, a binary label for a regression action).
     """
 
     def __init__(
@@ -129,10 +134,12 @@ class RankingDataset(IterableDataset):
         batch_size: int = 128,
         shuffle: bool = False,
         seed: int = 0,
+        labels: Sequence[str] = (),
     ) -> None:
         self.folder = Path(folder)
         self.meta = DatasetMeta.load(self.folder)
         self.split, self.split_code = split, _split_code(split)
+        self.labels = list(labels)
         self.actions, self.item_features, self.user_features = list(actions), list(item_features), list(user_features)
         if max_events < 1 or batch_size < 1:
             raise ValueError(f"max_events and batch_size must be >= 1, got {max_events} and {batch_size}")
@@ -140,7 +147,7 @@ class RankingDataset(IterableDataset):
         per_event = [schema.ITEM_ID, schema.TIMESTAMP, *self.actions, *self.item_features]
         needed = [schema.USER_ID, schema.SPLIT, *per_event, *self.user_features]
         if self.split_code != 0:
-            needed += [history_column(name) for name in per_event]
+            needed += [history_column(name) for name in per_event] + self.labels
         for name in needed:
             if name not in self.meta.columns:
                 hint = " (make them with terarec.data.ranking.add_ranking_history)" if name.startswith("hist_") else ""
@@ -219,6 +226,9 @@ class RankingDataset(IterableDataset):
                 is_candidate=torch.from_numpy(is_candidate),
                 features={k: merged(history["features"][k], candidate["features"][k]) for k in self.item_features},
                 user_features={k: torch.from_numpy(hash_array(piece.column(k), k)) for k in self.user_features},
+                candidate_labels=torch.from_numpy(np.stack(
+                    [pc.fill_null(piece.column(name), 0).to_numpy().astype(np.float32) for name in self.labels], 1
+                )) if self.labels else None,
             )
 
     def __iter__(self) -> Iterator[RankingBatch]:

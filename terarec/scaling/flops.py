@@ -109,7 +109,8 @@ def ctr_model_cost(config, batch_size: int = 8) -> ModelCost:
     from terarec.data.schema import DatasetMeta
     from terarec.features.vocabulary import ExactVocabulary
     from terarec.models.inputs import ModelInputs
-    from terarec.train.setup import build_model, feature_spec
+    from terarec.train.setup import feature_spec
+    from terarec.train.tasks import build_model
 
     if config.task != "ctr":
         raise ValueError(f"ctr_model_cost: expected a ctr task, got {config.task!r}")
