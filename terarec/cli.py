@@ -126,22 +126,37 @@ def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
 
 @app.command("train", context_settings={"allow_extra_args": False})
 def train_command(
-    config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/synthetic/ctr_embedding_mlp.yaml."),
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML, e.g. configs/frappe/wukong.yaml (not with --resume)."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.epochs=3 data.batch_size=4096."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a stopped run folder from its last saved state (mid-epoch too)."),
+    data: Optional[Path] = typer.Option(None, help="With --resume: the run's dataset at another path."),
+    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
 ) -> None:
-    """Train the config's model; writes a run folder (config, log, metrics.json, checkpoint)."""
+    """Train the config's model; writes a run folder (config, status, logs, metrics.json, checkpoints).
+
+    A run stopped part way (killed, out of time) keeps its last state: `terarec train --resume RUN`
+    continues it and ends as the uninterrupted run would have."""
     _quiet_libraries()
     from terarec.config import ConfigError, load_config
     from terarec.data.errors import DataError
+    from terarec.train.loop import resume as resume_run
     from terarec.train.loop import train
 
     try:
-        cfg = load_config(config, overrides or [])
-        result = train(cfg, progress=progress)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+        if resume is not None:
+            if config is not None or overrides:
+                raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
+            result = resume_run(resume, progress=progress, data_path=data)
+            name = result.run_dir.name
+        else:
+            if config is None:
+                raise ConfigError("give an experiment config (e.g. configs/frappe/wukong.yaml) or --resume RUN")
+            cfg = load_config(config, overrides or [])
+            result = train(cfg, progress=progress)
+            name = cfg.name
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         _fail(error)
-    _print_metrics(f"{cfg.name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
+    _print_metrics(f"{name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
     console.print(f"run folder: {result.run_dir}")
 
 
@@ -149,18 +164,46 @@ def train_command(
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),
     split: str = typer.Option("test", help="train | valid | test"),
+    data: Optional[Path] = typer.Option(None, help="The run's dataset at another path (default: where it was trained)."),
+    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
 ) -> None:
-    """Evaluate a run's best checkpoint on one split."""
+    """Evaluate a run's best checkpoint on one split, from any directory."""
     _quiet_libraries()
+    from terarec.data.errors import DataError
     from terarec.train.loop import load_task
 
     try:
-        task = load_task(run_dir)
-        metrics = task.evaluate(split, progress=True)
-    except (ValueError, FileNotFoundError) as error:
+        task = load_task(run_dir, data_path=data)
+        metrics = task.evaluate(split, progress=progress and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, DataError) as error:
         _fail(error)
     _print_metrics(f"{run_dir.name} on {split}", [(split, metrics)])
     typer.echo(json.dumps(metrics))
+
+
+@app.command("predict")
+def predict_command(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),
+    input: Path = typer.Option(..., "--input", help="Parquet rows to score (CTR: feature columns; ranking: impressions "
+                                                   "with hist_* columns; sequential: events of the users to recommend for)."),
+    out: Path = typer.Option(..., help="Parquet file to write: the input's columns plus one score column per label "
+                                       "(sequential: user_id, items, scores)."),
+    batch_size: int = typer.Option(4096, help="Rows (users) per batch."),
+    k: int = typer.Option(10, help="Sequential runs: items recommended per user."),
+    progress: bool = typer.Option(True, help="Show a progress bar (only on a terminal)."),
+) -> None:
+    """Score a Parquet file with a run's best model, in batches, with no training data at hand."""
+    _quiet_libraries()
+    from terarec.data.errors import DataError
+    from terarec.serve.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_run(run_dir)
+        rows = predictor.predict_file(input, out, batch_size=batch_size, k=k,
+                                      progress=progress and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, DataError) as error:
+        _fail(error)
+    console.print(f"wrote {rows:,} rows to {out}")
 
 
 @app.command("demo")

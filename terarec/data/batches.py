@@ -517,11 +517,16 @@ class SequenceDataset(IterableDataset):
 
 
 def make_loader(dataset: IterableDataset, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a batch-building dataset (batches are built in the workers)."""
+    """A DataLoader over a batch-building dataset (batches are built in the workers).
+
+    The loader draws its workers' base seed from a generator of its own: the global one is the
+    model's (dropout, negatives), and a loader started mid-epoch by a resumed run must not move it.
+    """
     return DataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )

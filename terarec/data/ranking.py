@@ -106,6 +106,67 @@ def _interleave(is_candidate: np.ndarray, history: np.ndarray, candidates: np.nd
     return torch.from_numpy(out)
 
 
+@dataclass
+class RankingColumns:
+    """Which columns a ranking series is made of, and how one is built from a table of rows.
+
+    Args:
+        actions: per-event action columns (float; nulls are 0).
+        item_features: per-event categorical columns added to the item token.
+        user_features: per-user categorical columns (one value per user).
+        labels: columns of an impression carried as ``candidate_labels``.
+    """
+
+    actions: list[str]
+    item_features: list[str] = field(default_factory=list)
+    user_features: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def events(self, table: pa.Table, rows: np.ndarray | None, prefix: str = "") -> dict:
+        """Per-event arrays (ids hashed in their column's slot) of ``rows`` or flattened lists."""
+
+        def column(name: str) -> pa.Array:
+            values = table.column(prefix + name).combine_chunks()
+            return pc.list_flatten(values) if prefix else values.take(pa.array(rows))
+
+        out = {
+            "item_ids": hash_array(column(schema.ITEM_ID), schema.ITEM_ID),
+            "timestamps": column(schema.TIMESTAMP).to_numpy(zero_copy_only=False).astype(np.int64),
+            "features": {name: hash_array(column(name), name) for name in self.item_features},
+        }
+        actions = [pc.fill_null(column(name), 0).to_numpy(zero_copy_only=False).astype(np.float32)
+                   for name in self.actions]
+        out["actions"] = np.stack(actions, 1) if actions else np.zeros((len(out["item_ids"]), 0), np.float32)
+        return out
+
+    def impression_batch(self, piece: pa.Table) -> RankingBatch:
+        """One series per row of ``piece``: the row's ``hist_*`` lists (its history), then the row
+        itself as the candidate (its action columns, if present, are labels the model never reads)."""
+        size = piece.num_rows
+        history = self.events(piece, None, prefix="hist_")
+        candidate = self.events(piece, np.arange(size))
+        history_lengths = pc.list_value_length(piece.column(history_column(schema.ITEM_ID)).combine_chunks())
+        history_lengths = pc.fill_null(history_lengths, 0).to_numpy().astype(np.int64)
+        # Interleave: series i = its history, then its candidate.
+        series_end = np.cumsum(history_lengths + 1)
+        is_candidate = np.zeros(int(series_end[-1]) if size else 0, dtype=bool)
+        is_candidate[series_end - 1] = True
+        merged = partial(_interleave, is_candidate)
+        return RankingBatch(
+            user_ids=torch.from_numpy(piece.column(schema.USER_ID).to_numpy().astype(np.int64)),
+            lengths=torch.from_numpy(history_lengths + 1),
+            item_ids=merged(history["item_ids"], candidate["item_ids"]),
+            timestamps=merged(history["timestamps"], candidate["timestamps"]),
+            actions=merged(history["actions"], candidate["actions"]),
+            is_candidate=torch.from_numpy(is_candidate),
+            features={k: merged(history["features"][k], candidate["features"][k]) for k in self.item_features},
+            user_features={k: torch.from_numpy(hash_array(piece.column(k), k)) for k in self.user_features},
+            candidate_labels=torch.from_numpy(np.stack(
+                [pc.fill_null(piece.column(name), 0).to_numpy().astype(np.float32) for name in self.labels], 1
+            )) if self.labels else None,
+        )
+
+
 class RankingDataset(IterableDataset):
     """Streams RankingBatches of one split (see the module docstring); one part at a time.
 
@@ -141,6 +202,7 @@ class RankingDataset(IterableDataset):
         self.split, self.split_code = split, _split_code(split)
         self.labels = list(labels)
         self.actions, self.item_features, self.user_features = list(actions), list(item_features), list(user_features)
+        self.columns_spec = RankingColumns(self.actions, self.item_features, self.user_features, self.labels)
         if max_events < 1 or batch_size < 1:
             raise ValueError(f"max_events and batch_size must be >= 1, got {max_events} and {batch_size}")
         self.max_events, self.batch_size, self.shuffle, self.seed, self.epoch = max_events, batch_size, shuffle, seed, 0
@@ -157,23 +219,6 @@ class RankingDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _events(self, table: pa.Table, rows: np.ndarray | None, prefix: str = "") -> dict:
-        """Per-event arrays (ids hashed in their column's slot) of ``rows`` or flattened lists."""
-
-        def column(name: str) -> pa.Array:
-            values = table.column(prefix + name).combine_chunks()
-            return pc.list_flatten(values) if prefix else values.take(pa.array(rows))
-
-        out = {
-            "item_ids": hash_array(column(schema.ITEM_ID), schema.ITEM_ID),
-            "timestamps": column(schema.TIMESTAMP).to_numpy(zero_copy_only=False).astype(np.int64),
-            "features": {name: hash_array(column(name), name) for name in self.item_features},
-        }
-        actions = [pc.fill_null(column(name), 0).to_numpy(zero_copy_only=False).astype(np.float32)
-                   for name in self.actions]
-        out["actions"] = np.stack(actions, 1) if actions else np.zeros((len(out["item_ids"]), 0), np.float32)
-        return out
-
     def _train_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[RankingBatch]:
         table = table.filter(pc.equal(table.column(schema.SPLIT), 0))
         users = table.column(schema.USER_ID).to_numpy()
@@ -184,7 +229,7 @@ class RankingDataset(IterableDataset):
         back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0 = last window
         window_end = ends[user_of] - back * self.max_events
         window_start = np.maximum(starts[user_of], window_end - self.max_events)
-        events = self._events(table, np.arange(table.num_rows))
+        events = self.columns_spec.events(table, np.arange(table.num_rows))
         user_columns = {name: hash_array(table.column(name), name) for name in self.user_features}
         order = np.arange(window_start.size) if rng is None else rng.permutation(window_start.size)
         for start in range(0, order.size, self.batch_size):
@@ -204,32 +249,7 @@ class RankingDataset(IterableDataset):
     def _impression_batches(self, table: pa.Table) -> Iterator[RankingBatch]:
         table = table.filter(pc.equal(table.column(schema.SPLIT), self.split_code))
         for start in range(0, table.num_rows, self.batch_size):
-            piece = table.slice(start, self.batch_size)
-            size = piece.num_rows
-            history = self._events(piece, None, prefix="hist_")
-            candidate = self._events(piece, np.arange(size))
-            history_lengths = pc.list_value_length(piece.column(history_column(schema.ITEM_ID)).combine_chunks())
-            history_lengths = pc.fill_null(history_lengths, 0).to_numpy().astype(np.int64)
-            # Interleave: series i = its history, then its candidate.
-            series_end = np.cumsum(history_lengths + 1)
-            is_candidate = np.zeros(series_end[-1], dtype=bool)
-            is_candidate[series_end - 1] = True
-
-            merged = partial(_interleave, is_candidate)
-
-            yield RankingBatch(
-                user_ids=torch.from_numpy(piece.column(schema.USER_ID).to_numpy().astype(np.int64)),
-                lengths=torch.from_numpy(history_lengths + 1),
-                item_ids=merged(history["item_ids"], candidate["item_ids"]),
-                timestamps=merged(history["timestamps"], candidate["timestamps"]),
-                actions=merged(history["actions"], candidate["actions"]),
-                is_candidate=torch.from_numpy(is_candidate),
-                features={k: merged(history["features"][k], candidate["features"][k]) for k in self.item_features},
-                user_features={k: torch.from_numpy(hash_array(piece.column(k), k)) for k in self.user_features},
-                candidate_labels=torch.from_numpy(np.stack(
-                    [pc.fill_null(piece.column(name), 0).to_numpy().astype(np.float32) for name in self.labels], 1
-                )) if self.labels else None,
-            )
+            yield self.columns_spec.impression_batch(table.slice(start, self.batch_size))
 
     def __iter__(self) -> Iterator[RankingBatch]:
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
