@@ -52,6 +52,8 @@ def data_synth(
     split: str = typer.Option("time", help=SPLIT_HELP),
     valid_fraction: float = typer.Option(0.1, help="Share of rows for validation (time / random splits)."),
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
+    ranking_history: int = typer.Option(0, help="Also write each row's N earlier events as hist_* lists, an "
+                                              "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Generate the built-in synthetic interaction log and write it as a prepared dataset.
@@ -66,8 +68,15 @@ def data_synth(
     try:
         config = SyntheticConfig(num_users=users, num_items=items, num_events=events, seed=seed)
         started = time.perf_counter()
-        meta = write_dataset(load_synthetic(config), out, _split_config(split, valid_fraction, test_fraction, seed),
-                             overwrite=overwrite)
+        data = load_synthetic(config)
+        if ranking_history < 0:
+            raise ValueError(f"--ranking-history: expected a number of events >= 0, got {ranking_history}")
+        if ranking_history:
+            from terarec.data.ranking import synthetic_ranking_source
+
+            history_columns = ["click", "like", "watch_time", "category", "hour", "device"]
+            data = synthetic_ranking_source(data, ranking_history, history_columns)
+        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite)
     except (ValueError, OSError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "

@@ -259,3 +259,26 @@ class RankingDataset(IterableDataset):
                 yield from self._train_batches(table, rng)
             else:
                 yield from self._impression_batches(table)
+
+
+def synthetic_ranking_source(data, history_length: int, history_columns: Sequence[str]):
+    """The synthetic log (``terarec.data.sources.synthetic``) as ranking impressions.
+
+    Adds ``action`` (click + like: the earlier actions DIN pools beside its history),
+    ``long_watch`` (watch_time above the median watch time of the clicked rows: a binary label
+    to judge a watch-time regression by AUC) and ``hist_*`` lists of each row's ``history_length``
+    strictly earlier events (``add_ranking_history``) for the item, timestamp, ``history_columns``
+    and ``action``. The whole table is held in memory (the median and the histories need it).
+    """
+    from terarec.data.sources.base import SourceData
+
+    table = pa.concat_tables(list(data.chunks))
+    click, like = table.column("click").to_numpy(), table.column("like").to_numpy()
+    watch = table.column("watch_time").to_numpy()
+    threshold = float(np.median(watch[click > 0])) if (click > 0).any() else 0.0
+    table = table.append_column("action", pa.array((click + like).astype(np.int64)))
+    table = table.append_column("long_watch", pa.array((watch > threshold).astype(np.float32)))
+    table = add_ranking_history(table, [*history_columns, "action"], history_length)
+    return SourceData(name=f"{data.name}-ranking", source=data.source, kind="events", chunks=[table],
+                      sparse=list(data.sparse), dense=list(data.dense), labels=[*data.labels, "long_watch"],
+                      sorted_by_user=data.sorted_by_user, side_tables=data.side_tables)

@@ -24,6 +24,7 @@ MODELS: dict[str, str] = {
     "dien": "terarec.models.dien:DIEN",
     "sim": "terarec.models.sim:SIM",
     "hstu": "terarec.models.hstu:HSTU",
+    "hstu_ranking": "terarec.models.hstu_ranking:HSTURanking",
     "sasrec": "terarec.models.sasrec:SASRec",
     "bert4rec": "terarec.models.bert4rec:BERT4Rec",
     "gru4rec": "terarec.models.gru4rec:GRU4Rec",

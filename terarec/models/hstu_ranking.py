@@ -25,7 +25,7 @@ Read beside the paper:
   (``terarec.serve.mfalcon``): the history's tokens run once, then each candidate's item token
   attends to the history and itself, in micro-batches.
 
-The model consumes ``terarec.data.ranking.RankingBatch``es; ``bench/hstu_ranking.py`` trains
+The model consumes ``terarec.data.ranking.RankingBatch``es and trains as a ``ranking`` task
 it against DIN. It is not wired into ``terarec train`` (that loop builds CTR or sequence
 datasets only).
 """
