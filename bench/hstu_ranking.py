@@ -124,7 +124,8 @@ def evaluate_hstu(model, dataset) -> dict:
 
 def train_hstu(folder: Path, config: dict, epochs: int, seed: int, long_watch: float) -> dict:
     from terarec.config import from_dict
-    from terarec.data.ranking import RankingDataset, fit_vocabularies
+    from terarec.data.ranking import RankingDataset
+    from terarec.data.vocabularies import fit_vocabularies
     from terarec.models.hstu_ranking import HSTURanking
     from terarec.models.inputs import ModelInputs
 

@@ -23,24 +23,11 @@ from terarec.data import schema, splits
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import sorted_union
+from terarec.features.vocabulary import DistinctIds
 from terarec.data.splits import SplitConfig
 
 ROWS_PER_PART = 1_000_000
 ROWS_PER_ROW_GROUP = 128 * 1024
-
-
-class _DistinctCounter:
-    """Exact distinct count of an int64 column across chunks (memory O(distinct values))."""
-
-    def __init__(self) -> None:
-        self.seen = np.empty(0, dtype=np.int64)
-
-    def update(self, values: np.ndarray) -> None:
-        self.seen = sorted_union(self.seen, values)
-
-    def __len__(self) -> int:
-        return int(self.seen.size)
 
 
 def _sorted_events(data: SourceData) -> Iterator[pa.Table]:
@@ -160,7 +147,7 @@ def write_dataset(
 
     chunks: Iterable[pa.Table] = _sorted_events(data) if data.kind == "events" else _ctr_chunks(data)
     needs_second_pass = split.method == "time" and not split.cutoffs
-    users, items = _DistinctCounter(), _DistinctCounter()
+    users, items = DistinctIds(), DistinctIds()
     parts: list[str] = []
     columns: dict[str, str] = {}
     num_rows = 0
