@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from terarec.data import schema, splits
+from terarec.data.derive import UNIFIED_TABLE, Derivations
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.data.sources.base import SourceData
@@ -108,6 +109,7 @@ def write_dataset(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    derive: Derivations | None = None,
 ) -> DatasetMeta:
     """Write ``data`` to ``out_dir`` as a prepared dataset and return its metadata.
 
@@ -118,6 +120,7 @@ def write_dataset(
             seeded random 80/10/10 split for CTR rows; a source with its own split keeps it.
         overwrite: replace an existing folder (otherwise that is an error).
         progress: show a progress bar.
+        derive: columns and series to derive from an events table (``terarec.data.derive``).
 
     Example:
         >>> from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
@@ -138,6 +141,9 @@ def write_dataset(
             f"this source comes with its own split; use split method 'given', not {split.method!r}",
             path=data.name,
         )
+    if derive and data.kind != "events":
+        raise DataError("history / weak_semantic / unified need an events table (rows by user and time)",
+                        path=data.name)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
@@ -154,6 +160,8 @@ def write_dataset(
     bar = tqdm(desc=f"prepare {data.name}", unit=" rows", unit_scale=True, disable=not progress)
     try:
         for chunk in chunks:
+            if derive:
+                chunk = derive.add_columns(chunk, data.name)
             if split.method not in ("given",) and not needs_second_pass:
                 codes = _split_codes(chunk, split, num_rows, data.kind, data.name)
                 chunk = chunk.append_column(schema.SPLIT, pa.array(codes, type=pa.int8()))
@@ -192,6 +200,8 @@ def write_dataset(
         for side_name, side_table in data.side_tables.items():
             pq.write_table(side_table, tmp_dir / f"{side_name}.parquet")
             side_tables[side_name] = f"{side_name}.parquet"
+        if derive and derive.unified:
+            side_tables[UNIFIED_TABLE] = derive.write_unified(tmp_dir, parts, data.name)
         stats: dict = {}
         if len(users):
             stats["num_users"] = len(users)
@@ -213,7 +223,7 @@ def write_dataset(
             source=data.source,
             kind=data.kind,
             num_rows=num_rows,
-            sparse=list(data.sparse),
+            sparse=list(data.sparse) + (derive.sparse_columns(data.sparse) if derive else []),
             dense=list(data.dense),
             labels=list(data.labels),
             columns=columns,
