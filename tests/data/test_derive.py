@@ -140,3 +140,23 @@ def test_synth_takes_the_same_options(tmp_path: Path) -> None:
     assert "hist_item_id" in meta["sparse"] and "hist_click" not in meta["sparse"]
     bad = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "b"), "-o", "negatives=2"])
     assert bad.exit_code == 2 and "negatives" in bad.output
+
+
+def test_a_ctr_run_trains_on_the_derived_columns(tmp_path: Path) -> None:
+    data = tmp_path / "syn"
+    result = runner.invoke(app, [
+        "data", "synth", "--out", str(data), "--events", "3000", "--users", "100", "--items", "200",
+        "-o", "history=[item_id]", "-o", "history_length=10",
+        "-o", "weak_semantic=[{name: fav_cat_x_item, columns: [category, item_id], window_days: 7}]",
+    ])
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "derived", "task": "ctr", "run_dir": str(tmp_path / "runs"),
+        "data": {"path": str(data), "batch_size": 256, "labels": ["click"],
+                 "sparse": ["user_id", "item_id", "hist_item_id"],
+                 "crosses": [{"name": "fav_cat_x_item", "kind": "weak_semantic", "columns": ["category", "item_id"]}]},
+        "model": {"name": "embedding_mlp", "hidden": [16]},
+    }))
+    result = runner.invoke(app, ["train", str(config), "train.epochs=1", "--no-progress"])
+    assert result.exit_code == 0, result.output
