@@ -18,7 +18,7 @@ import torch
 if TYPE_CHECKING:
     from terarec.embedding.vocabulary import ManagedVocabulary
 
-EMPTY = -(2**63)  # a row that holds no id
+EMPTY = -(2**63)  # a row (or hash slot) that holds no id
 NEVER_SEEN = -(2**63)  # last-seen time of a free row
 _SAMPLED_SELECTION_ROWS = 1 << 18  # from this many rows, victims are picked by a sampled threshold
 

@@ -21,8 +21,8 @@ How an id gets, keeps and loses a row (training mode only; evaluation is read-on
   ``admit="count"``: once it has been seen ``min_count`` times while without a row. Counts
   live in a count-min sketch (``sketch_depth`` rows of ``sketch_width`` int32 counters,
   multiply-shift hashes, plain updates; ``terarec.embedding.sketch``) that is halved every
-  ``sketch_window`` additions, so an id must gather its count within about that many missed lookups. A count-min sketch
-  never underestimates; it overestimates by the mass of the ids colliding with it: per row the
+  ``sketch_window`` additions, so an id must gather its count within about that many missed
+  lookups. A count-min sketch never underestimates; it overestimates by the mass of the ids colliding with it: per row the
   expected excess is at most ``N / width`` (N = the count the sketch holds, between
   ``sketch_window`` right after a halving and ``2 x sketch_window`` just before one), so by
   Markov's inequality ``P(estimate >= true + 1) <= (N / width) ** depth``. With the defaults
@@ -34,8 +34,8 @@ How an id gets, keeps and loses a row (training mode only; evaluation is read-on
   (``terarec.features.mixing.mix64`` of the id xor the seed), read as a number in
   [0, 1), is below ``admit_probability``: the same id is always admitted or always not, and
   about that share of distinct ids ever gets a row.
-- **Eviction** (``terarec.embedding.eviction``) when the free rows run out: the worst ``evict_fraction`` of the capacity (at
-  least what the batch needs) is freed at once, so the O(capacity) selection is paid once per
+- **Eviction** (``terarec.embedding.eviction``) when the free rows run out: the worst
+  ``evict_fraction`` of the capacity (at least what the batch needs) is freed at once, so the O(capacity) selection is paid once per
   many admissions (exactly the lowest scores: a threshold read off a sample of 65,536 scores,
   then ``torch.topk`` over the rows at or below it). ``evict="lfu"``: lowest decayed count (counts halve every
   ``count_half_life`` looked-up ids); ``"lru"``: oldest last-seen step; ``"ttl"``: after every

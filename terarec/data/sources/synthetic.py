@@ -79,11 +79,11 @@ and per-user event counts do not depend on ``users_per_chunk``; the event draws 
 events depend on the chunk it falls in).
 
 Generation is vectorised over the users of a chunk with one loop over the event index (users
-sorted by activity, so the active ones are a prefix), popularity draws use alias tables (O(1), ``terarec.data.sampling.alias_tables``),
-the clicked (user, item) pairs live in a bucketed hash set (``terarec.data.sampling.KeySet``:
-one gather and compare per lookup, no probing loop), and the Gaussian noise of the interest walk and query comes from a per-chunk
-pool of ``NOISE_POOL`` vectors (a random row per event): about 1-2M events per second on one
-core.
+sorted by activity, so the active ones are a prefix), popularity draws use alias tables (O(1);
+``terarec.data.sampling.alias_tables``), the clicked (user, item) pairs live in a bucketed hash
+set (``terarec.data.sampling.KeySet``: one gather and compare per lookup, no probing loop), and
+the Gaussian noise of the interest walk and query comes from a per-chunk pool of
+``NOISE_POOL`` vectors (a random row per event): about 1-2M events per second on one core.
 """
 
 from __future__ import annotations
