@@ -42,6 +42,19 @@ def _split_config(method: Optional[str], valid: float, test: float, seed: int):
                                                     test_fraction=test, seed=seed)
 
 
+def _key_values(items: list[str]) -> dict:
+    """``-o key=value`` options as a mapping (values parsed as YAML, dashes in keys as underscores)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        if "=" not in item:
+            _fail(ValueError(f"--option '{item}' is not key=value"))
+        key, value = item.split("=", 1)
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    return options
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(Path("data/synthetic"), help="Folder to write the prepared dataset to."),
@@ -55,6 +68,7 @@ def data_synth(
     ranking_history: int = typer.Option(0, help="Also write each row's N earlier events as hist_* lists, an "
                                               "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=[item_id,category], history_length=50, weak_semantic=[...], unified=[...]."),
 ) -> None:
     """Generate the built-in synthetic interaction log and write it as a prepared dataset.
 
@@ -62,10 +76,16 @@ def data_synth(
     (hour, device), and click / like / watch-time labels that depend on affinity, feature
     crosses and recent history."""
     _quiet_libraries()
+    from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
 
     try:
+        options = _key_values(option)
+        derive = Derivations.from_options(options)
+        if options:
+            raise ValueError(f"data synth: unknown --option {sorted(options)}; it takes history, history_length, "
+                             "weak_semantic and unified")
         config = SyntheticConfig(num_users=users, num_items=items, num_events=events, seed=seed)
         started = time.perf_counter()
         data = load_synthetic(config)
@@ -76,7 +96,8 @@ def data_synth(
 
             history_columns = ["click", "like", "watch_time", "category", "hour", "device"]
             data = synthetic_ranking_source(data, ranking_history, history_columns)
-        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite)
+        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
+                             derive=derive)
     except (ValueError, OSError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "
@@ -93,27 +114,23 @@ def data_prepare(
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
     seed: int = typer.Option(0, help="Seed of a random split and of frappe's negative sampling."),
     on_bad_line: str = typer.Option("error", help="error: stop at the first malformed record, naming file and line; skip: skip such records and report how many."),
-    option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=[genre]."),
+    option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=[genre]; for any events source also history=[item_id,category] history_length=50, weak_semantic=[{name: fav_x_item, columns: [category, item_id], window_days: 30}], unified=[age_bucket] (docs/data.md)."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Read a public or generic dataset in its own format and write the canonical Parquet tables."""
     _quiet_libraries()
-    import yaml
-
+    from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
 
-    options = {}
-    for item in option:
-        if "=" not in item:
-            _fail(ValueError(f"--option '{item}' is not key=value"))
-        key, value = item.split("=", 1)
-        options[key.replace("-", "_")] = yaml.safe_load(value)
+    options = _key_values(option)
     if source == "frappe":
         options.setdefault("seed", seed)
     try:
+        derive = Derivations.from_options(options)
         data = load_source(source, str(path), on_bad_line=on_bad_line, **options)
-        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite)
+        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
+                             derive=derive)
     except (ValueError, OSError, TypeError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} rows ({meta.kind}) to {out}; stats {meta.stats}; "

@@ -18,7 +18,8 @@ interleaved tokens x_0, a_0, x_1, a_1, ..., candidate.
   impression itself as the candidate.
 
 Ids are slot-prefixed 64-bit ids (``terarec.features.hashing``) in the slot of the column
-(``hist_X`` shares ``X``'s slot), so vocabularies fitted on the training rows apply to both.
+(``hist_X`` shares ``X``'s slot), so vocabularies fitted on the training rows
+(``terarec.data.vocabularies.fit_vocabularies``) apply to both.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from terarec.data.errors import DataError
 from terarec.data.history import add_history, history_column
 from terarec.data.schema import DatasetMeta
 from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import ExactVocabulary
 
 
 @dataclass
@@ -84,19 +84,6 @@ def add_ranking_history(table: pa.Table, columns: Sequence[str], max_length: int
     """``hist_<column>`` lists for the item, timestamp and the given columns (actions, features)."""
     names = list(dict.fromkeys([schema.ITEM_ID, schema.TIMESTAMP, *columns]))
     return add_history(table, names, max_length)
-
-
-def fit_vocabularies(folder: str | Path, columns: Sequence[str]) -> dict[str, ExactVocabulary]:
-    """Exact vocabularies of categorical columns over the training rows of a prepared dataset."""
-    folder = Path(folder)
-    meta = DatasetMeta.load(folder)
-    seen: dict[str, list[np.ndarray]] = {name: [] for name in columns}
-    for part in meta.parts:
-        table = pq.read_table(folder / part, columns=[*columns, schema.SPLIT])
-        table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
-        for name in columns:
-            seen[name].append(np.unique(hash_array(table.column(name), name)))
-    return {name: ExactVocabulary(np.concatenate(ids)) for name, ids in seen.items()}
 
 
 def _interleave(is_candidate: np.ndarray, history: np.ndarray, candidates: np.ndarray) -> torch.Tensor:

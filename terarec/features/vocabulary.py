@@ -1,6 +1,7 @@
 """Exact vocabularies: 64-bit feature ids to dense table rows, unknown ids to a counted default row.
 
-Row 0 of every table is the default row: ids never seen when the vocabulary was built land
+``DistinctIds`` gathers the ids a vocabulary is built from (``terarec.data.vocabularies``
+fits them over a prepared dataset). Row 0 of every table is the default row: ids never seen when the vocabulary was built land
 there and are counted in ``unknown_count``, never silently spread over other ids' rows.
 The managed vocabulary with admission and eviction (``terarec.embedding``) keeps this contract.
 """
@@ -29,9 +30,41 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
-def sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of two int64 arrays (see ``sorted_unique``)."""
-    return sorted_unique(np.concatenate([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)]))
+class DistinctIds:
+    """The sorted distinct int64 values seen across batches (memory O(distinct values)).
+
+    Each batch is deduplicated on arrival and merged into the sorted set once the pending
+    batches hold as many values as the set (so the merges cost O(total log total) in all,
+    not O(distinct) per batch).
+
+    Example:
+        >>> seen = DistinctIds()
+        >>> seen.update(np.array([5, 3, 5])); seen.update(np.array([1, 3]))
+        >>> seen.values().tolist(), len(seen)
+        ([1, 3, 5], 3)
+    """
+
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+
+    def update(self, values: np.ndarray) -> None:
+        distinct = sorted_unique(values)
+        self._pending.append(distinct)
+        self._pending_size += distinct.size
+        if self._pending_size >= max(self._sorted.size, 1 << 20):
+            self.values()
+
+    def values(self) -> np.ndarray:
+        """The sorted distinct values so far."""
+        if self._pending:
+            self._sorted = sorted_unique(np.concatenate([self._sorted, *self._pending]))
+            self._pending, self._pending_size = [], 0
+        return self._sorted
+
+    def __len__(self) -> int:
+        return int(self.values().size)
 
 
 class ExactVocabulary(nn.Module):

@@ -8,8 +8,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -17,8 +15,9 @@ from terarec.config import ExperimentConfig
 from terarec.data import schema
 from terarec.data.batches import FeatureSpec, SequenceSpec, ctr_batch_from_table
 from terarec.data.schema import DatasetMeta
+from terarec.data.vocabularies import fit_vocabularies
 from terarec.features.crosses import crosses_from_config
-from terarec.features.vocabulary import ExactVocabulary, sorted_union
+from terarec.features.vocabulary import ExactVocabulary
 
 
 def seed_everything(seed: int) -> None:
@@ -61,17 +60,13 @@ def sequence_spec(config: ExperimentConfig) -> SequenceSpec:
 
 def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict[str, ExactVocabulary]:
     """Exact vocabularies of every sparse feature over the training split (one streaming pass)."""
-    seen: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in spec.sparse_keys}
     key_spec = FeatureSpec(sparse=spec.sparse, crosses=spec.crosses)
-    for part in meta.parts:
-        file = pq.ParquetFile(folder / part)
-        for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=key_spec.input_columns + [schema.SPLIT])
-            table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
-            features = ctr_batch_from_table(table, key_spec).sparse_features
-            for name in spec.sparse_keys:
-                seen[name] = sorted_union(seen[name], features[name].values().numpy())
-    return {name: ExactVocabulary(ids) for name, ids in seen.items()}
+
+    def ids_of(table):
+        features = ctr_batch_from_table(table, key_spec).sparse_features
+        return {name: features[name].values().numpy() for name in spec.sparse_keys}
+
+    return fit_vocabularies(folder, spec.sparse_keys, columns=key_spec.input_columns, ids_of=ids_of, meta=meta)
 
 
 def managed_vocabularies(

@@ -38,8 +38,9 @@ from terarec.config import ConfigError, ExperimentConfig, check_model_options
 from terarec.data import schema
 from terarec.data.batches import CTRDataset, SequenceDataset, make_loader
 from terarec.data.errors import DataError
-from terarec.data.ranking import RankingDataset, fit_vocabularies
+from terarec.data.ranking import RankingDataset
 from terarec.data.schema import DatasetMeta
+from terarec.data.vocabularies import fit_vocabularies
 from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking, evaluate_ranking_tasks
 from terarec.features.hashing import hash_array
 from terarec.features.vocabulary import ExactVocabulary

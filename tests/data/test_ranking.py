@@ -9,7 +9,8 @@ import pyarrow.compute as pc
 import torch
 
 from terarec.data.prepare import write_dataset
-from terarec.data.ranking import RankingDataset, add_ranking_history, fit_vocabularies
+from terarec.data.ranking import RankingDataset, add_ranking_history
+from terarec.data.vocabularies import fit_vocabularies
 from terarec.data.sources.base import SourceData
 from terarec.data.splits import SplitConfig
 from terarec.features.hashing import hash_ints
