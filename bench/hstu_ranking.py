@@ -68,7 +68,7 @@ def prepare(folder: Path, data: dict, seed: int) -> dict:
 
 
 def train_din(folder: Path, runs: Path, data: dict, epochs: int, seed: int) -> dict:
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     config = {

@@ -132,8 +132,9 @@ def train_command(
 ) -> None:
     """Train the config's model; writes a run folder (config, log, metrics.json, checkpoint)."""
     _quiet_libraries()
-    from terarec.config import ConfigError, load_config
+    from terarec.config import ConfigError
     from terarec.data.errors import DataError
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     try:

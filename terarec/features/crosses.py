@@ -5,7 +5,7 @@ whose ids live in the slot named by the cross (``CrossSpec.name``): the same inp
 always give the same id, and two crosses never share an id space. Everything is vectorised
 over the rows of an Arrow table (numpy uint64 arithmetic, no Python loop over rows); the
 result is ``(ids, lengths)`` per cross, the layout ``terarec.data.batches`` uses for a
-KeyedJaggedTensor key, and ``add_crosses_to_batch`` appends them to a ``CTRBatch``.
+KeyedJaggedTensor key (``ctr_batch_from_table`` appends them after the plain sparse keys).
 
 Kinds (``CrossSpec.kind``):
 
@@ -56,17 +56,14 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from terarec.data.batches import CTRBatch
+from terarec.config import ConfigError, from_dict
 from terarec.features.hashing import (
     _GOLDEN,
     _MIX1,
@@ -163,8 +160,6 @@ def crosses_from_config(items: list[dict[str, Any]] | None, where: str = "crosse
         >>> crosses_from_config([{"name": "team", "kind": "combination", "columns": ["picks"]}])[0].kind
         'combination'
     """
-    from terarec.config import ConfigError, from_dict
-
     specs = [from_dict(CrossSpec, item, f"{where}[{i}]") for i, item in enumerate(items or [])]
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -410,33 +405,6 @@ def apply_crosses(table: pa.Table, crosses: list[CrossSpec]) -> dict[str, tuple[
             ids = pc.fill_null(array, 0).to_numpy(zero_copy_only=False).astype(np.int64)
             out[cross.name] = (_with_nulls(ids, [_null_mask(array)], cross.name), ones)
     return out
-
-
-def add_crosses_to_batch(batch: CTRBatch, table: pa.Table, crosses: list[CrossSpec]) -> CTRBatch:
-    """A new CTRBatch whose sparse features are the batch's keys followed by the crosses.
-
-    Args:
-        batch: built from ``table`` by ``ctr_batch_from_table`` (same rows, same order).
-        table: the batch's rows.
-        crosses: crosses to append; their names must not already be keys of the batch.
-
-    Example:
-        >>> batch = add_crosses_to_batch(ctr_batch_from_table(table, spec), table, crosses)  # doctest: +SKIP
-    """
-    features = batch.sparse_features
-    if len(batch) != table.num_rows:
-        raise ValueError(f"the batch has {len(batch)} rows but the table has {table.num_rows}")
-    if features.weights_or_none() is not None:
-        raise ValueError("add_crosses_to_batch: weighted KeyedJaggedTensors are not supported")
-    clashes = sorted(set(features.keys()) & {cross.name for cross in crosses})
-    if clashes:
-        raise ValueError(f"crosses {clashes} have the names of features already in the batch")
-    computed = apply_crosses(table, crosses)
-    keys = list(features.keys()) + list(computed)
-    values = torch.cat([features.values()] + [torch.from_numpy(ids) for ids, _ in computed.values()])
-    lengths = torch.cat([features.lengths()] + [torch.from_numpy(lens) for _, lens in computed.values()])
-    sparse = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths)
-    return dataclasses.replace(batch, sparse_features=sparse)
 
 
 # ----------------------------------------------------------------------------- weak semantic

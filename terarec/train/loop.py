@@ -187,11 +187,12 @@ def load_task(run_dir: str | Path) -> Task:
     """Rebuild a run's task and load its best checkpoint (``weights_only=True``)."""
     import yaml
 
-    from terarec.config import check_model_options, from_dict
+    from terarec.config import from_dict
+    from terarec.train.experiment import check_config
 
     payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
-    check_model_options(config)
+    check_config(config)
     task = build_task(config, vocabulary_ids=payload["vocabularies"])
     task.model.load_state_dict(payload["model"])
     return task

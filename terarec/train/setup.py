@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from terarec.config import ExperimentConfig, check_model_options
+from terarec.config import ExperimentConfig
 from terarec.data import schema
 from terarec.data.batches import CTRDataset, FeatureSpec, SequenceDataset, SequenceSpec, ctr_batch_from_table
 from terarec.data.errors import DataError
@@ -22,7 +22,7 @@ from terarec.data.schema import DatasetMeta
 from terarec.features.crosses import crosses_from_config
 from terarec.features.hashing import hash_array
 from terarec.features.vocabulary import ExactVocabulary, sorted_union
-from terarec.models import model_class
+from terarec.models import check_model_options, model_class
 from terarec.models.inputs import ModelInputs
 
 

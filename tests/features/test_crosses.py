@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,7 +13,6 @@ from terarec.data.batches import FeatureSpec, ctr_batch_from_table
 from terarec.features import crosses as crosses_module
 from terarec.features.crosses import (
     CrossSpec,
-    add_crosses_to_batch,
     apply_crosses,
     crosses_from_config,
     fold_ids,
@@ -284,16 +285,17 @@ def test_sliced_and_string_list_columns() -> None:
 # ----------------------------------------------------------------------------- batches
 
 
-def test_add_crosses_to_batch_appends_keys() -> None:
+def test_ctr_batch_from_table_appends_the_crosses_after_the_plain_keys() -> None:
     table = _rows().append_column("picks", pa.array([[1, 2], [2, 1], [3], [], [1]], type=pa.list_(pa.int64())))
     table = table.append_column("click", pa.array([1.0, 0.0, 1.0, 0.0, 1.0], type=pa.float32()))
-    batch = ctr_batch_from_table(table, FeatureSpec(sparse=["item_id", "gender", "picks"], labels=["click"]))
+    plain = FeatureSpec(sparse=["item_id", "gender", "picks"], labels=["click"])
+    batch = ctr_batch_from_table(table, plain)
     crosses = [
         CrossSpec("item_x_gender", "interaction", ["item_id", "gender"]),
         CrossSpec("team", "combination", ["picks"]),
         CrossSpec("each", "elements", ["picks"]),
     ]
-    crossed = add_crosses_to_batch(batch, table, crosses)
+    crossed = ctr_batch_from_table(table, dataclasses.replace(plain, crosses=crosses))
     features = crossed.sparse_features
     assert features.keys() == ["item_id", "gender", "picks", "item_x_gender", "team", "each"]
     for key in ("item_id", "gender", "picks"):
@@ -305,11 +307,7 @@ def test_add_crosses_to_batch_appends_keys() -> None:
         assert features[cross.name].values().tolist() == ids.tolist()
         assert features[cross.name].lengths().tolist() == lengths.tolist()
     assert features["team"].values()[0] == features["team"].values()[1]
-    assert crossed.labels is batch.labels and len(crossed) == 5
-    with pytest.raises(ValueError, match="already in the batch"):
-        add_crosses_to_batch(batch, table, [CrossSpec("gender", "derivation", ["gender"])])
-    with pytest.raises(ValueError, match="5 rows but the table has 2"):
-        add_crosses_to_batch(batch, table.slice(0, 2), crosses)
+    assert crossed.labels.tolist() == batch.labels.tolist() and len(crossed) == 5
 
 
 # ----------------------------------------------------------------------------- weak semantic

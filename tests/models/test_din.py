@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from terarec.config import ConfigError, load_config
+from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
 from terarec.data.history import add_history
 from terarec.data.prepare import write_dataset
@@ -20,6 +20,7 @@ from terarec.layers.behavior import BehaviorEmbeddings, last_k, pad_jagged
 from terarec.layers.target_attention import TargetAttention, masked_softmax
 from terarec.models.din import DIN
 from terarec.models.inputs import ModelInputs
+from terarec.train.experiment import load_config
 from terarec.train.loop import evaluate, load_task, train
 
 HISTORY = {"hist_item_id": "item_id", "hist_genre": "genre"}

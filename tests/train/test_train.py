@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from terarec.config import load_config
 from terarec.data.batches import CTRDataset, FeatureSpec, SequenceBatch, make_loader
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
@@ -23,6 +22,7 @@ from terarec.features.vocabulary import ExactVocabulary
 from terarec.models.bag_of_items import BagOfItems
 from terarec.models.inputs import ModelInputs
 from terarec.train.checkpoint import load_checkpoint
+from terarec.train.experiment import load_config
 from terarec.train.loop import RunResult, evaluate, load_task, train
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
