@@ -133,8 +133,12 @@ def write_dataset(
         progress: show a progress bar.
 
     Example:
+        >>> import tempfile
         >>> from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
-        >>> meta = write_dataset(load_synthetic(SyntheticConfig(num_events=1000)), "/tmp/syn")  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     meta = write_dataset(load_synthetic(SyntheticConfig(num_events=1000)), f"{folder}/syn")
+        >>> meta.kind, meta.num_rows
+        ('events', 1000)
     """
     out_dir = Path(out_dir)
     if data.kind not in schema.TABLE_KINDS:

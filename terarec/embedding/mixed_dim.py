@@ -353,7 +353,9 @@ class MixedDimPooledEmbeddings(nn.Module):
             feature not in ``config.feature_dims``.
 
     Example:
-        >>> emb = MixedDimPooledEmbeddings(  # doctest: +SKIP
+        >>> items, cities = ExactVocabulary(np.arange(100)), ExactVocabulary(np.arange(10))
+        >>> train_item_ids = np.random.default_rng(0).zipf(1.5, 1000) % 100
+        >>> emb = MixedDimPooledEmbeddings(
         ...     {"item_id": items, "city": cities},
         ...     MixedDimConfig(embedding_dim=16, feature_dims={"city": 4}),
         ...     counts={"item_id": row_counts(items, train_item_ids)},

@@ -124,7 +124,7 @@ def cooccurrence_clusters(
         co-occur with nothing (always row 0, the default row).
 
     Example:
-        >>> cooccurrence_clusters([np.array([1, 2, 1, 2]), np.array([3, 4, 3])], 5, 2).tolist()  # doctest: +SKIP
+        >>> cooccurrence_clusters([np.array([1, 2, 1, 2]), np.array([3, 4, 3])], 5, 2).tolist()
         [-1, 1, 1, 0, 0]
     """
     if num_clusters < 1:

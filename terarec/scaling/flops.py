@@ -14,6 +14,7 @@ Training costs about 3x the forward: the backward computes the gradients of both
 activations and the weights, each about one forward's worth of products (``TRAIN_FACTOR``).
 
 Example:
+    >>> from terarec.layers.mlp import MLP
     >>> forward_flops(MLP(8, [16], out_features=1), torch.zeros(4, 8))  # per example
     288.0
 """
