@@ -558,7 +558,7 @@ def weak_semantic_keys(table: pa.Table, cross: CrossSpec, history_mask: np.ndarr
 
     Returns:
         int64 ids, one per row; store them as a column named ``cross.name`` for
-        ``apply_crosses`` / ``add_crosses_to_batch``.
+        ``apply_crosses`` (and so ``ctr_batch_from_table``).
 
     Example:
         >>> events = pa.table({"user_id": [1, 1, 1], "timestamp": [0, 60, 120], "item_id": [7, 7, 8]})
