@@ -124,13 +124,15 @@ def evaluate_hstu(model, dataset) -> dict:
 
 def train_hstu(folder: Path, config: dict, epochs: int, seed: int, long_watch: float) -> dict:
     from terarec.config import from_dict
-    from terarec.data.ranking import RankingDataset, fit_vocabularies
+    from terarec.data.ranking import RankingDataset, training_ids
+    from terarec.embedding.exact_vocabulary import ExactVocabulary
     from terarec.models.hstu_ranking import HSTURanking
     from terarec.models.inputs import ModelInputs
 
     torch.manual_seed(seed)
     data, options = config["data"], from_dict(HSTURanking.Config, config["model"], "model")
-    vocabularies = fit_vocabularies(folder, ["item_id", *options.item_features, *options.user_features])
+    ids = training_ids(folder, ["item_id", *options.item_features, *options.user_features])
+    vocabularies = {name: ExactVocabulary(column_ids) for name, column_ids in ids.items()}
     model = HSTURanking(options, ModelInputs(vocabularies=vocabularies))
 
     def dataset(split: str, shuffle: bool = False) -> RankingDataset:

@@ -41,7 +41,7 @@ from terarec.data.errors import DataError
 from terarec.data.history import add_history, history_column
 from terarec.data.schema import DatasetMeta
 from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.features.vocabulary import sorted_unique
 
 
 @dataclass
@@ -83,8 +83,9 @@ def add_ranking_history(table: pa.Table, columns: Sequence[str], max_length: int
     return add_history(table, names, max_length)
 
 
-def fit_vocabularies(folder: str | Path, columns: Sequence[str]) -> dict[str, ExactVocabulary]:
-    """Exact vocabularies of categorical columns over the training rows of a prepared dataset."""
+def training_ids(folder: str | Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Sorted distinct hashed ids of categorical columns over the training rows of a prepared
+    dataset: what an ``ExactVocabulary`` of each column is built from."""
     folder = Path(folder)
     meta = DatasetMeta.load(folder)
     seen: dict[str, list[np.ndarray]] = {name: [] for name in columns}
@@ -93,7 +94,7 @@ def fit_vocabularies(folder: str | Path, columns: Sequence[str]) -> dict[str, Ex
         table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
         for name in columns:
             seen[name].append(np.unique(hash_array(table.column(name), name)))
-    return {name: ExactVocabulary(np.concatenate(ids)) for name, ids in seen.items()}
+    return {name: sorted_unique(np.concatenate(ids)) for name, ids in seen.items()}
 
 
 def _interleave(is_candidate: np.ndarray, history: np.ndarray, candidates: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollec
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 
 def sum_pooled_tables(tables: list[tuple[str, int, int]]) -> EmbeddingBagCollection:

@@ -398,7 +398,7 @@ class FusedPooledEmbeddings(nn.Module):
         config: optimizer, learning rate, weight dtype (default: row-wise Adagrad, lr 0.01, fp32).
 
     Example:
-        >>> from terarec.features.vocabulary import ExactVocabulary
+        >>> from terarec.embedding.exact_vocabulary import ExactVocabulary
         >>> vocab = ExactVocabulary(torch.tensor([10, 20, 30]))
         >>> config = EmbeddingEngineConfig(weight_dtype="fp16")
         >>> emb = FusedPooledEmbeddings({"item_id": vocab}, 8, config)
@@ -520,7 +520,7 @@ def quantize_for_inference(
             as the memory planner counts them; TorchRec's default, 16, pads (a 16-dim row to 32 B).
 
     Example:
-        >>> from terarec.features.vocabulary import ExactVocabulary
+        >>> from terarec.embedding.exact_vocabulary import ExactVocabulary
         >>> trained = FusedPooledEmbeddings({"item_id": ExactVocabulary(torch.arange(10))}, 8)
         >>> features = KeyedJaggedTensor.from_lengths_sync(["item_id"], torch.tensor([1, 2, 3]), torch.tensor([2, 1]))
         >>> quantized = quantize_for_inference(trained)

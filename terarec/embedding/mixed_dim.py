@@ -27,7 +27,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 BAND_SPLITS = ("mass", "rows")
 

@@ -35,7 +35,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
-from terarec.features.vocabulary import DEFAULT_ROW, ExactVocabulary
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW, ExactVocabulary
 
 NO_CLUSTER = -1
 # Above this many items k-means runs in mini-batches (full Lloyd passes get slow).

@@ -105,7 +105,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from terarec.features.vocabulary import DEFAULT_ROW
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW
 
 EMPTY = -(2**63)  # slot / row holds no id
 TOMBSTONE = -(2**63) + 1  # slot held an evicted id: probes pass it, inserts may reuse it

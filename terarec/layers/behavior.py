@@ -21,8 +21,8 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from terarec.config import ConfigError
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.embedding.factory import TableInputs, pooled_embeddings
-from terarec.features.vocabulary import ExactVocabulary
 
 
 def last_k(ids: JaggedTensor, k: int) -> JaggedTensor:

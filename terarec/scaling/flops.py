@@ -108,7 +108,7 @@ def ctr_model_cost(config, batch_size: int = 8) -> ModelCost:
     from terarec.config import EmbeddingConfig
     from terarec.data.batches import CTRBatch
     from terarec.data.schema import DatasetMeta
-    from terarec.features.vocabulary import ExactVocabulary
+    from terarec.embedding.exact_vocabulary import ExactVocabulary
     from terarec.models.inputs import ModelInputs
     from terarec.train.setup import build_model, feature_spec
 

@@ -19,9 +19,10 @@ from terarec.data import schema
 from terarec.data.batches import CTRDataset, FeatureSpec, SequenceDataset, SequenceSpec, ctr_batch_from_table
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.features.crosses import crosses_from_config
 from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import ExactVocabulary, sorted_union
+from terarec.features.vocabulary import sorted_union
 from terarec.models import check_model_options, model_class
 from terarec.models.inputs import ModelInputs
 

@@ -15,7 +15,7 @@ from terarec.data.batches import CTRBatch
 from terarec.data.history import add_history
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.behavior import BehaviorEmbeddings, last_k, pad_jagged
 from terarec.layers.target_attention import TargetAttention, masked_softmax
 from terarec.models.din import DIN

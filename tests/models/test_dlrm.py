@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.interaction import DotInteraction
 from terarec.models.dlrm import DLRM
 from terarec.models.inputs import ModelInputs

@@ -11,7 +11,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.fm import (
     FactorizationMachineBlock,
     LinearCompressBlock,

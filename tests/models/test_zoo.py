@@ -15,7 +15,7 @@ from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.cross import CrossNetV2, factorization_machine
 from terarec.models import check_model_options, model_class
 from terarec.models.dcnv2 import DCNv2
