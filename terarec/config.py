@@ -61,8 +61,8 @@ class DataConfig:
     max_length: int = 50
     keep_if: str | None = None
     actions: list[str] = field(default_factory=list)
-    crosses: list[dict[str, Any]] = field(default_factory=list)
-    user_column: str = "user_id"  # crosses: checked by terarec.train.experiment.check_config, built where used
+    crosses: list[dict[str, Any]] = field(default_factory=list)  # checked in train.experiment, built where used
+    user_column: str = "user_id"
 
 
 @dataclass

@@ -432,7 +432,12 @@ class HSTUStack(nn.Module):
             return x
         times = timestamps
         if timestamps is not None and cache is not None:
-            times = layout.appended(timestamps, cache.timestamps)
+            if cache.timestamps is not None:
+                times = layout.appended(timestamps, cache.timestamps)
+            elif int(cache.lengths.sum()) == 0:  # an empty history has every timestamp it needs
+                times = layout.appended(timestamps, timestamps[:0])
+            else:  # a history without times: the cache cannot have them either
+                times = None
         return x, HistoryCache(keys_values, layout.total_lengths, times)
 
     @torch.no_grad()
