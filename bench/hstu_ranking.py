@@ -51,7 +51,7 @@ def prepare(folder: Path, events: int, users: int, items: int, history_length: i
 
 def train_config(name: str, config: Path, folder: Path, runs: Path, epochs: int, seed: int) -> dict:
     """Train one config through the trainer; its test AUCs, size and times."""
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     overrides = [f"data.path={folder}", f"run_dir={runs}", f"train.epochs={epochs}", f"train.seed={seed}"]

@@ -163,9 +163,10 @@ def train_command(
     A run stopped part way (killed, out of time) keeps its last state: `terarec train --resume RUN`
     continues it and ends as the uninterrupted run would have."""
     _quiet_libraries()
-    from terarec.config import ConfigError, load_config
+    from terarec.config import ConfigError
     from terarec.data.errors import DataError
     from terarec.train.loop import resume as resume_run
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     try:

@@ -3,8 +3,13 @@
 An unknown key, in the YAML or in an override, is an error naming the key and the nearest
 valid one; a value of the wrong type is an error naming the field and the type expected.
 
+This module is the bottom layer: it imports nothing of terarec. Checks that need the model
+registry or the cross specs are in ``terarec.train.experiment.load_config``.
+
 Example:
-    >>> cfg = load_config("configs/synthetic/ctr.yaml", ["train.epochs=3"])  # doctest: +SKIP
+    >>> cfg = parse_config(None, ["train.epochs=3", "data.batch_size=64"])
+    >>> cfg.train.epochs, cfg.data.batch_size
+    (3, 64)
 """
 
 from __future__ import annotations
@@ -56,13 +61,8 @@ class DataConfig:
     max_length: int = 50
     keep_if: str | None = None
     actions: list[str] = field(default_factory=list)
-    crosses: list[dict[str, Any]] = field(default_factory=list)
+    crosses: list[dict[str, Any]] = field(default_factory=list)  # checked in train.experiment, built where used
     user_column: str = "user_id"
-
-    def __post_init__(self) -> None:
-        from terarec.features.crosses import crosses_from_config
-
-        crosses_from_config(self.crosses, "data.crosses")  # checked here, built where used
 
 
 @dataclass
@@ -308,27 +308,13 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an ExperimentConfig from YAML (or defaults when ``path`` is None) plus overrides."""
+def parse_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An ExperimentConfig from YAML (or defaults when ``path`` is None) plus overrides, its keys and
+    types checked; the model's options and the crosses are checked one layer up
+    (``terarec.train.experiment.load_config``)."""
     data = read_yaml_mapping(path, "config") if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    config = from_dict(ExperimentConfig, data)
-    check_model_options(config)
-    return config
-
-
-def check_model_options(config: ExperimentConfig) -> Any:
-    """Check ``config.model`` against the named model's Config dataclass and return that Config."""
-    from terarec.models import model_class
-
-    options = dict(config.model)
-    name = options.pop("name", None)
-    if name is None:
-        raise ConfigError("model.name is missing")
-    cls = model_class(name)
-    if cls.task != config.task:
-        raise ConfigError(f"model '{name}' serves task '{cls.task}', but task is '{config.task}'")
-    return from_dict(cls.Config, options, "model")
+    return from_dict(ExperimentConfig, data)
 
 
 def to_yaml(config: ExperimentConfig) -> str:

@@ -26,6 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from terarec.data import schema
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
+from terarec.features.crosses import apply_crosses
 from terarec.features.hashing import hash_array, hash_ints
 
 
@@ -190,8 +191,6 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
         values.append(ids)
         lengths.append(lens)
     if spec.crosses:
-        from terarec.features.crosses import apply_crosses  # crosses builds on this module
-
         for ids, lens in apply_crosses(table, spec.crosses).values():
             values.append(ids)
             lengths.append(lens)

@@ -123,8 +123,12 @@ def write_dataset(
         derive: columns and series to derive from an events table (``terarec.data.derive``).
 
     Example:
+        >>> import tempfile
         >>> from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
-        >>> meta = write_dataset(load_synthetic(SyntheticConfig(num_events=1000)), "/tmp/syn")  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     meta = write_dataset(load_synthetic(SyntheticConfig(num_events=1000)), f"{folder}/syn")
+        >>> meta.kind, meta.num_rows
+        ('events', 1000)
     """
     out_dir = Path(out_dir)
     if data.kind not in schema.TABLE_KINDS:

@@ -19,7 +19,7 @@ interleaved tokens x_0, a_0, x_1, a_1, ..., candidate.
 
 Ids are slot-prefixed 64-bit ids (``terarec.features.hashing``) in the slot of the column
 (``hist_X`` shares ``X``'s slot), so vocabularies fitted on the training rows
-(``terarec.data.vocabularies.fit_vocabularies``) apply to both.
+(``terarec.data.vocabularies.vocabulary_ids``) apply to both.
 """
 
 from __future__ import annotations

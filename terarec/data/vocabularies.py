@@ -1,11 +1,12 @@
-"""The one vocabulary builder: exact vocabularies of id keys over a prepared dataset, in one streaming pass.
+"""The one vocabulary builder: the distinct ids of each key over a prepared dataset, in one streaming pass.
 
 Every run fits its vocabularies here: a CTR task's sparse keys (crosses and list columns
 included) over the training rows, a sequential task's item catalogue over every row, HSTU
 ranking's item and feature columns over the training rows, and a managed vocabulary's
 default capacity (from the distinct training ids). A key's ids are whatever ``ids_of`` makes
 of a table of rows (by default: its column hashed in its own slot), so the vocabularies match
-the ids the batches will carry.
+the ids the batches will carry. The vocabulary modules built from them (ids -> table rows) live
+with the tables (``terarec.embedding.exact_vocabulary``); this layer reads data only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from terarec.data import schema
 from terarec.data.schema import DatasetMeta
 from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import DistinctIds, ExactVocabulary
+from terarec.features.vocabulary import DistinctIds
 
 
 def column_ids(table: pa.Table, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -29,7 +30,7 @@ def column_ids(table: pa.Table, keys: Sequence[str]) -> dict[str, np.ndarray]:
     return {key: hash_array(pc.unique(table.column(key)), key) for key in keys}
 
 
-def fit_vocabularies(
+def vocabulary_ids(
     folder: str | Path,
     keys: Sequence[str],
     *,
@@ -37,8 +38,8 @@ def fit_vocabularies(
     columns: Sequence[str] | None = None,
     ids_of: Callable[[pa.Table], Mapping[str, np.ndarray]] | None = None,
     meta: DatasetMeta | None = None,
-) -> dict[str, ExactVocabulary]:
-    """Exact vocabularies of ``keys`` over the rows of one split of a prepared dataset.
+) -> dict[str, np.ndarray]:
+    """The sorted distinct ids of each of ``keys`` over the rows of one split of a prepared dataset.
 
     Args:
         folder: the prepared dataset.
@@ -50,10 +51,10 @@ def fit_vocabularies(
         meta: the dataset's metadata, if already loaded.
 
     Returns:
-        key -> ``ExactVocabulary`` of every id seen (``num_rows - 1`` distinct ids).
+        key -> sorted distinct int64 ids (what an ``ExactVocabulary`` is built from).
 
     Example:
-        >>> vocabularies = fit_vocabularies("data/synthetic", ["item_id", "category"])  # doctest: +SKIP
+        >>> ids = vocabulary_ids("data/synthetic", ["item_id", "category"])  # doctest: +SKIP
     """
     folder = Path(folder)
     meta = meta or DatasetMeta.load(folder)
@@ -70,4 +71,4 @@ def fit_vocabularies(
             ids = ids_of(table)
             for key in keys:
                 seen[key].update(ids[key])
-    return {key: ExactVocabulary(distinct.values()) for key, distinct in seen.items()}
+    return {key: distinct.values() for key, distinct in seen.items()}

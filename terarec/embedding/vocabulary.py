@@ -110,7 +110,7 @@ from torch import nn
 from terarec.embedding import sketch
 from terarec.embedding.eviction import EMPTY, NEVER_SEEN, lowest_rows, make_policy
 from terarec.features.mixing import GOLDEN, as_int64, mix64
-from terarec.features.vocabulary import DEFAULT_ROW
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW
 
 TOMBSTONE = -(2**63) + 1  # slot held an evicted id: probes pass it, inserts may reuse it
 _FIBONACCI = as_int64(GOLDEN)  # Fibonacci hashing of ids to home slots

@@ -64,6 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from terarec.config import ConfigError, from_dict
 from terarec.features.hashing import hash_array, hash_ints, null_id
 from terarec.features.mixing import fold_ids, fold_lists
 
@@ -150,8 +151,6 @@ def crosses_from_config(items: list[dict[str, Any]] | None, where: str = "crosse
         >>> crosses_from_config([{"name": "team", "kind": "combination", "columns": ["picks"]}])[0].kind
         'combination'
     """
-    from terarec.config import ConfigError, from_dict
-
     specs = [from_dict(CrossSpec, item, f"{where}[{i}]") for i, item in enumerate(items or [])]
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})

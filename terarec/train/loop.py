@@ -44,10 +44,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from terarec.config import ExperimentConfig, check_model_options, from_dict, to_yaml
+from terarec.config import ExperimentConfig, from_dict, to_yaml
 from terarec.data.batches import make_loader
 from terarec.models.protocols import FitsStatistics, FusedTables, RegularizedTables, parameter_count
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
+from terarec.train.experiment import check_config
 from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, build_task, task_class
 
@@ -226,7 +227,7 @@ def _config_from(payload: dict[str, Any], path: Path, data_path: str | Path | No
         raise ValueError(f"{path}: the checkpoint's config is missing or unreadable ({error})") from error
     if data_path is not None:
         config.data.path = str(Path(data_path).resolve())
-    check_model_options(config)
+    check_config(config)
     return config
 
 

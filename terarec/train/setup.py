@@ -15,9 +15,9 @@ from terarec.config import ExperimentConfig
 from terarec.data import schema
 from terarec.data.batches import FeatureSpec, SequenceSpec, ctr_batch_from_table
 from terarec.data.schema import DatasetMeta
-from terarec.data.vocabularies import fit_vocabularies
+from terarec.data.vocabularies import vocabulary_ids
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.features.crosses import crosses_from_config
-from terarec.features.vocabulary import ExactVocabulary
 
 
 def seed_everything(seed: int) -> None:
@@ -66,7 +66,8 @@ def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict
         features = ctr_batch_from_table(table, key_spec).sparse_features
         return {name: features[name].values().numpy() for name in spec.sparse_keys}
 
-    return fit_vocabularies(folder, spec.sparse_keys, columns=key_spec.input_columns, ids_of=ids_of, meta=meta)
+    ids = vocabulary_ids(folder, spec.sparse_keys, columns=key_spec.input_columns, ids_of=ids_of, meta=meta)
+    return {key: ExactVocabulary(values) for key, values in ids.items()}
 
 
 def managed_vocabularies(

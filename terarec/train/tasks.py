@@ -34,17 +34,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from terarec.config import ConfigError, ExperimentConfig, check_model_options
+from terarec.config import ConfigError, ExperimentConfig
 from terarec.data import schema
 from terarec.data.batches import CTRDataset, SequenceDataset, make_loader
 from terarec.data.errors import DataError
 from terarec.data.ranking import RankingDataset
 from terarec.data.schema import DatasetMeta
-from terarec.data.vocabularies import fit_vocabularies
+from terarec.data.vocabularies import vocabulary_ids
 from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking, evaluate_ranking_tasks
 from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import ExactVocabulary
-from terarec.models import model_class
+from terarec.embedding.exact_vocabulary import ExactVocabulary
+from terarec.models import check_model_options, model_class
 from terarec.models.inputs import ModelInputs
 from terarec.models.protocols import HasLoss, MultiTask
 from terarec.train.setup import ctr_vocabularies, feature_spec, managed_vocabularies, sequence_spec
@@ -259,8 +259,8 @@ class RankingTask(Task):
             raise ConfigError(f"data.labels: expected one label column per action {config.data.actions}, "
                               f"got {config.data.labels}")
         item_features, user_features = cls._feature_columns(config)
-        vocabularies = fit_vocabularies(folder, [schema.ITEM_ID, *item_features, *user_features])
-        return config, {"vocabularies": {name: vocab.ids for name, vocab in vocabularies.items()}}
+        ids = vocabulary_ids(folder, [schema.ITEM_ID, *item_features, *user_features])
+        return config, {"vocabularies": {name: torch.from_numpy(values) for name, values in ids.items()}}
 
     @classmethod
     def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:

@@ -1,4 +1,4 @@
-"""Tests for terarec.data.vocabularies.fit_vocabularies, the one vocabulary builder."""
+"""Tests for terarec.data.vocabularies.vocabulary_ids, the one vocabulary builder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import terarec.data.prepare as prepare
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
-from terarec.data.vocabularies import fit_vocabularies
+from terarec.data.vocabularies import vocabulary_ids
 from terarec.features.hashing import hash_array
 from terarec.features.vocabulary import DistinctIds
 
@@ -35,24 +35,24 @@ def _dataset(folder: Path, monkeypatch) -> pa.Table:
 def test_fits_each_key_over_one_split_or_every_row(tmp_path: Path, monkeypatch) -> None:
     rows = _dataset(tmp_path / "d", monkeypatch)
     train = rows.filter(pc.equal(rows["split"], 0))
-    vocabularies = fit_vocabularies(tmp_path / "d", ["item_id", "genre"])
+    vocabularies = vocabulary_ids(tmp_path / "d", ["item_id", "genre"])
     for key in ("item_id", "genre"):
         expected = np.unique(hash_array(train[key], key))
-        np.testing.assert_array_equal(vocabularies[key].ids.numpy(), expected)
-    assert vocabularies["genre"].num_rows == 5 + 1 + 1  # g0..g4, the null id, the default row
-    every = fit_vocabularies(tmp_path / "d", ["item_id"], split=None)["item_id"]
-    np.testing.assert_array_equal(every.ids.numpy(), np.unique(hash_array(rows["item_id"], "item_id")))
-    assert every.num_rows > vocabularies["item_id"].num_rows
+        np.testing.assert_array_equal(vocabularies[key], expected)
+    assert vocabularies["genre"].size == 5 + 1  # g0..g4 and the null id
+    every = vocabulary_ids(tmp_path / "d", ["item_id"], split=None)["item_id"]
+    np.testing.assert_array_equal(every, np.unique(hash_array(rows["item_id"], "item_id")))
+    assert every.size > vocabularies["item_id"].size
 
 
 def test_ids_of_decides_what_a_key_holds(tmp_path: Path, monkeypatch) -> None:
     rows = _dataset(tmp_path / "d", monkeypatch)
-    doubled = fit_vocabularies(
+    doubled = vocabulary_ids(
         tmp_path / "d", ["twice"], split="test", columns=["item_id"],
         ids_of=lambda table: {"twice": table["item_id"].to_numpy() * 2},
     )["twice"]
     test_items = rows.filter(pc.equal(rows["split"], 2))["item_id"].to_numpy()
-    np.testing.assert_array_equal(doubled.ids.numpy(), np.unique(test_items * 2))
+    np.testing.assert_array_equal(doubled, np.unique(test_items * 2))
 
 
 def test_distinct_ids_merges_pending_batches() -> None:

@@ -10,9 +10,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.embedding.collection import PooledEmbeddings, remap
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW
 from terarec.embedding.vocabulary import TOMBSTONE, ManagedVocabulary
 from terarec.features.hashing import hash_ints
-from terarec.features.vocabulary import DEFAULT_ROW
 
 
 def raw_ids(values) -> torch.Tensor:

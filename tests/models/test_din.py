@@ -10,16 +10,17 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from terarec.config import ConfigError, load_config
+from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
 from terarec.data.history import add_history
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.behavior import BehaviorEmbeddings, last_k, pad_jagged
 from terarec.layers.target_attention import TargetAttention, masked_softmax
 from terarec.models.din import DIN
 from terarec.models.inputs import ModelInputs
+from terarec.train.experiment import load_config
 from terarec.train.loop import load_task, train
 
 HISTORY = {"hist_item_id": "item_id", "hist_genre": "genre"}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from terarec.config import load_config
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.interaction import DotInteraction
 from terarec.models.dlrm import DLRM
 from terarec.models.inputs import ModelInputs
+from terarec.train.experiment import load_config
 from terarec.train.loop import train
 from terarec.train.tasks import build_task
 

@@ -12,17 +12,17 @@ import pytest
 import torch
 import yaml
 
-from terarec.config import load_config
 from terarec.data.batches import CTRDataset, FeatureSpec, SequenceBatch, make_loader
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
 from terarec.embedding.collection import PooledEmbeddings, SequenceEmbeddings, remap
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.eval.evaluate import evaluate_ranking
 from terarec.features.hashing import hash_ints, hash_strings
-from terarec.features.vocabulary import ExactVocabulary
 from terarec.models.bag_of_items import BagOfItems
 from terarec.models.inputs import ModelInputs
 from terarec.train.checkpoint import load_checkpoint
+from terarec.train.experiment import load_config
 from terarec.train.loop import RunResult, load_task, train
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
