@@ -235,18 +235,25 @@ def predict_command(
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's data and runs."),
-    events: int = typer.Option(300_000, help="Synthetic events to generate."),
-    epochs: int = typer.Option(3, help="Training epochs of the learned models."),
+    out: Path = typer.Option(Path("runs/demo"), help="The demo's own folder (new, empty, or an earlier demo's)."),
+    events: int = typer.Option(150_000, help="Synthetic events to generate."),
+    epochs: int = typer.Option(2, help="Training epochs of the learned models."),
+    threads: int = typer.Option(0, help="Intra-op threads (0 = the CPUs this process may use)."),
+    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
 ) -> None:
     """Run the end-to-end demo on built-in synthetic data.
 
-    Generates data, splits it by time, trains a popularity baseline and an embedding model
-    for CTR and for next-item retrieval, evaluates them and prints a metrics table."""
+    Generates an interaction log, splits it by time, trains Wukong (CTR), HSTU (retrieval) and
+    HSTU ranking beside baselines, prints their test metrics, then loads a Predictor from the
+    HSTU run folder alone and prints the top 10 items for one user."""
     _quiet_libraries()
     from terarec.demo import run_demo
 
-    run_demo(out, events=events, epochs=epochs, console=console)
+    try:
+        run_demo(out, events=events, epochs=epochs, threads=threads, progress=progress and sys.stderr.isatty(),
+                 console=console)
+    except ValueError as error:
+        _fail(error)
 
 
 @app.command("plan")
