@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from terarec.features.hashing import hash_array
 from terarec.features.vocabulary import ExactVocabulary, sorted_union
 from terarec.models import model_class
 from terarec.models.inputs import ModelInputs
+from terarec.runtime import configure_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -34,11 +34,8 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(threads: int) -> int:
-    """Use ``threads`` intra-op threads (0 = every core this process may use)."""
-    if threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    return threads
+    """Use ``threads`` threads (0 = the CPUs this process may use: affinity and cgroup quota)."""
+    return configure_threads(threads)
 
 
 def feature_spec(config: ExperimentConfig, meta: DatasetMeta) -> FeatureSpec:
