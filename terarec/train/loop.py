@@ -1,10 +1,10 @@
 """The training loop both task kinds share: fit, validate each epoch, keep the best, test.
 
-A run writes its folder as it goes: ``config.yaml`` (the resolved config), ``train.log``,
-``metrics.json`` (updated after every epoch), ``steps.csv`` (running train loss and learning
-rate every ``train.log_every`` steps), ``epochs.csv`` (one row per epoch: loss, speed,
-validation metrics) and ``checkpoint.pt`` (the best epoch so far, written atomically), so a
-run stopped part way keeps every finished epoch.
+A run writes its folder as it goes: ``config.yaml`` (the resolved config), ``metrics.json``
+(updated after every epoch), ``checkpoint.pt`` (the best epoch so far, written atomically) and
+its logs (``terarec.train.logs.RunLogs``: ``train.log``, ``steps.csv`` every ``train.log_every``
+steps, ``epochs.csv``, ``tensorboard/``, ``curves.png``), so a run stopped part way keeps every
+finished epoch.
 
 Optimizers: Adam for the dense parameters (and for tables kept as parameters,
 ``embedding.optimizer: adam``); tables on the embedding engine are updated inside backward
@@ -14,7 +14,6 @@ both learning rates linearly.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -26,12 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from terarec.config import ExperimentConfig, to_yaml
 from terarec.data.batches import make_loader
 from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
+from terarec.train.logs import RunLogs
 from terarec.train.setup import (
     Task,
     build_task,
@@ -86,14 +85,6 @@ def new_run_dir(config: ExperimentConfig) -> Path:
         except FileExistsError:
             run_dir = base.with_name(f"{base.name}-{suffix}")
             suffix += 1
-
-
-def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
 
 
 def evaluate(task: Task, split: str, progress: bool = False) -> dict[str, float]:
@@ -159,19 +150,6 @@ class LearningRates:
             self._apply(self.scale)
 
 
-class CSVLog:
-    """Appends rows to a CSV file in the run folder, header first."""
-
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        self.path, self.columns = path, columns
-        with path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([row.get(column, "") for column in self.columns])
-
-
 def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "format": "terarec.checkpoint.v1",
@@ -197,15 +175,17 @@ def load_task(run_dir: str | Path) -> Task:
     return task
 
 
-def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None = None) -> RunResult:
-    """Train ``config``'s model, keep the best validation epoch, report its test metrics."""
+def train(config: ExperimentConfig, progress: bool | None = None, run_dir: Path | None = None) -> RunResult:
+    """Train ``config``'s model, keep the best validation epoch, report its test metrics.
+
+    ``progress``: progress bars (None: only when stderr is a terminal)."""
     started = time.perf_counter()
     seed_everything(config.train.seed)
     threads = set_threads(config.train.threads)
     run_dir = run_dir or new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
-    handler = _attach_log(run_dir)
+    logs = RunLogs(run_dir, progress=progress)
     try:
         task = build_task(config)
         model = task.model
@@ -227,6 +207,7 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
             model.fit_statistics(make_loader(task.dataset("train"), config.data.num_workers))
             best_valid, best_epoch = evaluate(task, "valid"), 0
             record["epochs"].append({"epoch": 0, "valid": best_valid})
+            logs.epoch(record["epochs"][-1], metric)
             if config.train.checkpoint:
                 save_checkpoint(run_dir / "checkpoint.pt", checkpoint_payload(task, 0, best_valid))
         else:
@@ -234,8 +215,6 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                                          weight_decay=config.train.weight_decay)
             rates = LearningRates(optimizer, model, config.train.warmup_steps,
                                   config.embedding.learning_rate or config.train.learning_rate)
-            step_log = CSVLog(run_dir / "steps.csv", ["step", "epoch", "learning_rate", "train_loss"])
-            epoch_log: CSVLog | None = None
             train_set = task.dataset("train", shuffle=True)
             stale, global_step = 0, 0
             for epoch in range(config.train.epochs):
@@ -246,8 +225,8 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                 total = len(train_set) if hasattr(train_set, "__len__") else None
                 if config.train.max_steps_per_epoch and total:
                     total = min(total, config.train.max_steps_per_epoch)
-                bar = tqdm(make_loader(train_set, config.data.num_workers), total=total,
-                           desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not progress, leave=False)
+                bar = logs.bar(make_loader(train_set, config.data.num_workers), total=total,
+                               desc=f"epoch {epoch + 1}/{config.train.epochs}")
                 window_loss, window_steps = 0.0, 0
                 for batch in bar:
                     factor = rates.step(global_step)
@@ -266,9 +245,8 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                     if steps % 20 == 0:
                         bar.set_postfix(loss=f"{total_loss / steps:.4f}")
                     if global_step % config.train.log_every == 0:
-                        step_log.write({"step": global_step, "epoch": epoch + 1,
-                                        "learning_rate": config.train.learning_rate * factor,
-                                        "train_loss": round(window_loss / window_steps, 6)})
+                        logs.step(global_step, epoch + 1, config.train.learning_rate * factor,
+                                  window_loss / window_steps)
                         window_loss, window_steps = 0.0, 0
                     if config.train.max_steps_per_epoch and steps >= config.train.max_steps_per_epoch:
                         break
@@ -277,17 +255,10 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
                 valid = evaluate(task, "valid")
                 entry = {"epoch": epoch + 1, "train_loss": total_loss / max(steps, 1), "steps": steps,
                          "train_seconds": round(train_seconds, 2),
-                         "examples_per_s": round(examples / max(train_seconds, 1e-9), 1), "valid": valid}
+                         "examples_per_s": round(examples / max(train_seconds, 1e-9), 1),
+                         "global_step": global_step, "valid": valid}
                 record["epochs"].append(entry)
-                if epoch_log is None:
-                    epoch_log = CSVLog(run_dir / "epochs.csv", ["epoch", "train_loss", "steps", "train_seconds",
-                                                                "examples_per_s", *[f"valid_{k}" for k in valid]])
-                epoch_log.write({**entry, **{f"valid_{k}": v for k, v in valid.items()}})
-                log.info("epoch %d: loss %.4f, valid %s %.4f, %.1fs", epoch + 1, entry["train_loss"], metric,
-                         valid.get(metric, float("nan")), train_seconds)
-                if progress:
-                    tqdm.write(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}, "
-                               f"valid {metric} {valid.get(metric, float('nan')):.4f} ({train_seconds:.1f}s)")
+                logs.epoch(entry, metric)
                 if valid.get(metric, -math.inf) > best_value:
                     best_value, best_epoch, best_valid, stale = valid[metric], epoch + 1, valid, 0
                     if config.train.checkpoint:
@@ -310,5 +281,4 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
         log.info("best epoch %d; test %s", best_epoch, json.dumps(test))
         return RunResult(run_dir, best_epoch, best_valid, test, record["epochs"], record["seconds"])
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        logs.close()
