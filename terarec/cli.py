@@ -7,11 +7,17 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from terarec.runtime import prefer_passive_waiting, show_progress
+
+# Before any command imports torch (the package's __init__ did it too; this keeps the CLI's
+# default independent of it): OpenMP threads sleep instead of spinning on a shared machine.
+prefer_passive_waiting()
 
 app = typer.Typer(help="terarec: industrial-scale recommendation on TorchRec.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -19,6 +25,12 @@ data_app = typer.Typer(help="Make and prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
+
+# Options of every command that computes (predict takes the same two).
+Threads = Annotated[int, typer.Option(
+    "--threads", min=0, help="Threads for torch and pyarrow (0 = the CPUs this process may use: affinity and cgroup quota).")]
+Progress = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress bars (default: only when stderr is a terminal).", show_default=False)]
 
 SPLIT_HELP = "leave_one_out | time | random | given (default: leave_one_out for events, random for CTR rows, given where the source has one)"
 
@@ -53,6 +65,8 @@ def data_synth(
     valid_fraction: float = typer.Option(0.1, help="Share of rows for validation (time / random splits)."),
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Generate the built-in synthetic interaction log and write it as a prepared dataset.
 
@@ -62,12 +76,15 @@ def data_synth(
     _quiet_libraries()
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
+    from terarec.runtime import configure_threads
+
+    configure_threads(threads)
 
     try:
         config = SyntheticConfig(num_users=users, num_items=items, num_events=events, seed=seed)
         started = time.perf_counter()
         meta = write_dataset(load_synthetic(config), out, _split_config(split, valid_fraction, test_fraction, seed),
-                             overwrite=overwrite)
+                             overwrite=overwrite, progress=show_progress(progress))
     except (ValueError, OSError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "
@@ -86,6 +103,8 @@ def data_prepare(
     on_bad_line: str = typer.Option("error", help="error: stop at the first malformed record, naming file and line; skip: skip such records and report how many."),
     option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=[genre]."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Read a public or generic dataset in its own format and write the canonical Parquet tables."""
     _quiet_libraries()
@@ -93,6 +112,9 @@ def data_prepare(
 
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
+    from terarec.runtime import configure_threads
+
+    configure_threads(threads)
 
     options = {}
     for item in option:
@@ -104,7 +126,8 @@ def data_prepare(
         options.setdefault("seed", seed)
     try:
         data = load_source(source, str(path), on_bad_line=on_bad_line, **options)
-        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite)
+        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
+                             progress=show_progress(progress))
     except (ValueError, OSError, TypeError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} rows ({meta.kind}) to {out}; stats {meta.stats}; "
@@ -128,16 +151,19 @@ def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
 def train_command(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/synthetic/ctr_embedding_mlp.yaml."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.epochs=3 data.batch_size=4096."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
-    """Train the config's model; writes a run folder (config, log, metrics.json, checkpoint)."""
+    """Train the config's model; writes a run folder (config, logs, metrics.json, checkpoint).
+
+    --threads N overrides the config's train.threads."""
     _quiet_libraries()
     from terarec.config import ConfigError, load_config
     from terarec.data.errors import DataError
     from terarec.train.loop import train
 
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
         result = train(cfg, progress=progress)
     except (ConfigError, DataError, FileNotFoundError) as error:
         _fail(error)
@@ -149,14 +175,18 @@ def train_command(
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),
     split: str = typer.Option("test", help="train | valid | test"),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Evaluate a run's best checkpoint on one split."""
     _quiet_libraries()
+    from terarec.runtime import configure_threads
     from terarec.train.loop import evaluate, load_task
 
+    configure_threads(threads)
     try:
         task = load_task(run_dir)
-        metrics = evaluate(task, split, progress=True)
+        metrics = evaluate(task, split, progress=show_progress(progress))
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     _print_metrics(f"{run_dir.name} on {split}", [(split, metrics)])
@@ -168,6 +198,8 @@ def demo_command(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's data and runs."),
     events: int = typer.Option(300_000, help="Synthetic events to generate."),
     epochs: int = typer.Option(3, help="Training epochs of the learned models."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Run the end-to-end demo on built-in synthetic data.
 
@@ -176,7 +208,7 @@ def demo_command(
     _quiet_libraries()
     from terarec.demo import run_demo
 
-    run_demo(out, events=events, epochs=epochs, console=console)
+    run_demo(out, events=events, epochs=epochs, console=console, threads=threads, progress=progress)
 
 
 @app.command("plan")
@@ -204,6 +236,8 @@ def sweep_command(
     config: Path = typer.Argument(..., help="Sweep YAML: model families and their sizes, e.g. configs/scaling/sweep.yaml."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides for every point, e.g. data.path=data/scaling train.threads=1."),
     out: Optional[Path] = typer.Option(None, help="Sweep folder (default: the spec's out); an existing one is resumed."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Train every model size of a sweep on the same data and steps, then fit LogLoss = a + b * C^-alpha.
 
@@ -216,9 +250,9 @@ def sweep_command(
     from terarec.scaling.sweep import load_sweep, run_sweep, summarize
 
     try:
-        spec = load_sweep(config, overrides or [])
+        spec = load_sweep(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
         folder = out or Path(spec.out)
-        run_sweep(spec, folder, log=console.print)
+        run_sweep(spec, folder, log=console.print, progress=progress)
         summary = summarize(folder)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         _fail(error)

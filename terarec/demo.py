@@ -20,20 +20,27 @@ DEMO_RUNS: list[tuple[str, str, str, list[str]]] = [
 ]
 
 
-def run_demo(out: str | Path, events: int = 300_000, epochs: int = 3, console: Console | None = None) -> dict:
-    """Run the demo into ``out`` and return {run name: test metrics}."""
+def run_demo(out: str | Path, events: int = 300_000, epochs: int = 3, console: Console | None = None,
+             threads: int = 0, progress: bool | None = None) -> dict:
+    """Run the demo into ``out`` and return {run name: test metrics}.
+
+    ``threads``: torch / pyarrow threads (0 = the CPUs this process may use); ``progress``:
+    progress bars (None: only when stderr is a terminal)."""
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
     from terarec.data.splits import SplitConfig
+    from terarec.runtime import configure_threads, show_progress
     from terarec.train.loop import _json_safe, train
 
     console = console or Console()
     out = Path(out)
     started = time.perf_counter()
+    threads = configure_threads(threads)
     data_dir = out / "data"
     synth = SyntheticConfig(num_events=events, num_users=max(200, events // 60), num_items=max(500, events // 30))
     console.rule("[bold]1. synthetic data")
-    meta = write_dataset(load_synthetic(synth), data_dir, SplitConfig(method="time"), overwrite=True)
+    meta = write_dataset(load_synthetic(synth), data_dir, SplitConfig(method="time"), overwrite=True,
+                         progress=show_progress(progress))
     console.print(f"{meta.num_rows:,} events, {meta.stats.get('num_users', 0):,} users, "
                   f"{meta.stats.get('num_items', 0):,} items; time split {meta.split['counts']}")
     results: dict[str, dict] = {}
@@ -41,8 +48,9 @@ def run_demo(out: str | Path, events: int = 300_000, epochs: int = 3, console: C
         console.rule(f"[bold]{index}. {name}")
         config = load_config(None, [f"name={name}", f"task={task}", f"model.name={model}",
                                     f"data.path={data_dir}", f"run_dir={out / 'runs'}",
-                                    f"train.epochs={epochs}", "eval.ks=[10,50,200]", *extra])
-        result = train(config, progress=True)
+                                    f"train.epochs={epochs}", f"train.threads={threads}", "eval.ks=[10,50,200]",
+                                    *extra])
+        result = train(config, progress=progress)
         results[name] = {"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, "test": result.test}
     seconds = time.perf_counter() - started
     for kind, keys in (("ctr", ["auc", "logloss", "gauc"]), ("seq", ["hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"])):

@@ -209,6 +209,7 @@ def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]
     if not step_rows and not epoch_rows:
         return None
     from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(11, 4.2), dpi=110)
     loss_axes, valid_axes = figure.subplots(1, 2)
@@ -220,6 +221,7 @@ def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]
         epochs, losses = _numbers(epoch_rows, "epoch", "train_loss")
         loss_axes.plot(epochs, losses, marker="o", label="train loss (per epoch)")
         loss_axes.set_xlabel("epoch")
+        loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axes.set_title("training loss")
     loss_axes.grid(alpha=0.3)
     # Row counts are not a metric and would flatten every curve drawn beside them.
@@ -230,6 +232,7 @@ def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]
         if any(math.isfinite(value) for value in values):
             valid_axes.plot(epochs, values, marker="o", label=column.removeprefix("valid_"))
     valid_axes.set_xlabel("epoch")
+    valid_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     valid_axes.set_title("validation")
     valid_axes.grid(alpha=0.3)
     for axes in (loss_axes, valid_axes):
