@@ -120,6 +120,9 @@ class RunLogs:
         self.steps = CSVLog(self.run_dir / "steps.csv", STEP_COLUMNS, append=resume)
         self.epochs = CSVLog(self.run_dir / "epochs.csv", append=resume)
         self._steps_trimmed = self._epochs_trimmed = not resume
+        if not resume:  # a run started afresh in a used folder: its curves must not mix with the old ones
+            for events in (self.run_dir / "tensorboard").glob("events.out.tfevents.*"):
+                events.unlink()
         self._writer = None
         self._last_step = 0
         self._closed = False

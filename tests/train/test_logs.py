@@ -103,6 +103,7 @@ def test_a_new_run_truncates(tmp_path: Path) -> None:
     log_epochs(tmp_path, range(1, 3))
     log_epochs(tmp_path, range(1, 2))
     assert len(read_csv(tmp_path / "steps.csv")) == 4 and len(read_csv(tmp_path / "epochs.csv")) == 1
+    assert [step for step, _ in tensorboard_scalars(tmp_path / "tensorboard")["train/loss"]] == [1, 2, 3, 4]
 
 
 def test_new_columns_extend_the_header(tmp_path: Path) -> None:
