@@ -16,27 +16,31 @@ all lookups answered with the default row 0 (id not, or not yet, admitted).
 
 Prints progress, then one JSON object as its last line.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/vocabulary.py           # 50M ids over 10M distinct into 1M
-    OMP_WAIT_POLICY=PASSIVE python bench/vocabulary.py --quick   # 5M ids over 1M distinct into 100k
+Threads: terarec's defaults (passive OpenMP waiting, the CPUs this process may use), so no
+OMP variables are needed; ``--threads`` sets the count.
+
+    python bench/vocabulary.py           # 50M ids over 10M distinct into 1M
+    python bench/vocabulary.py --quick   # 5M ids over 1M distinct into 100k
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from terarec.embedding.vocabulary import ManagedVocabulary
-from terarec.features.mixing import splitmix64
+import terarec  # noqa: F401,E402  (first: its OpenMP default must be set before torch loads)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from terarec.embedding.vocabulary import ManagedVocabulary  # noqa: E402
+from terarec.features.mixing import splitmix64  # noqa: E402
+from terarec.runtime import configure_threads  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     distinct = args.distinct or (1_000_000 if args.quick else 10_000_000)
     capacity = args.capacity or (100_000 if args.quick else 1_000_000)
     hot = args.hot or (10_000 if args.quick else 100_000)
-    torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0))))
+    configure_threads(args.threads)
 
     vocab = ManagedVocabulary(
         capacity,

@@ -7,11 +7,17 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from terarec.runtime import prefer_passive_waiting, show_progress
+
+# Before any command imports torch (the package's __init__ did it too; this keeps the CLI's
+# default independent of it): OpenMP threads sleep instead of spinning on a shared machine.
+prefer_passive_waiting()
 
 app = typer.Typer(help="terarec: industrial-scale recommendation on TorchRec.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -19,6 +25,12 @@ data_app = typer.Typer(help="Make and prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
+
+# Options of every command that computes (predict takes the same two).
+Threads = Annotated[int, typer.Option(
+    "--threads", min=0, help="Threads for torch and pyarrow (0 = the CPUs this process may use: affinity and cgroup quota).")]
+Progress = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress bars (default: only when stderr is a terminal).", show_default=False)]
 
 SPLIT_HELP = "leave_one_out | time | random | given (default: leave_one_out for events, random for CTR rows, given where the source has one)"
 
@@ -69,6 +81,8 @@ def data_synth(
                                               "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
     option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=[item_id,category], history_length=50, weak_semantic=[...], unified=[...]."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Generate the built-in synthetic interaction log and write it as a prepared dataset.
 
@@ -79,6 +93,9 @@ def data_synth(
     from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
+    from terarec.runtime import configure_threads
+
+    configure_threads(threads)
 
     try:
         options = _key_values(option)
@@ -97,7 +114,7 @@ def data_synth(
             history_columns = ["click", "like", "watch_time", "category", "hour", "device"]
             data = synthetic_ranking_source(data, ranking_history, history_columns)
         meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
-                             derive=derive)
+                             derive=derive, progress=show_progress(progress))
     except (ValueError, OSError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "
@@ -116,12 +133,17 @@ def data_prepare(
     on_bad_line: str = typer.Option("error", help="error: stop at the first malformed record, naming file and line; skip: skip such records and report how many."),
     option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=[genre]; for any events source also history=[item_id,category] history_length=50, weak_semantic=[{name: fav_x_item, columns: [category, item_id], window_days: 30}], unified=[age_bucket] (docs/data.md)."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Read a public or generic dataset in its own format and write the canonical Parquet tables."""
     _quiet_libraries()
     from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
+    from terarec.runtime import configure_threads
+
+    configure_threads(threads)
 
     options = _key_values(option)
     if source == "frappe":
@@ -130,7 +152,7 @@ def data_prepare(
         derive = Derivations.from_options(options)
         data = load_source(source, str(path), on_bad_line=on_bad_line, **options)
         meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
-                             derive=derive)
+                             derive=derive, progress=show_progress(progress))
     except (ValueError, OSError, TypeError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} rows ({meta.kind}) to {out}; stats {meta.stats}; "
@@ -156,12 +178,14 @@ def train_command(
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.epochs=3 data.batch_size=4096."),
     resume: Optional[Path] = typer.Option(None, help="Continue a stopped run folder from its last saved state (mid-epoch too)."),
     data: Optional[Path] = typer.Option(None, help="With --resume: the run's dataset at another path."),
-    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Train the config's model; writes a run folder (config, status, logs, metrics.json, checkpoints).
 
     A run stopped part way (killed, out of time) keeps its last state: `terarec train --resume RUN`
-    continues it and ends as the uninterrupted run would have."""
+    continues it and ends as the uninterrupted run would have. --threads N overrides the config's
+    train.threads."""
     _quiet_libraries()
     from terarec.config import ConfigError
     from terarec.data.errors import DataError
@@ -173,12 +197,12 @@ def train_command(
         if resume is not None:
             if config is not None or overrides:
                 raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
-            result = resume_run(resume, progress=progress, data_path=data)
+            result = resume_run(resume, progress=progress, data_path=data, threads=threads or None)
             name = result.run_dir.name
         else:
             if config is None:
                 raise ConfigError("give an experiment config (e.g. configs/frappe/wukong.yaml) or --resume RUN")
-            cfg = load_config(config, overrides or [])
+            cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
             result = train(cfg, progress=progress)
             name = cfg.name
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
@@ -192,16 +216,19 @@ def eval_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),
     split: str = typer.Option("test", help="train | valid | test"),
     data: Optional[Path] = typer.Option(None, help="The run's dataset at another path (default: where it was trained)."),
-    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Evaluate a run's best checkpoint on one split, from any directory."""
     _quiet_libraries()
     from terarec.data.errors import DataError
+    from terarec.runtime import configure_threads
     from terarec.train.loop import load_task
 
+    configure_threads(threads)
     try:
         task = load_task(run_dir, data_path=data)
-        metrics = task.evaluate(split, progress=progress and sys.stderr.isatty())
+        metrics = task.evaluate(split, progress=show_progress(progress))
     except (ValueError, FileNotFoundError, DataError) as error:
         _fail(error)
     _print_metrics(f"{run_dir.name} on {split}", [(split, metrics)])
@@ -238,8 +265,8 @@ def demo_command(
     out: Path = typer.Option(Path("runs/demo"), help="The demo's own folder (new, empty, or an earlier demo's)."),
     events: int = typer.Option(150_000, help="Synthetic events to generate."),
     epochs: int = typer.Option(2, help="Training epochs of the learned models."),
-    threads: int = typer.Option(0, help="Intra-op threads (0 = the CPUs this process may use)."),
-    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Run the end-to-end demo on built-in synthetic data.
 
@@ -250,7 +277,7 @@ def demo_command(
     from terarec.demo import run_demo
 
     try:
-        run_demo(out, events=events, epochs=epochs, threads=threads, progress=progress and sys.stderr.isatty(),
+        run_demo(out, events=events, epochs=epochs, threads=threads, progress=progress,
                  console=console)
     except ValueError as error:
         _fail(error)
@@ -281,6 +308,8 @@ def sweep_command(
     config: Path = typer.Argument(..., help="Sweep YAML: model families and their sizes, e.g. configs/scaling/sweep.yaml."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides for every point, e.g. data.path=data/scaling train.threads=1."),
     out: Optional[Path] = typer.Option(None, help="Sweep folder (default: the spec's out); an existing one is resumed."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Train every model size of a sweep on the same data and steps, then fit LogLoss = a + b * C^-alpha.
 
@@ -293,9 +322,9 @@ def sweep_command(
     from terarec.scaling.sweep import load_sweep, run_sweep, summarize
 
     try:
-        spec = load_sweep(config, overrides or [])
+        spec = load_sweep(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
         folder = out or Path(spec.out)
-        run_sweep(spec, folder, log=console.print)
+        run_sweep(spec, folder, log=console.print, progress=progress)
         summary = summarize(folder)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         _fail(error)

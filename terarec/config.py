@@ -74,7 +74,7 @@ class TrainConfig:
         learning_rate: Adam learning rate.
         weight_decay: L2 on dense parameters.
         seed: fixes initialisation, shuffling and sampling.
-        threads: torch intra-op threads (0 = all cores of this machine).
+        threads: torch intra-op threads (0 = the CPUs this process may use: affinity, cgroup quota).
         patience: stop after this many epochs without a better validation metric (0 = never).
         max_steps_per_epoch: cap on steps per epoch (0 = no cap), for smoke runs.
         checkpoint: write the best model to the run folder.

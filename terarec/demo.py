@@ -61,25 +61,31 @@ def claim_folder(out: Path) -> None:
 
 
 def run_demo(out: str | Path, events: int = 150_000, epochs: int = 2, threads: int = 0,
-             progress: bool = True, console: Console | None = None) -> dict:
-    """Run the demo into ``out`` and return {run name: test metrics}."""
+             progress: bool | None = None, console: Console | None = None) -> dict:
+    """Run the demo into ``out`` and return {run name: test metrics}.
+
+    ``threads``: torch / pyarrow threads (0 = the CPUs this process may use); ``progress``:
+    progress bars (None: only when stderr is a terminal)."""
     from terarec.data.prepare import write_dataset
     from terarec.data.ranking import synthetic_ranking_source
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
     from terarec.data.splits import SplitConfig
     from terarec.serve import Predictor
+    from terarec.runtime import configure_threads, show_progress
     from terarec.train.loop import _json_safe, train
 
     console = console or Console()
     out = Path(out)
     claim_folder(out)
     started = time.perf_counter()
+    threads = configure_threads(threads)
     data_dir = out / "data"
     synth = SyntheticConfig(num_events=events, num_users=max(200, events // 60), num_items=max(500, events // 30))
     console.rule("[bold]1. synthetic data")
     source = synthetic_ranking_source(load_synthetic(synth), HISTORY,
                                       ["click", "like", "watch_time", "category", "hour", "device"])
-    meta = write_dataset(source, data_dir, SplitConfig(method="time"), overwrite=True, progress=progress)
+    meta = write_dataset(source, data_dir, SplitConfig(method="time"), overwrite=True,
+                         progress=show_progress(progress))
     console.print(f"{meta.num_rows:,} events, {meta.stats.get('num_users', 0):,} users, "
                   f"{meta.stats.get('num_items', 0):,} items; time split {meta.split['counts']}")
     results: dict[str, dict] = {}

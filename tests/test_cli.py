@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,16 @@ def test_every_subcommand_has_help(words: list[str]) -> None:
     result = runner.invoke(app, [*words, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+COMPUTING = [["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"], ["sweep"]]
+
+
+@pytest.mark.parametrize("words", COMPUTING, ids=" ".join)
+def test_every_computing_command_takes_threads_and_progress(words: list[str]) -> None:
+    result = runner.invoke(app, [*words, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "--threads" in result.output and "--no-progress" in result.output
 
 
 def test_prepare_bad_line_names_file_and_line(tmp_path: Path) -> None:
@@ -70,6 +83,32 @@ def test_synth_train_eval(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.output.strip().splitlines()[-1])
     assert evaluated["auc"] == pytest.approx(trained["auc"])
+
+
+def test_train_piped_to_a_file_logs_one_line_per_epoch(tmp_path: Path) -> None:
+    data = tmp_path / "syn"
+    result = runner.invoke(app, ["data", "synth", "--out", str(data), "--events", "3000", "--users", "100",
+                                 "--items", "200", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "piped", "task": "ctr", "data": {"path": str(data), "batch_size": 256, "labels": ["click"]},
+        "model": {"name": "embedding_mlp", "hidden": [16]}, "run_dir": str(tmp_path / "runs"),
+    }))
+    # The default environment (no OMP variables), output to a file as `terarec train ... > log 2>&1` does.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OMP_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    log = tmp_path / "log.txt"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "terarec.cli", "train", str(config), "train.epochs=2",
+                               "--threads", "1"], stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch ")] == ["epoch 1", "epoch 2"]
+    assert "\r" not in text and "it/s" not in text  # no bar frames
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "curves.png").exists() and list((run_dir / "tensorboard").iterdir())
+    assert "1 threads" in (run_dir / "train.log").read_text()
 
 
 def test_train_unknown_key_names_nearest(tmp_path: Path) -> None:

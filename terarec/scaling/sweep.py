@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -209,11 +210,11 @@ def _check_same_data_and_steps(points: list[SweepPoint]) -> None:
                 )
 
 
-def _train_point(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+def _train_point(config: ExperimentConfig, run_dir: Path, progress: bool | None = False) -> dict[str, Any]:
     """The default trainer: ``terarec.train.loop.train``; returns the run's metrics.json."""
     from terarec.train.loop import train
 
-    result = train(config, progress=False, run_dir=run_dir)
+    result = train(config, progress=progress, run_dir=run_dir)
     return json.loads((result.run_dir / "metrics.json").read_text())
 
 
@@ -239,6 +240,7 @@ def run_sweep(
     out_dir: str | Path,
     trainer: Callable[[ExperimentConfig, Path], dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
+    progress: bool | None = False,
 ) -> list[dict[str, Any]]:
     """Train every point of ``spec`` not already finished in ``out_dir``; return all records.
 
@@ -248,13 +250,14 @@ def run_sweep(
         trainer: ``(config, run_dir) -> metrics`` with ``test`` and ``valid`` mappings (AUC,
             LogLoss) like a run's metrics.json; the default trains with ``terarec.train.loop``.
         log: where the one progress line per point goes.
+        progress: the default trainer's progress bars (None: only on a terminal).
 
     Returns:
         One record per point, in spec order: id, family, model options, ``gflops`` (dense
         forward per example), ``train_gflops`` (3x), parameters, test / valid LogLoss and AUC,
         wall seconds and the config hash.
     """
-    trainer = trainer or _train_point
+    trainer = trainer or functools.partial(_train_point, progress=progress)
     out_dir = Path(out_dir)
     points = expand_points(spec)
     out_dir.mkdir(parents=True, exist_ok=True)

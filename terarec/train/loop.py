@@ -4,8 +4,10 @@ A run writes its folder as it goes:
 
 * ``config.yaml``: the resolved config (columns filled in from the dataset, data path absolute);
 * ``status.json``: ``running``, ``finished`` or ``failed`` (with the reason);
-* ``train.log``, ``steps.csv`` (running train loss and learning rate every ``train.log_every``
-  steps), ``epochs.csv`` (one row per epoch) and ``metrics.json`` (updated after every epoch);
+* its logs (``terarec.train.logs.RunLogs``): ``train.log``, ``steps.csv`` (running train loss
+  and learning rate every ``train.log_every`` steps), ``epochs.csv`` (one row per epoch),
+  TensorBoard events under ``tensorboard/`` and ``curves.png``; and ``metrics.json`` (updated
+  after every epoch);
 * ``checkpoint.pt``: the best epoch so far, self-contained: config, model inputs (vocabularies,
   columns), weights; ``terarec eval`` and ``terarec.serve.Predictor`` need nothing else;
 * ``state.pt``: everything to continue exactly where the run was: weights, dense and fused-table
@@ -26,12 +28,10 @@ better validation metric.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
 import random
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -42,13 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from terarec.config import ExperimentConfig, from_dict, to_yaml
 from terarec.data.batches import make_loader
 from terarec.models.protocols import FitsStatistics, FusedTables, RegularizedTables, parameter_count
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
 from terarec.train.experiment import check_config
+from terarec.train.logs import RunLogs
 from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, build_task, task_class
 
@@ -109,14 +109,6 @@ def write_status(run_dir: Path, status: str, reason: str = "") -> None:
     _write_json(run_dir / "status.json", record)
 
 
-def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
 def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
     """lambda/2 * sum ||W||^2 over the tables kept as parameters (``embedding.regularization``)."""
     if coefficient <= 0:
@@ -165,28 +157,6 @@ class LearningRates:
         self.scale = scale
         self._apply(scale)
         self.step(global_step)
-
-
-class CSVLog:
-    """Appends rows to a CSV file in the run folder, header first. ``keep_until`` (resume): keep
-    the rows whose first column is at most this, drop the rest (written after the saved state)."""
-
-    def __init__(self, path: Path, columns: list[str], keep_until: int | None = None) -> None:
-        self.path, self.columns = path, columns
-        kept: list[list[str]] = []
-        if keep_until is not None and path.exists():
-            with path.open(newline="") as handle:
-                rows = list(csv.reader(handle))
-            if rows and rows[0] == columns:
-                kept = [row for row in rows[1:] if row and float(row[0]) <= keep_until]
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            writer.writerows(kept)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([row.get(column, "") for column in self.columns])
 
 
 # ---- checkpoints
@@ -272,9 +242,8 @@ def load_task(run_dir: str | Path, data_path: str | Path | None = None, state: b
 class Trainer:
     """One run: trains ``task`` in ``run_dir``, from the start or from a saved state."""
 
-    def __init__(self, task: Task, run_dir: Path, progress: bool = True, state: dict[str, Any] | None = None) -> None:
-        self.task, self.run_dir, self.config = task, run_dir, task.config
-        self.progress = progress and sys.stderr.isatty()
+    def __init__(self, task: Task, run_dir: Path, logs: RunLogs, state: dict[str, Any] | None = None) -> None:
+        self.task, self.run_dir, self.config, self.logs = task, run_dir, task.config, logs
         self.metric, self.higher_is_better = task.monitor()
         model = task.model
         self.trainable = not isinstance(model, FitsStatistics)
@@ -293,15 +262,6 @@ class Trainer:
                                        self.config.embedding.learning_rate or self.config.train.learning_rate)
         if state is not None:
             self._restore(state)
-        resumed = state is not None
-        self.step_log = CSVLog(run_dir / "steps.csv", ["step", "epoch", "learning_rate", "train_loss"],
-                               keep_until=self.global_step if resumed else None)
-        self.epoch_log: CSVLog | None = None
-        if resumed and (run_dir / "epochs.csv").exists():
-            with (run_dir / "epochs.csv").open(newline="") as handle:
-                header = next(csv.reader(handle), None)
-            if header:
-                self.epoch_log = CSVLog(run_dir / "epochs.csv", header, keep_until=self.epoch)
 
     # -- state
 
@@ -349,6 +309,7 @@ class Trainer:
             model.fit_statistics(self.task.loader("train"))
             self.best_valid, self.best_epoch = self.task.evaluate("valid"), 0
             self.record["epochs"].append({"epoch": 0, "valid": self.best_valid})
+            self.logs.epoch(self.record["epochs"][-1], self.metric)
             if config.train.checkpoint:
                 save_checkpoint(self.run_dir / "checkpoint.pt", checkpoint_payload(self.task, 0, self.best_valid))
         else:
@@ -385,9 +346,8 @@ class Trainer:
         loader = iter(make_loader(train_set, self.config.data.num_workers))
         for _ in range(self.step_in_epoch):
             next(loader, None)
-        bar = tqdm(loader, total=None if total is None else max(total - self.step_in_epoch, 0),
-                   desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", disable=not self.progress, leave=False)
-        return bar
+        return self.logs.bar(loader, None if total is None else max(total - self.step_in_epoch, 0),
+                             f"epoch {self.epoch + 1}/{self.config.train.epochs}")
 
     def _train_epoch(self) -> None:
         config, model, sums = self.config, self.task.model, self.sums
@@ -415,9 +375,8 @@ class Trainer:
             if sums["steps"] % 20 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.4f}")
             if self.global_step % config.train.log_every == 0:
-                self.step_log.write({"step": self.global_step, "epoch": self.epoch + 1,
-                                     "learning_rate": config.train.learning_rate * factor,
-                                     "train_loss": round(sums["window_loss"] / sums["window_steps"], 6)})
+                self.logs.step(self.global_step, self.epoch + 1, config.train.learning_rate * factor,
+                               sums["window_loss"] / sums["window_steps"])
                 sums["window_loss"], sums["window_steps"] = 0.0, 0
             if every and self.global_step % every == 0:
                 sums["seconds"] += time.perf_counter() - clock
@@ -432,18 +391,14 @@ class Trainer:
         seconds = sums["seconds"]
         entry = {"epoch": self.epoch + 1, "train_loss": sums["loss"] / max(sums["steps"], 1), "steps": sums["steps"],
                  "train_seconds": round(seconds, 2),
-                 "examples_per_s": round(sums["examples"] / max(seconds, 1e-9), 1), "valid": valid}
+                 "examples_per_s": round(sums["examples"] / max(seconds, 1e-9), 1),
+                 "global_step": self.global_step, "valid": valid}
         self.record["epochs"].append(entry)
-        if self.epoch_log is None:
-            self.epoch_log = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train_loss", "steps", "train_seconds",
-                                                                  "examples_per_s", *[f"valid_{k}" for k in valid]])
-        self.epoch_log.write({**entry, **{f"valid_{k}": v for k, v in valid.items()}})
         value = valid.get(self.metric)
         if value is None:
             raise ValueError(f"train.monitor: the validation metrics have no '{self.metric}' "
                              f"(they have: {', '.join(sorted(valid))})")
-        log.info("epoch %d: loss %.4f, valid %s %.4f, %.1fs", self.epoch + 1, entry["train_loss"], self.metric,
-                 value, seconds)
+        self.logs.epoch(entry, self.metric)
         signed = value if self.higher_is_better else -value
         if signed > self.best_value:
             self.best_value, self.best_epoch, self.best_valid, self.stale = signed, self.epoch + 1, valid, 0
@@ -462,28 +417,28 @@ class Trainer:
         self.save_state()
 
 
-def _run(task: Task, run_dir: Path, progress: bool, state: dict[str, Any] | None) -> RunResult:
-    handler = _attach_log(run_dir)
+def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any] | None) -> RunResult:
+    logs = RunLogs(run_dir, progress=progress, resume=state is not None)
     write_status(run_dir, "running")
     try:
-        result = Trainer(task, run_dir, progress, state).run()
+        result = Trainer(task, run_dir, logs, state).run()
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
         write_status(run_dir, "failed", reason)
         log.error("run failed: %s\n%s", reason, traceback.format_exc())
         raise
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        logs.close()
     write_status(run_dir, "finished")
     return result
 
 
-def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None = None) -> RunResult:
+def train(config: ExperimentConfig, progress: bool | None = None, run_dir: Path | None = None) -> RunResult:
     """Train ``config``'s model, keep the best validation epoch, report its test metrics.
 
     The run folder is written as the run goes (see the module docstring); a run that fails
-    leaves ``status.json`` saying why, and ``resume(run_dir)`` continues a stopped one."""
+    leaves ``status.json`` saying why, and ``resume(run_dir)`` continues a stopped one.
+    ``progress``: progress bars (None: only when stderr is a terminal)."""
     config = copy.deepcopy(config)
     seed_everything(config.train.seed)
     set_threads(config.train.threads)
@@ -501,9 +456,11 @@ def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None 
     return _run(task, run_dir, progress, None)
 
 
-def resume(run_dir: str | Path, progress: bool = True, data_path: str | Path | None = None) -> RunResult:
+def resume(run_dir: str | Path, progress: bool | None = None, data_path: str | Path | None = None,
+           threads: int | None = None) -> RunResult:
     """Continue a stopped run from its ``state.pt``; a run with no saved state yet starts again
-    from its resolved config in the same folder."""
+    from its resolved config in the same folder. ``threads`` overrides ``train.threads`` (results
+    repeat to the digit only at the thread count of the first run)."""
     run_dir = Path(run_dir)
     path = run_dir / "state.pt"
     if not path.exists():
@@ -512,10 +469,14 @@ def resume(run_dir: str | Path, progress: bool = True, data_path: str | Path | N
         config = from_dict(ExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
         if data_path is not None:
             config.data.path = str(Path(data_path).resolve())
+        if threads is not None:
+            config.train.threads = threads
         return train(config, progress, run_dir)
     payload = load_checkpoint(path)
     _check_payload(payload, path, STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng", "position"))
     config = _config_from(payload, path, data_path)
+    if threads is not None:
+        config.train.threads = threads
     set_threads(config.train.threads)
     task = task_class(config.task).from_record(config, payload["inputs"])
     _load_weights(task.model, payload["model"], path, "model weights")

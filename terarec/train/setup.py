@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from terarec.data.schema import DatasetMeta
 from terarec.data.vocabularies import vocabulary_ids
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.features.crosses import crosses_from_config
+from terarec.runtime import configure_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -28,11 +28,8 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(threads: int) -> int:
-    """Use ``threads`` intra-op threads (0 = every core this process may use)."""
-    if threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    return threads
+    """Use ``threads`` threads (0 = the CPUs this process may use: affinity and cgroup quota)."""
+    return configure_threads(threads)
 
 
 def feature_spec(config: ExperimentConfig, meta: DatasetMeta | None) -> FeatureSpec:

@@ -148,7 +148,8 @@ def test_ctr_training_learns_the_cross(ctr_run: RunResult, ctr_data: Path, tmp_p
 
 def test_run_folder_contents(ctr_run: RunResult) -> None:
     run_dir = ctr_run.run_dir
-    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.json", "train.log", "checkpoint.pt"}
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.json", "train.log", "checkpoint.pt", "steps.csv",
+                                                 "epochs.csv", "tensorboard", "curves.png"}
     assert not list(run_dir.glob("*.tmp*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_epoch"] == ctr_run.best_epoch
