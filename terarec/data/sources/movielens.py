@@ -46,11 +46,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from terarec.data.errors import BadLineCounter, BadLinePolicy, DataError
-from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table
+from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table, check_finite
 from terarec.data.sources.base import SourceData
 from terarec.data.sources.text import (
     check_not_empty,
     flag_bad_timestamps,
+    flag_non_finite,
     no_records,
     read_delimited,
     read_header,
@@ -196,6 +197,7 @@ def load_movielens(
 
 def _finish_ratings(table: pa.Table, problems, path: Path) -> pa.Table:
     flag_bad_timestamps(table, TIMESTAMP, problems)
+    flag_non_finite(table, [RATING], problems)
     return problems.apply(table).select([USER_ID, ITEM_ID, TIMESTAMP, RATING])
 
 
@@ -255,6 +257,7 @@ def _parquet_ratings(path: Path) -> pa.Table:
     if rating.null_count:
         row = int(np.flatnonzero(pc.is_null(rating).to_numpy(zero_copy_only=False))[0])
         raise DataError(f"null rating in row {row}", path=path, field=RATING)
+    check_finite(table, [RATING], path)
     return pa.table(
         {
             USER_ID: table.column(USER_ID),
