@@ -62,6 +62,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         from terarec.features.crosses import crosses_from_config
 
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers: expected an integer >= 0, got {self.num_workers}")
+
         crosses_from_config(self.crosses, "data.crosses")  # checked here, built where used
 
 
@@ -261,6 +267,8 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where or 'config'}: {error}") from error
 
@@ -286,14 +294,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
-    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    """A YAML file's top-level mapping; a missing, binary, empty or invalid file, or one that
+    is not a mapping, is a ConfigError naming the file (an empty file would otherwise run every
+    default silently; write ``{}`` to mean that)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{path}: expected a {what} YAML file, got a folder")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a YAML text file (byte {error.start} is not UTF-8; a binary file?)") from error
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        raise ConfigError(f"{path}: the {what} file is empty; write its settings (or {{}} for every default)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

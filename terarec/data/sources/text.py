@@ -79,6 +79,22 @@ def scan_text(path: Path, data: bytes | None = None) -> TextScan:
     return TextScan(newlines + (0 if ends_with_newline else 1), ends_with_newline, longest)
 
 
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".br", ".snappy")
+
+
+def ends_with_newline(path: Path) -> bool | None:
+    """Whether an uncompressed file's last byte is a line end (None for a compressed file: not
+    known without reading it all)."""
+    if path.suffix.lower() in _COMPRESSED_SUFFIXES:
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        return True
+    with open(path, "rb") as file:
+        file.seek(size - 1)
+        return file.read(1) == b"\n"
+
+
 def warn_unterminated(scan: TextScan, counter: BadLineCounter) -> None:
     """Warn, naming the last line, when a file does not end with a line end (it may have been cut short)."""
     if not scan.ends_with_newline:
