@@ -293,6 +293,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first {seen[key]})", key_node.start_mark
+                )
+            seen[key] = f"on line {key_node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     """A YAML file's top-level mapping; a missing, binary, empty or invalid file, or one that
     is not a mapping, is a ConfigError naming the file (an empty file would otherwise run every
@@ -307,7 +324,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not a YAML text file (byte {error.start} is not UTF-8; a binary file?)") from error
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if data is None:

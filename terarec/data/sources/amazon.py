@@ -84,7 +84,10 @@ def load_amazon(
     counter = BadLineCounter(on_bad_line, path)
     # One string column per line: the unit separator never occurs in these files.
     table, problems = read_delimited(path, counter=counter, columns=[_LINE], types={_LINE: pa.string()}, delimiter="\x1f")
-    lines = table.column(_LINE).combine_chunks()
+    # Trimmed first: Arrow's split makes an empty token of leading or trailing whitespace, and a
+    # line of spaces only is blank.
+    lines = pc.utf8_trim_whitespace(table.column(_LINE).combine_chunks())
+    lines = pc.if_else(pc.equal(lines, ""), pa.scalar(None, pa.string()), lines)
     tokens = pc.utf8_split_whitespace(lines)
     counts = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False)
     blank = counts == 0

@@ -23,11 +23,11 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from terarec.data.errors import BadLineCounter, BadLinePolicy, DataError
 from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table, check_finite
 from terarec.data.sources.base import SourceData
+from terarec.data.sources.parquet import parquet_schema, read_parquet
 from terarec.data.sources.text import (
     PARQUET_SUFFIXES,
     convert_strings,
@@ -161,18 +161,12 @@ def _read_events_parquet(
     dense: Sequence[str],
     labels: Sequence[str],
 ) -> pa.Table:
-    try:
-        schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"not a readable Parquet file: {error}", path=path) from error
-    missing = [name for name in roles if name not in schema.names]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; the file has {schema.names}", path=path, field=missing[0])
+    schema = parquet_schema(path, roles)
     for name in [*dense, *labels]:
         kind = schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
             raise DataError(f"expected a numeric column, got {kind}", path=path, field=name)
-    table = pq.read_table(path, columns=roles)
+    table = read_parquet(path, roles)
     if table.num_rows == 0:
         raise DataError("empty file (no rows)", path=path)
     for name in [user_column, item_column, time_column, *labels]:

@@ -214,11 +214,16 @@ def read_text(path: Path) -> str:
     return text.removeprefix("\ufeff")
 
 
-def text_lines(path: Path) -> list[str]:
-    """The file's lines, without line ends (only '\\n' and '\\r\\n' end a line; a Latin-1 \\x85 does not)."""
+def text_lines(path: Path, counter: BadLineCounter | None = None) -> list[str]:
+    """The file's lines, without line ends (only '\\n' and '\\r\\n' end a line; a Latin-1 \\x85 does not).
+
+    With a ``counter``, a file whose last line has no line end is warned about through it.
+    """
     lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
+    elif counter is not None:
+        warn_unterminated(TextScan(len(lines), False, 0), counter)
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
@@ -234,10 +239,14 @@ def read_header(path: Path, delimiter: str, quoting: bool) -> list[str]:
     if not head.strip():
         raise DataError("empty file", path=path)
     line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
-    if quoting:
-        names = next(pycsv.reader([line], delimiter=delimiter))
-    else:
-        names = line.split(delimiter)
+    return _split_header(line, delimiter, quoting, path)
+
+
+def _split_header(line: str, delimiter: str, quoting: bool, path: Path) -> list[str]:
+    try:
+        names = next(pycsv.reader([line], delimiter=delimiter, strict=True)) if quoting else line.split(delimiter)
+    except pycsv.Error as error:
+        raise DataError(f"cannot read the header line: {error}", path=path, line=1) from error
     return [name.strip() for name in names]
 
 
@@ -436,7 +445,7 @@ def read_delimited(
         raise DataError("empty file", path=path)
     scan = scan_text(path, data)
     if header:
-        names = read_header(path, delimiter, quoting) if data is None else _header_of_bytes(data, delimiter, quoting)
+        names = read_header(path, delimiter, quoting) if data is None else _header_of_bytes(data, delimiter, quoting, path)
         missing = [name for name in types if name not in names]
         if missing:
             raise DataError(
@@ -538,10 +547,9 @@ def read_delimited(
     return table, problems
 
 
-def _header_of_bytes(data: bytes, delimiter: str, quoting: bool) -> list[str]:
+def _header_of_bytes(data: bytes, delimiter: str, quoting: bool, path: Path) -> list[str]:
     line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
-    names = next(pycsv.reader([line], delimiter=delimiter)) if quoting else line.split(delimiter)
-    return [name.strip() for name in names]
+    return _split_header(line, delimiter, quoting, path)
 
 
 def _finish_columns(
