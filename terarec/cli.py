@@ -52,7 +52,7 @@ def data_synth(
     split: str = typer.Option("time", help=SPLIT_HELP),
     valid_fraction: float = typer.Option(0.1, help="Share of rows for validation (time / random splits)."),
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
 ) -> None:
     """Generate the built-in synthetic interaction log and write it as a prepared dataset.
 

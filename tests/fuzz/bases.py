@@ -174,7 +174,7 @@ def frappe_raw(rng: random.Random) -> Base:
         f"{rng.choice(['monday', 'sunday'])}\tweekday\tunknown\tfree\tsunny\tSpain\t{rng.randint(0, 5)}"
         for _ in range(30)]
     return Base("frappe-raw", "frappe", {"frappe.csv": _text(lines)}, "frappe.csv",
-                targets=[Target("frappe.csv", "\t", True, 0, 2, lambda line: 3)])
+                targets=[Target("frappe.csv", "\t", True, 0, 10, lambda line: 3)])
 
 
 FRAPPE_SPLIT_HEADER = "label,user,item,daytime,weekday,isweekend,homework,cost,weather,country,city"

@@ -140,31 +140,24 @@ def unreadable_lines(raw: bytes, quoting: bool) -> list[tuple[int, str]]:
     def line_of(positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(line_ends, positions)  # 0-based
 
-    carriage = np.flatnonzero(array == 13)
-    if carriage.size:
-        inside = carriage[(carriage + 1 >= array.size) | (array[np.minimum(carriage + 1, array.size - 1)] != 10)]
-        inside = inside[inside + 1 < array.size]  # a final \r at the very end is a line end too
-        for line in np.unique(line_of(inside)).tolist():
-            reasons.setdefault(line, "a carriage return inside the line (line ends are \\n or \\r\\n)")
+    following = np.append(array[1:], 10)  # a \r that ends the file is harmless: as if a \n followed
+    for line in np.unique(line_of(np.flatnonzero((array == 13) & (following != 10)))).tolist():
+        reasons[line] = "a carriage return inside the line (line ends are \\n or \\r\\n)"
     if quoting:
         quotes = np.bincount(line_of(np.flatnonzero(array == 34)), minlength=num_lines)
         for line in np.flatnonzero(quotes % 2).tolist():
             reasons.setdefault(line, "an unclosed quote (a quoted value may not span lines)")
-    start = 0
-    while True:
-        try:
-            raw[start:].decode("utf-8")
-            break
-        except UnicodeDecodeError as error:
-            position = start + error.start
-            line = int(line_of(np.array([position]))[0])
-            line_start = 0 if line == 0 else int(line_ends[line - 1]) + 1
-            reasons.setdefault(
-                line, f"not UTF-8 text (byte {raw[position]:#04x} at column {position - line_start + 1}; a binary file?)"
-            )
-            if line >= line_ends.size:
-                break
-            start = int(line_ends[line]) + 1
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # Line by line from the first bad byte on: linear however many lines are bad.
+        lines = raw.split(b"\n")
+        for line in range(int(line_of(np.array([error.start]))[0]), len(lines)):
+            try:
+                lines[line].decode("utf-8")
+            except UnicodeDecodeError as bad:
+                reasons.setdefault(line, f"not UTF-8 text (byte {lines[line][bad.start]:#04x} at column "
+                                         f"{bad.start + 1}; a binary file?)")
     return [(line + 1, reason) for line, reason in sorted(reasons.items())]
 
 
