@@ -18,7 +18,6 @@ from terarec.data.schema import DATASET_MARKER, DatasetMeta
 from terarec.data.sources import check_options, source_options, SOURCES
 from terarec.data.sources.amazon import load_amazon
 from terarec.data.sources.base import SourceData
-from terarec.data.sources.criteo import COLUMNS as CRITEO_COLUMNS
 from terarec.data.sources.criteo import load_criteo
 from terarec.data.sources.events import load_events
 from terarec.data.sources.movielens import load_movielens
