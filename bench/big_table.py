@@ -39,8 +39,8 @@ from terarec.embedding.engine import (
     EmbeddingEngineConfig,
     FusedPooledEmbeddings,
 )
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.embedding.planner import ID_BYTES, TablePlan, format_bytes, table_memory
-from terarec.features.vocabulary import ExactVocabulary
 
 MIB = 2**20
 

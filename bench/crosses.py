@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from terarec.features.crosses import CrossSpec, apply_crosses, weak_semantic_keys
+from terarec.features.crosses import CrossSpec, apply_crosses
+from terarec.features.weak_semantic import weak_semantic_keys
 
 NUM_PICKS = 5
 

@@ -34,7 +34,7 @@ SHARED = ROOT.parent / "shared"
 
 def run_one(config_path: str, overrides: list[str]) -> dict:
     """Train one (model, seed); returns what the summary needs (picklable, for worker processes)."""
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     result = train(load_config(config_path, overrides), progress=False)

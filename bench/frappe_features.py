@@ -52,7 +52,7 @@ def table_rows(task) -> int:
 
 
 def run(data: Path, name: str, seed: int, epochs: int, extra: list[str], run_dir: Path) -> tuple[float, object]:
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     config = load_config(None, [
@@ -71,8 +71,8 @@ def run(data: Path, name: str, seed: int, epochs: int, extra: list[str], run_dir
 
 def sweep(label: str, data: Path, crosses: list[str], plain_sparse: list[str] | None, seeds: list[int],
           epochs: int, run_dir: Path, out: dict, variants: list[str]) -> None:
-    from terarec.config import load_config
-    from terarec.train.setup import build_task
+    from terarec.train.experiment import load_config
+    from terarec.train.tasks import build_task
 
     cross_arg = f"data.crosses=[{', '.join(crosses)}]"
     sparse_arg = [f"data.sparse=[{', '.join(plain_sparse)}]"] if plain_sparse else []

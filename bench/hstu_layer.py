@@ -9,8 +9,8 @@ with a relative position + time bias, causal mask, H heads of width d / H for Q,
 both in float32, training mode with dropout 0.
 
 Lengths 256, 1024 and 4096 with a fixed number of tokens per step (batch 16, 4, 1 by
-default: 4096 tokens); the time buckets of the HSTU bias are computed once outside the timed
-step (a stack shares them between its layers), the bias lookup is inside. Each side is timed
+default: 4096 tokens); the attention layout (mask, relative positions, time buckets) of the HSTU
+bias is computed once outside the timed step (a stack shares it between its layers), the bias lookup is inside. Each side is timed
 as forward, sum of the output, backward, after warm-up; the median of the repeats is
 reported. Last line JSON: ``ratio_<T>`` = HSTU time / Transformer time, the times and their
 spreads.
@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 
-def _hstu_step(layer, x, index, shape, mask, buckets) -> None:
-    layer(x, index, shape, mask, buckets).sum().backward()
+def _hstu_step(layer, x, layout) -> None:
+    layer(x, layout)[0].sum().backward()
 
 
 def _transformer_step(layer, x, src_mask) -> None:
@@ -67,8 +67,7 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads)
 
-    from terarec.layers.hstu import HSTULayer, causal_mask, time_buckets
-    from terarec.layers.jagged import padded_index
+    from terarec.layers.hstu import AttentionLayout, HSTULayer
 
     d, heads = args.dim, args.heads
     torch.manual_seed(0)
@@ -81,14 +80,12 @@ def main() -> None:
                                                  norm_first=True)
         x = torch.randn(batch * length, d, requires_grad=True)
         lengths_t = torch.full((batch,), length)
-        index = padded_index(lengths_t, length)
-        mask = causal_mask(length)
         times = torch.cumsum(torch.randint(1, 3600, (batch, length)), 1)
-        buckets = time_buckets(times.unsqueeze(2) - times.unsqueeze(1), 128)
+        layout = AttentionLayout(lengths_t, length, times.reshape(-1), num_buckets=128)
         src_mask = nn.Transformer.generate_square_subsequent_mask(length)
         x_padded = torch.randn(batch, length, d, requires_grad=True)
 
-        hstu_step = partial(_hstu_step, hstu, x, index, (batch, length), mask, buckets)
+        hstu_step = partial(_hstu_step, hstu, x, layout)
         transformer_step = partial(_transformer_step, transformer, x_padded, src_mask)
         timed = partial(_timed, warmup=args.warmup, repeats=args.repeats)
 

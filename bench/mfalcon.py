@@ -1,6 +1,6 @@
 """M-FALCON against separate forward passes: one user, a history of 512, m = 1024 candidates.
 
-M-FALCON (``terarec.serve.mfalcon``, HSTU paper section 3.4) runs the history once with each
+M-FALCON (``HSTUStack.cache_history`` / ``score_candidates`` in ``terarec.layers.hstu``, HSTU paper section 3.4) runs the history once with each
 layer's keys and values cached, then the candidates in micro-batches, each seeing the history
 and itself. The baseline runs the full stack on history + [candidate] for each candidate:
 1024 separate forward passes of 513 tokens, one at a time (``--baseline batched`` runs them
@@ -44,7 +44,6 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     from terarec.layers.hstu import HSTUStack
-    from terarec.serve.mfalcon import cache_history, score_candidates
 
     torch.manual_seed(0)
     n, m, d = args.history, args.candidates, args.dim
@@ -63,8 +62,8 @@ def main() -> None:
     candidate_times = torch.full((m,), request_time)
 
     def run_mfalcon() -> torch.Tensor:
-        cache = cache_history(stack, history, history_times)
-        return score_candidates(stack, cache, candidates, candidate_times, micro_batch=args.micro_batch)
+        cache = stack.cache_history(history, history_times)
+        return stack.score_candidates(cache, candidates, candidate_times, micro_batch=args.micro_batch)
 
     @torch.no_grad()
     def run_baseline() -> torch.Tensor:

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
 
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
     from terarec.data.splits import SplitConfig

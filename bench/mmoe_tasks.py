@@ -37,7 +37,7 @@ def main() -> None:
     threads = max(1, len(os.sched_getaffinity(0)))
     torch.set_num_threads(threads)
 
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
     from terarec.data.splits import SplitConfig

@@ -65,7 +65,7 @@ def minutes_to_best(run_dir: Path, best_epoch: int) -> float:
 
 def run_one(config_path: str, overrides: list[str]) -> dict:
     """Train one (data set, model); returns its figures (picklable, for worker processes)."""
-    from terarec.config import load_config
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     started = time.perf_counter()

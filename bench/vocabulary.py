@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from terarec.embedding.vocabulary import ManagedVocabulary
-from terarec.features.hashing import splitmix64
+from terarec.features.mixing import splitmix64
 
 
 def peak_rss_mb() -> float:

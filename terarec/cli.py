@@ -42,6 +42,22 @@ def _split_config(method: Optional[str], valid: float, test: float, seed: int):
                                                     test_fraction=test, seed=seed)
 
 
+def _key_values(items: list[str]) -> dict:
+    """``-o key=value`` options as a mapping (values parsed as YAML, dashes in keys as underscores)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        if "=" not in item:
+            _fail(ValueError(f"--option '{item}' is not key=value"))
+        key, value = item.split("=", 1)
+        try:
+            options[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            _fail(ValueError(f"--option '{item}': the value is not valid YAML ({error})"))
+    return options
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(Path("data/synthetic"), help="Folder to write the prepared dataset to."),
@@ -52,7 +68,10 @@ def data_synth(
     split: str = typer.Option("time", help=SPLIT_HELP),
     valid_fraction: float = typer.Option(0.1, help="Share of rows for validation (time / random splits)."),
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
+    ranking_history: int = typer.Option(0, help="Also write each row's N earlier events as hist_* lists, an "
+                                              "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=\\[item_id,category], history_length=50, weak_semantic=\\[...], unified=\\[...]."),
 ) -> None:
     """Generate the built-in synthetic interaction log and write it as a prepared dataset.
 
@@ -60,14 +79,28 @@ def data_synth(
     (hour, device), and click / like / watch-time labels that depend on affinity, feature
     crosses and recent history."""
     _quiet_libraries()
+    from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
 
     try:
+        options = _key_values(option)
+        derive = Derivations.from_options(options)
+        if options:
+            raise ValueError(f"data synth: unknown --option {sorted(options)}; it takes history, history_length, "
+                             "weak_semantic and unified")
         config = SyntheticConfig(num_users=users, num_items=items, num_events=events, seed=seed)
         started = time.perf_counter()
-        meta = write_dataset(load_synthetic(config), out, _split_config(split, valid_fraction, test_fraction, seed),
-                             overwrite=overwrite)
+        data = load_synthetic(config)
+        if ranking_history < 0:
+            raise ValueError(f"--ranking-history: expected a number of events >= 0, got {ranking_history}")
+        if ranking_history:
+            from terarec.data.ranking import synthetic_ranking_source
+
+            history_columns = ["click", "like", "watch_time", "category", "hour", "device"]
+            data = synthetic_ranking_source(data, ranking_history, history_columns)
+        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
+                             derive=derive)
     except (ValueError, OSError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "
@@ -84,7 +117,7 @@ def data_prepare(
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
     seed: int = typer.Option(0, help="Seed of a random split and of frappe's negative sampling."),
     on_bad_line: str = typer.Option("error", help="error: stop at the first malformed record, naming file and line; skip: skip such records and report how many."),
-    option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=\\[genre]."),
+    option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=\\[genre]; for any events source also history=\\[item_id,category] history_length=50, weak_semantic=\\[{name: fav_x_item, columns: \\[category, item_id], window_days: 30}], unified=\\[age_bucket] (docs/data.md)."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
 ) -> None:
     """Read a public or generic dataset in its own format and write the canonical Parquet tables.
@@ -105,29 +138,24 @@ def data_prepare(
     synthetic-ctr  PATH is a YAML of these, or '-': num_rows, num_fields, min_cardinality,
                    max_cardinality, num_terms, orders, order_weights, term_mean, decay,
                    interaction_scale, first_order_scale, bias, seed, rows_per_chunk
+    any events     derived columns: history, history_length, weak_semantic, unified
+                   (docs/data.md)
 
     --overwrite replaces only a folder that is empty or that terarec wrote (it holds the
     .terarec-dataset marker and nothing but dataset files); anything else is refused."""
     _quiet_libraries()
-    import yaml
-
+    from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
 
-    options = {}
-    for item in option:
-        if "=" not in item:
-            _fail(ValueError(f"--option '{item}' is not key=value"))
-        key, value = item.split("=", 1)
-        try:
-            options[key.replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            _fail(ValueError(f"--option '{item}': the value is not valid YAML ({error})"))
+    options = _key_values(option)
     if source == "frappe":
         options.setdefault("seed", seed)
     try:
+        derive = Derivations.from_options(options)
         data = load_source(source, str(path), on_bad_line=on_bad_line, **options)
-        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite)
+        meta = write_dataset(data, out, _split_config(split, valid_fraction, test_fraction, seed), overwrite=overwrite,
+                             derive=derive)
     except (ValueError, OSError, TypeError) as error:
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} rows ({meta.kind}) to {out}; stats {meta.stats}; "
@@ -149,22 +177,38 @@ def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
 
 @app.command("train", context_settings={"allow_extra_args": False})
 def train_command(
-    config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/frappe/wukong.yaml."),
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML, e.g. configs/frappe/wukong.yaml (not with --resume)."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.epochs=3 data.batch_size=4096."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a stopped run folder from its last saved state (mid-epoch too)."),
+    data: Optional[Path] = typer.Option(None, help="With --resume: the run's dataset at another path."),
+    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
 ) -> None:
-    """Train the config's model; writes a run folder (config, log, metrics.json, checkpoint)."""
+    """Train the config's model; writes a run folder (config, status, logs, metrics.json, checkpoints).
+
+    A run stopped part way (killed, out of time) keeps its last state: `terarec train --resume RUN`
+    continues it and ends as the uninterrupted run would have."""
     _quiet_libraries()
-    from terarec.config import ConfigError, load_config
+    from terarec.config import ConfigError
     from terarec.data.errors import DataError
+    from terarec.train.loop import resume as resume_run
+    from terarec.train.experiment import load_config
     from terarec.train.loop import train
 
     try:
-        cfg = load_config(config, overrides or [])
-        result = train(cfg, progress=progress)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+        if resume is not None:
+            if config is not None or overrides:
+                raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
+            result = resume_run(resume, progress=progress, data_path=data)
+            name = result.run_dir.name
+        else:
+            if config is None:
+                raise ConfigError("give an experiment config (e.g. configs/frappe/wukong.yaml) or --resume RUN")
+            cfg = load_config(config, overrides or [])
+            result = train(cfg, progress=progress)
+            name = cfg.name
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         _fail(error)
-    _print_metrics(f"{cfg.name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
+    _print_metrics(f"{name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
     console.print(f"run folder: {result.run_dir}")
 
 
@@ -172,18 +216,46 @@ def train_command(
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),
     split: str = typer.Option("test", help="train | valid | test"),
+    data: Optional[Path] = typer.Option(None, help="The run's dataset at another path (default: where it was trained)."),
+    progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
 ) -> None:
-    """Evaluate a run's best checkpoint on one split."""
+    """Evaluate a run's best checkpoint on one split, from any directory."""
     _quiet_libraries()
-    from terarec.train.loop import evaluate, load_task
+    from terarec.data.errors import DataError
+    from terarec.train.loop import load_task
 
     try:
-        task = load_task(run_dir)
-        metrics = evaluate(task, split, progress=True)
-    except (ValueError, FileNotFoundError) as error:
+        task = load_task(run_dir, data_path=data)
+        metrics = task.evaluate(split, progress=progress and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, DataError) as error:
         _fail(error)
     _print_metrics(f"{run_dir.name} on {split}", [(split, metrics)])
     typer.echo(json.dumps(metrics))
+
+
+@app.command("predict")
+def predict_command(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),
+    input: Path = typer.Option(..., "--input", help="Parquet rows to score (CTR: feature columns; ranking: impressions "
+                                                   "with hist_* columns; sequential: events of the users to recommend for)."),
+    out: Path = typer.Option(..., help="Parquet file to write: the input's columns plus one score column per label "
+                                       "(sequential: user_id, items, scores)."),
+    batch_size: int = typer.Option(4096, help="Rows (users) per batch."),
+    k: int = typer.Option(10, help="Sequential runs: items recommended per user."),
+    progress: bool = typer.Option(True, help="Show a progress bar (only on a terminal)."),
+) -> None:
+    """Score a Parquet file with a run's best model, in batches, with no training data at hand."""
+    _quiet_libraries()
+    from terarec.data.errors import DataError
+    from terarec.serve.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_run(run_dir)
+        rows = predictor.predict_file(input, out, batch_size=batch_size, k=k,
+                                      progress=progress and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, DataError) as error:
+        _fail(error)
+    console.print(f"wrote {rows:,} rows to {out}")
 
 
 @app.command("demo")

@@ -3,8 +3,13 @@
 An unknown key, in the YAML or in an override, is an error naming the key and the nearest
 valid one; a value of the wrong type is an error naming the field and the type expected.
 
+This module is the bottom layer: it imports nothing of terarec. Checks that need the model
+registry or the cross specs are in ``terarec.train.experiment.load_config``.
+
 Example:
-    >>> cfg = load_config("configs/synthetic/ctr.yaml", ["train.epochs=3"])  # doctest: +SKIP
+    >>> cfg = parse_config(None, ["train.epochs=3", "data.batch_size=64"])
+    >>> cfg.train.epochs, cfg.data.batch_size
+    (3, 64)
 """
 
 from __future__ import annotations
@@ -56,19 +61,15 @@ class DataConfig:
     max_length: int = 50
     keep_if: str | None = None
     actions: list[str] = field(default_factory=list)
-    crosses: list[dict[str, Any]] = field(default_factory=list)
+    crosses: list[dict[str, Any]] = field(default_factory=list)  # checked in train.experiment, built where used
     user_column: str = "user_id"
 
     def __post_init__(self) -> None:
-        from terarec.features.crosses import crosses_from_config
-
         for name in ("batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}: expected an integer >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers: expected an integer >= 0, got {self.num_workers}")
-
-        crosses_from_config(self.crosses, "data.crosses")  # checked here, built where used
 
 
 @dataclass
@@ -89,6 +90,11 @@ class TrainConfig:
         log_every: write the running train loss to ``steps.csv`` every this many steps.
         plateau_decay: multiply every learning rate by this after an epoch that does not
             improve the validation metric (FuxiCTR's reduce-on-plateau uses 0.1; 1 = off).
+        monitor: the validation metric that picks the best epoch, e.g. ``valid.auc`` or
+            ``valid.ndcg@10`` (empty = the task's default: AUC, mean AUC or NDCG at the first K);
+            LogLoss-, RMSE- and loss-like metrics are minimised, every other one maximised.
+        checkpoint_every: also save the resumable state every this many steps (0 = only at the
+            end of each epoch); ``terarec train --resume RUN`` continues from the latest.
     """
 
     epochs: int = 3
@@ -102,9 +108,11 @@ class TrainConfig:
     warmup_steps: int = 0
     log_every: int = 50
     plateau_decay: float = 1.0
+    monitor: str = ""
+    checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "warmup_steps", "max_steps_per_epoch", "patience", "threads"):
+        for name in ("epochs", "warmup_steps", "max_steps_per_epoch", "patience", "threads", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected an integer >= 0, got {getattr(self, name)}")
         if self.log_every < 1:
@@ -167,7 +175,9 @@ class ExperimentConfig:
 
     Args:
         name: names the run folder.
-        task: ``ctr`` (one row per impression, binary labels) or ``sequential`` (next item).
+        task: ``ctr`` (one row per impression, binary labels), ``sequential`` (next item) or
+            ``ranking`` (impressions over interleaved item / action series); see
+            ``terarec.train.tasks``.
         data: see DataConfig.
         model: ``name`` (a key of ``terarec.models.MODELS``) plus that model's own options,
             checked against its Config dataclass.
@@ -178,7 +188,7 @@ class ExperimentConfig:
     """
 
     name: str = "experiment"
-    task: Literal["ctr", "sequential"] = "ctr"
+    task: Literal["ctr", "sequential", "ranking"] = "ctr"
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "embedding_mlp"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -334,27 +344,13 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an ExperimentConfig from YAML (or defaults when ``path`` is None) plus overrides."""
+def parse_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An ExperimentConfig from YAML (or defaults when ``path`` is None) plus overrides, its keys and
+    types checked; the model's options and the crosses are checked one layer up
+    (``terarec.train.experiment.load_config``)."""
     data = read_yaml_mapping(path, "config") if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    config = from_dict(ExperimentConfig, data)
-    check_model_options(config)
-    return config
-
-
-def check_model_options(config: ExperimentConfig) -> Any:
-    """Check ``config.model`` against the named model's Config dataclass and return that Config."""
-    from terarec.models import model_class
-
-    options = dict(config.model)
-    name = options.pop("name", None)
-    if name is None:
-        raise ConfigError("model.name is missing")
-    cls = model_class(name)
-    if cls.task != config.task:
-        raise ConfigError(f"model '{name}' serves task '{cls.task}', but task is '{config.task}'")
-    return from_dict(cls.Config, options, "model")
+    return from_dict(ExperimentConfig, data)
 
 
 def to_yaml(config: ExperimentConfig) -> str:

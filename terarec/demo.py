@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from terarec.config import load_config
+from terarec.train.experiment import load_config
 
 # (run name, task, model, extra overrides): a baseline and a learned model for each task kind.
 DEMO_RUNS: list[tuple[str, str, str, list[str]]] = [

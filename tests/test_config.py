@@ -1,4 +1,4 @@
-"""Tests for terarec.config: YAML loading, dotted overrides and the errors for bad keys and types."""
+"""Tests for terarec.config and terarec.train.experiment: YAML loading, dotted overrides and the errors for bad keys and types."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from terarec.config import (
     DataConfig,
     ExperimentConfig,
     apply_overrides,
-    check_model_options,
     from_dict,
-    load_config,
     to_yaml,
 )
+from terarec.models import check_model_options
+from terarec.train.experiment import load_config
 
 CTR_YAML = """
 name: my-ctr
@@ -204,7 +204,7 @@ def test_unknown_key_without_near_match_lists_valid_keys() -> None:
         ("data.sparse=user_id", "data.sparse", "list"),
         ("eval.ks=[10, x]", "eval.ks[1]", "integer"),
         ("data.path=[a]", "data.path", "string"),
-        ("task=ranking", "task", "one of"),
+        ("task=retrieval", "task", "one of"),
         ("data=3", "data", "mapping"),
     ],
 )

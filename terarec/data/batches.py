@@ -26,6 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from terarec.data import schema
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
+from terarec.features.crosses import apply_crosses
 from terarec.features.hashing import hash_array, hash_ints
 
 
@@ -190,8 +191,6 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
         values.append(ids)
         lengths.append(lens)
     if spec.crosses:
-        from terarec.features.crosses import apply_crosses  # crosses builds on this module
-
         for ids, lens in apply_crosses(table, spec.crosses).values():
             values.append(ids)
             lengths.append(lens)
@@ -517,11 +516,16 @@ class SequenceDataset(IterableDataset):
 
 
 def make_loader(dataset: IterableDataset, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a batch-building dataset (batches are built in the workers)."""
+    """A DataLoader over a batch-building dataset (batches are built in the workers).
+
+    The loader draws its workers' base seed from a generator of its own: the global one is the
+    model's (dropout, negatives), and a loader started mid-epoch by a resumed run must not move it.
+    """
     return DataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )

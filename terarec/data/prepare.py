@@ -22,27 +22,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from terarec.data import schema, splits
+from terarec.data.derive import UNIFIED_TABLE, Derivations
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import sorted_union
+from terarec.features.vocabulary import DistinctIds
 from terarec.data.splits import SplitConfig
 
 ROWS_PER_PART = 1_000_000
 ROWS_PER_ROW_GROUP = 128 * 1024
-
-
-class _DistinctCounter:
-    """Exact distinct count of an int64 column across chunks (memory O(distinct values))."""
-
-    def __init__(self) -> None:
-        self.seen = np.empty(0, dtype=np.int64)
-
-    def update(self, values: np.ndarray) -> None:
-        self.seen = sorted_union(self.seen, values)
-
-    def __len__(self) -> int:
-        return int(self.seen.size)
 
 
 def _sorted_events(data: SourceData) -> Iterator[pa.Table]:
@@ -168,6 +156,7 @@ def write_dataset(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    derive: Derivations | None = None,
 ) -> DatasetMeta:
     """Write ``data`` to ``out_dir`` as a prepared dataset and return its metadata.
 
@@ -179,10 +168,15 @@ def write_dataset(
         overwrite: replace an existing folder, only one that is empty or that terarec wrote
             (see :func:`check_replaceable`); otherwise that is an error.
         progress: show a progress bar.
+        derive: columns and series to derive from an events table (``terarec.data.derive``).
 
     Example:
+        >>> import tempfile
         >>> from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
-        >>> meta = write_dataset(load_synthetic(SyntheticConfig(num_events=1000)), "/tmp/syn")  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     meta = write_dataset(load_synthetic(SyntheticConfig(num_events=1000)), f"{folder}/syn")
+        >>> meta.kind, meta.num_rows
+        ('events', 1000)
     """
     out_dir = Path(out_dir)
     if data.kind not in schema.TABLE_KINDS:
@@ -199,6 +193,9 @@ def write_dataset(
             f"this source comes with its own split; use split method 'given', not {split.method!r}",
             path=data.name,
         )
+    if derive and data.kind != "events":
+        raise DataError("history / weak_semantic / unified need an events table (rows by user and time)",
+                        path=data.name)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     if out_dir.exists():
@@ -209,7 +206,7 @@ def write_dataset(
 
     chunks: Iterable[pa.Table] = _sorted_events(data) if data.kind == "events" else _ctr_chunks(data)
     needs_second_pass = split.method == "time" and not split.cutoffs
-    users, items = _DistinctCounter(), _DistinctCounter()
+    users, items = DistinctIds(), DistinctIds()
     parts: list[str] = []
     columns: dict[str, str] = {}
     num_rows = 0
@@ -217,6 +214,8 @@ def write_dataset(
     try:
         for chunk in chunks:
             schema.check_finite(chunk, [*data.labels, *data.dense], data.name)
+            if derive:
+                chunk = derive.add_columns(chunk, data.name)
             if split.method not in ("given",) and not needs_second_pass:
                 codes = _split_codes(chunk, split, num_rows, data.kind, data.name)
                 chunk = chunk.append_column(schema.SPLIT, pa.array(codes, type=pa.int8()))
@@ -255,6 +254,8 @@ def write_dataset(
         for side_name, side_table in data.side_tables.items():
             pq.write_table(side_table, tmp_dir / f"{side_name}.parquet")
             side_tables[side_name] = f"{side_name}.parquet"
+        if derive and derive.unified:
+            side_tables[UNIFIED_TABLE] = derive.write_unified(tmp_dir, parts, data.name)
         stats: dict = {}
         if len(users):
             stats["num_users"] = len(users)
@@ -276,7 +277,7 @@ def write_dataset(
             source=data.source,
             kind=data.kind,
             num_rows=num_rows,
-            sparse=list(data.sparse),
+            sparse=list(data.sparse) + (derive.sparse_columns(data.sparse) if derive else []),
             dense=list(data.dense),
             labels=list(data.labels),
             columns=columns,

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from terarec.features.hashing import splitmix64
+from terarec.features.mixing import splitmix64
 
 SplitMethod = Literal["leave_one_out", "time", "random", "given"]
 SPLIT_METHODS: tuple[str, ...] = ("leave_one_out", "time", "random", "given")

@@ -13,7 +13,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollec
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 
 def sum_pooled_tables(tables: list[tuple[str, int, int]]) -> EmbeddingBagCollection:
@@ -61,7 +61,10 @@ class PooledEmbeddings(nn.Module):
         embedding_dim: width of every table.
 
     Example:
-        >>> emb = PooledEmbeddings({"item_id": ExactVocabulary(np.arange(5))}, 8)  # doctest: +SKIP
+        >>> emb = PooledEmbeddings({"item_id": ExactVocabulary(torch.arange(5))}, 8)
+        >>> features = KeyedJaggedTensor.from_lengths_sync(["item_id"], torch.tensor([1, 4, 9]), torch.tensor([2, 1]))
+        >>> emb(features).values().shape  # (B, F * D); id 9 is unknown: row 0
+        torch.Size([2, 8])
     """
 
     def __init__(self, vocabularies: dict[str, ExactVocabulary], embedding_dim: int) -> None:

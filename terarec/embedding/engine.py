@@ -398,12 +398,15 @@ class FusedPooledEmbeddings(nn.Module):
         config: optimizer, learning rate, weight dtype (default: row-wise Adagrad, lr 0.01, fp32).
 
     Example:
-        >>> vocab = ExactVocabulary(np.array([10, 20, 30]))  # doctest: +SKIP
+        >>> from terarec.embedding.exact_vocabulary import ExactVocabulary
+        >>> vocab = ExactVocabulary(torch.tensor([10, 20, 30]))
         >>> config = EmbeddingEngineConfig(weight_dtype="fp16")
-        >>> emb = FusedPooledEmbeddings({"item_id": vocab}, 8, config)  # doctest: +SKIP
+        >>> emb = FusedPooledEmbeddings({"item_id": vocab}, 8, config)
         >>> ids, lengths = torch.tensor([10, 30]), torch.tensor([2])
-        >>> pooled = emb(KeyedJaggedTensor.from_lengths_sync(["item_id"], ids, lengths))  # doctest: +SKIP
-        >>> pooled.values().sum().backward()  # updates rows 1 and 3 in place  # doctest: +SKIP
+        >>> pooled = emb(KeyedJaggedTensor.from_lengths_sync(["item_id"], ids, lengths))
+        >>> pooled.values().shape
+        torch.Size([1, 8])
+        >>> pooled.values().sum().backward()  # updates rows 1 and 3 in place
     """
 
     def __init__(
@@ -517,8 +520,12 @@ def quantize_for_inference(
             as the memory planner counts them; TorchRec's default, 16, pads (a 16-dim row to 32 B).
 
     Example:
-        >>> quantized = quantize_for_inference(trained_embeddings)  # doctest: +SKIP
-        >>> quantized(features).values()  # (B, F * D) fp32  # doctest: +SKIP
+        >>> from terarec.embedding.exact_vocabulary import ExactVocabulary
+        >>> trained = FusedPooledEmbeddings({"item_id": ExactVocabulary(torch.arange(10))}, 8)
+        >>> features = KeyedJaggedTensor.from_lengths_sync(["item_id"], torch.tensor([1, 2, 3]), torch.tensor([2, 1]))
+        >>> quantized = quantize_for_inference(trained)
+        >>> quantized(features).values().shape  # (B, F * D) fp32
+        torch.Size([2, 8])
     """
     if isinstance(embeddings, FusedPooledEmbeddings):
         weights = {name: embeddings.weight(name) for name in embeddings.feature_names}

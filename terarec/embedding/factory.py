@@ -8,14 +8,26 @@ name a table class, so the choice is the config's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 from torch import nn
 
+from terarec.config import EmbeddingConfig
 from terarec.embedding.collection import PooledEmbeddings
 from terarec.embedding.engine import EmbeddingEngineConfig, FusedPooledEmbeddings
-from terarec.models.inputs import ModelInputs
 
 
-def pooled_embeddings(inputs: ModelInputs, embedding_dim: int) -> nn.Module:
+class TableInputs(Protocol):
+    """What the tables are built from: the part of a model's inputs this layer reads
+    (``terarec.models.inputs.ModelInputs`` has it; declared here so embedding never imports models)."""
+
+    vocabularies: Mapping[str, Any]  # feature name -> exact or managed vocabulary
+    embedding: EmbeddingConfig
+    learning_rate: float
+
+
+def pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
     """One sum-pooled table per sparse feature of ``inputs``, stored and trained as configured."""
     config = inputs.embedding
     if config.optimizer == "adam" and config.weight_dtype == "fp32":

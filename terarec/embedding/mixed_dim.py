@@ -27,7 +27,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 BAND_SPLITS = ("mass", "rows")
 
@@ -353,7 +353,9 @@ class MixedDimPooledEmbeddings(nn.Module):
             feature not in ``config.feature_dims``.
 
     Example:
-        >>> emb = MixedDimPooledEmbeddings(  # doctest: +SKIP
+        >>> items, cities = ExactVocabulary(np.arange(100)), ExactVocabulary(np.arange(10))
+        >>> train_item_ids = np.random.default_rng(0).zipf(1.5, 1000) % 100
+        >>> emb = MixedDimPooledEmbeddings(
         ...     {"item_id": items, "city": cities},
         ...     MixedDimConfig(embedding_dim=16, feature_dims={"city": 4}),
         ...     counts={"item_id": row_counts(items, train_item_ids)},

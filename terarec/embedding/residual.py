@@ -35,7 +35,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
-from terarec.features.vocabulary import DEFAULT_ROW, ExactVocabulary
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW, ExactVocabulary
 
 NO_CLUSTER = -1
 # Above this many items k-means runs in mini-batches (full Lloyd passes get slow).
@@ -124,7 +124,7 @@ def cooccurrence_clusters(
         co-occur with nothing (always row 0, the default row).
 
     Example:
-        >>> cooccurrence_clusters([np.array([1, 2, 1, 2]), np.array([3, 4, 3])], 5, 2).tolist()  # doctest: +SKIP
+        >>> cooccurrence_clusters([np.array([1, 2, 1, 2]), np.array([3, 4, 3])], 5, 2).tolist()
         [-1, 1, 1, 0, 0]
     """
     if num_clusters < 1:

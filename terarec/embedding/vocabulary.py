@@ -20,9 +20,9 @@ How an id gets, keeps and loses a row (training mode only; evaluation is read-on
 - **Admission** of an id that missed:
   ``admit="count"``: once it has been seen ``min_count`` times while without a row. Counts
   live in a count-min sketch (``sketch_depth`` rows of ``sketch_width`` int32 counters,
-  multiply-shift hashes, plain updates) that is halved every ``sketch_window`` additions,
-  so an id must gather its count within about that many missed lookups. A count-min sketch
-  never underestimates; it overestimates by the mass of the ids colliding with it: per row the
+  multiply-shift hashes, plain updates; ``terarec.embedding.sketch``) that is halved every
+  ``sketch_window`` additions, so an id must gather its count within about that many missed
+  lookups. A count-min sketch never underestimates; it overestimates by the mass of the ids colliding with it: per row the
   expected excess is at most ``N / width`` (N = the count the sketch holds, between
   ``sketch_window`` right after a halving and ``2 x sketch_window`` just before one), so by
   Markov's inequality ``P(estimate >= true + 1) <= (N / width) ** depth``. With the defaults
@@ -30,11 +30,12 @@ How an id gets, keeps and loses a row (training mode only; evaluation is read-on
   and ``0.5**4 = 6%``; measured: 0.2% of 2.6M never-repeated ids were admitted with
   ``min_count=2`` at capacity 100k. An overestimate only admits an id a little early.
   ``min_count <= 1`` admits on first sight and keeps no sketch.
-  ``admit="probability"``: an id is admitted iff a seeded 64-bit hash of it, read as a number in
+  ``admit="probability"``: an id is admitted iff its 64-bit mix
+  (``terarec.features.mixing.mix64`` of the id xor the seed), read as a number in
   [0, 1), is below ``admit_probability``: the same id is always admitted or always not, and
   about that share of distinct ids ever gets a row.
-- **Eviction** when the free rows run out: the worst ``evict_fraction`` of the capacity (at
-  least what the batch needs) is freed at once, so the O(capacity) selection is paid once per
+- **Eviction** (``terarec.embedding.eviction``) when the free rows run out: the worst
+  ``evict_fraction`` of the capacity (at least what the batch needs) is freed at once, so the O(capacity) selection is paid once per
   many admissions (exactly the lowest scores: a threshold read off a sample of 65,536 scores,
   then ``torch.topk`` over the rows at or below it). ``evict="lfu"``: lowest decayed count (counts halve every
   ``count_half_life`` looked-up ids); ``"lru"``: oldest last-seen step; ``"ttl"``: after every
@@ -102,27 +103,18 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from terarec.features.vocabulary import DEFAULT_ROW
+from terarec.embedding import sketch
+from terarec.embedding.eviction import EMPTY, NEVER_SEEN, lowest_rows, make_policy
+from terarec.features.mixing import GOLDEN, as_int64, mix64
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW
 
-EMPTY = -(2**63)  # slot / row holds no id
 TOMBSTONE = -(2**63) + 1  # slot held an evicted id: probes pass it, inserts may reuse it
-_NEVER_SEEN = -(2**63)  # last-seen time of a free row
-_FIBONACCI = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
-_SKETCH_MULTIPLIERS = (  # odd 64-bit constants (splitmix64 / murmur3 finalisers) as int64
-    -4658895280553007687,  # 0xBF58476D1CE4E5B9
-    -7723592293110705685,  # 0x94D049BB133111EB
-    -49064778989728563,  # 0xFF51AFD7ED558CCD
-    -4265267296055464877,  # 0xC4CEB9FE1A85EC53
-    _FIBONACCI,
-    0x2545F4914F6CDD1D,
-    0x5851F42D4C957F2D,
-    0x14057B7EF767814F,
-)
+_FIBONACCI = as_int64(GOLDEN)  # Fibonacci hashing of ids to home slots
 _MAX_PROBE_ROUNDS = 1 << 16
-_SAMPLED_SELECTION_ROWS = 1 << 18  # from this many rows, eviction picks its victims by a sampled threshold
 _REBUILD_LOAD = 0.65  # rebuild the hash table when live + tombstone slots pass this share
 
 
@@ -133,14 +125,6 @@ def _window_offsets(round_: int) -> torch.Tensor:
 
 def _next_power_of_two(value: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, value))))
-
-
-def _mix64(values: torch.Tensor, seed: int) -> torch.Tensor:
-    """splitmix64's finaliser on int64 tensors (wrapping multiplies, logical shifts emulated)."""
-    z = values ^ seed
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _SKETCH_MULTIPLIERS[0]
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _SKETCH_MULTIPLIERS[1]
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
 
 
 def _state_tensors(optimizer_state) -> Iterable[torch.Tensor]:
@@ -215,17 +199,15 @@ class ManagedVocabulary(nn.Module):
             raise ValueError(f"ManagedVocabulary: capacity must be in [1, 2**40), got {capacity}")
         if admit not in ("count", "probability"):
             raise ValueError(f"ManagedVocabulary: admit must be 'count' or 'probability', got {admit!r}")
-        if evict not in ("lfu", "lru", "ttl"):
-            raise ValueError(f"ManagedVocabulary: evict must be 'lfu', 'lru' or 'ttl', got {evict!r}")
         if evict == "ttl" and (ttl_seconds is None or ttl_seconds <= 0):
             raise ValueError(f"ManagedVocabulary: evict='ttl' needs ttl_seconds > 0, got {ttl_seconds}")
         if not 0.0 <= admit_probability <= 1.0:
             raise ValueError(f"ManagedVocabulary: admit_probability must be in [0, 1], got {admit_probability}")
         if not 0.0 < evict_fraction <= 1.0:
             raise ValueError(f"ManagedVocabulary: evict_fraction must be in (0, 1], got {evict_fraction}")
-        if not 1 <= sketch_depth <= len(_SKETCH_MULTIPLIERS):
+        if not 1 <= sketch_depth <= len(sketch.MULTIPLIERS):
             raise ValueError(
-                f"ManagedVocabulary: sketch_depth must be in [1, {len(_SKETCH_MULTIPLIERS)}], got {sketch_depth}"
+                f"ManagedVocabulary: sketch_depth must be in [1, {len(sketch.MULTIPLIERS)}], got {sketch_depth}"
             )
         self.capacity = int(capacity)
         self.admit = admit
@@ -235,12 +217,12 @@ class ManagedVocabulary(nn.Module):
         self.ttl_seconds = ttl_seconds
         self.evict_batch = max(1, math.ceil(evict_fraction * capacity))
         self.count_half_life = 8 * capacity if count_half_life is None else int(count_half_life)
+        self.policy = make_policy(evict, self.count_half_life, ttl_seconds)
         self.seed = int(seed)
         self._admit_threshold = round(admit_probability * (1 << 24))
 
         uses_sketch = admit == "count" and self.min_count > 1
         width = _next_power_of_two(sketch_width or max(4 * capacity, 4096)) if uses_sketch else 0
-        self.sketch_bits = int(math.log2(width)) if width else 0
         self.sketch_window = int(sketch_window or max(1, width // 4))
 
         num_slots = _next_power_of_two(2 * capacity)
@@ -253,7 +235,7 @@ class ManagedVocabulary(nn.Module):
 
         self.register_buffer("row_ids", torch.full((capacity + 1,), EMPTY, dtype=torch.int64))
         self.register_buffer("row_counts", torch.zeros(capacity + 1, dtype=torch.float32))
-        self.register_buffer("row_last_seen", torch.full((capacity + 1,), _NEVER_SEEN, dtype=torch.int64))
+        self.register_buffer("row_last_seen", torch.full((capacity + 1,), NEVER_SEEN, dtype=torch.int64))
         # Free rows as a stack: rows free_rows[:free_count]; popped from the top, so a fresh
         # vocabulary hands out rows 1, 2, 3, ...
         self.register_buffer("free_rows", torch.arange(capacity, 0, -1, dtype=torch.int64))
@@ -397,25 +379,17 @@ class ManagedVocabulary(nn.Module):
 
     def _sketch_add_and_estimate(self, ids: torch.Tensor) -> torch.Tensor:
         """Add one sighting per id occurrence to the count-min sketch; return each id's estimate."""
-        depth, width = self.sketch.shape
-        shift, mask = 64 - self.sketch_bits, width - 1
-        flat = torch.empty((depth, ids.numel()), dtype=torch.int64)
-        for row in range(depth):
-            flat[row] = (((ids ^ (self.seed + row)) * _SKETCH_MULTIPLIERS[row]) >> shift) & mask
-            flat[row] += row * width
-        flat = flat.view(-1)
-        counters = self.sketch.view(-1)
-        counters.index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.int32))
-        estimate = counters.index_select(0, flat).view(depth, -1).amin(0)
+        estimate = sketch.add_and_estimate(self.sketch, ids, self.seed)
         self.sketch_additions += ids.numel()
         if int(self.sketch_additions) >= self.sketch_window:
-            self.sketch.bitwise_right_shift_(1)
+            sketch.halve(self.sketch)
             self.sketch_additions.zero_()
         return estimate
 
     def _admitted_by_hash(self, ids: torch.Tensor) -> torch.Tensor:
-        top24 = (_mix64(ids, self.seed) >> 40) & ((1 << 24) - 1)
-        return top24 < self._admit_threshold
+        keyed = ids.contiguous().numpy().view(np.uint64) ^ np.uint64(self.seed & (2**64 - 1))
+        top24 = mix64(keyed) >> np.uint64(40)  # the mixed id's top 24 bits, a number in [0, 2^24)
+        return torch.from_numpy(top24.astype(np.int64) < self._admit_threshold)
 
     # ------------------------------------------------------------------ eviction
 
@@ -430,7 +404,7 @@ class ManagedVocabulary(nn.Module):
         self.row_slot.index_fill_(0, rows, -1)
         self.row_ids.index_fill_(0, rows, EMPTY)
         self.row_counts.index_fill_(0, rows, 0.0)
-        self.row_last_seen.index_fill_(0, rows, _NEVER_SEEN)
+        self.row_last_seen.index_fill_(0, rows, NEVER_SEEN)
         top = int(self.free_count)
         self.free_rows[top : top + rows.numel()] = rows
         self.free_count += rows.numel()
@@ -461,44 +435,13 @@ class ManagedVocabulary(nn.Module):
         ``protected_rows`` (the current batch's) and free rows are never chosen. Returns the rows.
         """
         num_rows = self.evict_batch if num_rows is None else int(num_rows)
-        scores = self.row_counts if self.evict_policy == "lfu" else self.row_last_seen
+        scores = self.policy.scores(self)
         evictable = self.row_ids != EMPTY  # not the free rows, nor the default row 0
         if protected_rows is not None and protected_rows.numel():
             evictable.index_fill_(0, protected_rows, False)
-        victims = self._lowest(scores, evictable, num_rows)
+        victims = lowest_rows(scores, evictable, num_rows, self.seed * 1_000_003 + int(self.step))
         self._free(victims)
         return victims
-
-    def _lowest(self, scores: torch.Tensor, evictable: torch.Tensor, count: int) -> torch.Tensor:
-        """The ``count`` evictable rows of lowest score (ties in any order).
-
-        A full ``topk`` over the capacity costs ~10 ms per million rows; instead a threshold is
-        read off a sample of 65,536 scores a little above the wanted share, and ``topk`` runs over
-        the rows at or below it only. If they are too few (unlucky sample), the full ``topk``.
-        """
-        available = int(evictable.sum())
-        count = min(count, available)
-        if count <= 0:
-            return torch.zeros(0, dtype=torch.int64)
-        if count < available and scores.numel() >= _SAMPLED_SELECTION_ROWS:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
-            sample_rows = torch.randint(0, scores.numel(), (1 << 16,), generator=generator)
-            sample = scores.index_select(0, sample_rows)[evictable.index_select(0, sample_rows)]
-            if sample.numel() >= 1024:
-                share = min(1.0, 1.5 * count / available + 4.0 / math.sqrt(sample.numel()))
-                threshold = torch.kthvalue(sample, max(1, math.ceil(share * sample.numel()))).values
-                candidates = ((scores <= threshold) & evictable).nonzero().squeeze(1)
-                if candidates.numel() >= count:
-                    chosen = torch.topk(scores.index_select(0, candidates), count, largest=False, sorted=False).indices
-                    return candidates.index_select(0, chosen)
-        never = float("inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).max
-        return torch.topk(scores.masked_fill(~evictable, never), count, largest=False, sorted=False).indices
-
-    def _expire(self) -> None:
-        """TTL: free rows last seen more than ttl_seconds before the clock."""
-        limit = int(self.clock) - self.ttl_seconds
-        old = (self.row_last_seen < limit) & (self.row_ids != EMPTY)
-        self._free(old.nonzero().squeeze(1))
 
     # ------------------------------------------------------------------ lookups
 
@@ -588,9 +531,10 @@ class ManagedVocabulary(nn.Module):
             self.not_admitted_count += not_admitted
             self.unknown_count += not_admitted
 
-        self._update_usage(rows, flat, timestamps, new_rows, new_prior)
-        if self.evict_policy == "ttl":
-            self._expire()
+        self.policy.record(self, rows, flat.numel(), timestamps, new_rows, new_prior)
+        expired = self.policy.expired_rows(self)
+        if expired is not None:
+            self._free(expired)
         self.last_new_rows = new_rows
         for weight, optimizer_state, std, state_value in self._attached:
             self.reinitialize(weight, optimizer_state, std=std, state_value=state_value)
@@ -605,24 +549,6 @@ class ManagedVocabulary(nn.Module):
         taken = self.free_rows[top - count : top].flip(0).clone()
         self.free_count -= count
         return taken
-
-    def _update_usage(self, rows, ids, timestamps, new_rows, new_prior) -> None:
-        if self.evict_policy == "lfu":
-            if self.count_half_life > 0:
-                self.ids_since_decay += ids.numel()
-                # Decay in coarse steps (a full pass over the counts costs ~capacity operations).
-                if int(self.ids_since_decay) * 64 >= self.count_half_life:
-                    self.row_counts.mul_(0.5 ** (int(self.ids_since_decay) / self.count_half_life))
-                    self.ids_since_decay.zero_()
-            if new_prior is not None:
-                self.row_counts.index_copy_(0, new_rows, new_prior)
-            self.row_counts.index_add_(0, rows, torch.ones(rows.numel(), dtype=torch.float32))
-        else:
-            self.row_counts.index_add_(0, rows, torch.ones(rows.numel(), dtype=torch.float32))
-            if isinstance(timestamps, torch.Tensor) and timestamps.dim() > 0:
-                self.row_last_seen.scatter_reduce_(0, rows, timestamps.reshape(-1).to(torch.int64), "amax")
-            else:
-                self.row_last_seen.index_fill_(0, rows, int(self.clock))
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:

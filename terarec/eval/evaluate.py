@@ -9,7 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from terarec.data.batches import CTRBatch, SequenceBatch
-from terarec.eval.metrics import BinaryAccumulator, RankingAccumulator
+from terarec.eval.metrics import BinaryAccumulator, RankingAccumulator, auc, logloss
 
 
 @torch.no_grad()
@@ -55,4 +55,46 @@ def evaluate_ranking(
         accumulator.update(scores, targets.numpy(), exclude_rows, exclude_cols)
     metrics = accumulator.compute()
     metrics["count"] = accumulator.count
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_ranking_tasks(
+    model: nn.Module,
+    batches: Iterable,
+    labels: list[str],
+    regression: list[bool],
+    progress: bool = False,
+) -> dict[str, float]:
+    """Per-task metrics of a multi-task ranking model on the candidates of ranking batches.
+
+    ``model(batch)`` gives (C, tasks) outputs for each series' candidate: logits for binary tasks,
+    predicted log1p(value) for regression ones. Each task is judged against its label column
+    (``batch.candidate_labels[:, i]``, named ``labels[i]``): AUC (and LogLoss for binary tasks);
+    a regression task also gets the RMSE of its log1p prediction against the candidate's action
+    (``batch.labels``). Keys: ``<label>_auc``, ``<label>_logloss``, ``<label>_rmse_log1p``,
+    ``mean_auc`` and ``count``.
+    """
+    model.eval()
+    outputs, label_values, actions = [], [], []
+    for batch in tqdm(batches, desc="eval", leave=False, disable=not progress):
+        outputs.append(model(batch))
+        label_values.append(batch.candidate_labels)
+        actions.append(batch.labels)
+    if not outputs:
+        raise ValueError("no impressions to evaluate in this split")
+    scores, targets, values = torch.cat(outputs), torch.cat(label_values), torch.cat(actions)
+    metrics: dict[str, float] = {}
+    for index, (label, is_regression) in enumerate(zip(labels, regression)):
+        y = targets[:, index].numpy()
+        if is_regression:
+            metrics[f"{label}_auc"] = auc(y, scores[:, index].numpy())
+            error = scores[:, index] - torch.log1p(values[:, index].clamp(min=0))
+            metrics[f"{label}_rmse_log1p"] = float(error.square().mean().sqrt())
+        else:
+            probs = torch.sigmoid(scores[:, index]).numpy()
+            metrics[f"{label}_auc"] = auc(y, probs)
+            metrics[f"{label}_logloss"] = logloss(y, probs)
+    metrics["mean_auc"] = sum(metrics[f"{label}_auc"] for label in labels) / len(labels)
+    metrics["count"] = int(scores.shape[0])
     return metrics

@@ -1,8 +1,8 @@
 """Raw feature values (ints, strings) to stable, slot-prefixed 64-bit ids, vectorised.
 
-Integers go through the splitmix64 finaliser keyed by the slot; strings are dictionary-encoded
-by Arrow and each distinct string is hashed once with BLAKE2b (8-byte digest, keyed by the
-slot), so a column of millions of repeated strings costs one hash per distinct value. The
+Integers go through one splitmix64 step (``terarec.features.mixing``) keyed by the slot;
+strings are dictionary-encoded by Arrow and each distinct string is hashed once with BLAKE2b
+(8-byte digest, keyed by the slot), so a column of millions of repeated strings costs one hash per distinct value. The
 same raw value in two slots gets two unrelated ids unless the slots share a name. Ids are
 stable across runs, machines and Python versions (no use of Python's salted ``hash``).
 """
@@ -15,28 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
+from terarec.features.mixing import slot_seed, splitmix64
+
 NULL_TOKEN = b"\x00terarec:null"
-
-
-def slot_seed(slot: str) -> np.uint64:
-    """The 64-bit key of a slot (feature name): BLAKE2b of its UTF-8 name."""
-    return np.uint64(int.from_bytes(hashlib.blake2b(slot.encode(), digest_size=8).digest(), "little"))
-
-
-def splitmix64(values: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser over a uint64 array (wrapping arithmetic), a bijection on 64 bits."""
-    z = values.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        z += _GOLDEN
-        z ^= z >> np.uint64(30)
-        z *= _MIX1
-        z ^= z >> np.uint64(27)
-        z *= _MIX2
-        z ^= z >> np.uint64(31)
-    return z
 
 
 def hash_ints(values: np.ndarray, slot: str) -> np.ndarray:

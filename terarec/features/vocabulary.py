@@ -1,17 +1,17 @@
-"""Exact vocabularies: 64-bit feature ids to dense table rows, unknown ids to a counted default row.
+"""Sets of 64-bit feature ids (sorted, distinct), the raw material of a vocabulary.
 
-Row 0 of every table is the default row: ids never seen when the vocabulary was built land
-there and are counted in ``unknown_count``, never silently spread over other ids' rows.
-The managed vocabulary with admission and eviction (``terarec.embedding``) keeps this contract.
+``DistinctIds`` gathers the ids a vocabulary is built from (``terarec.data.vocabularies`` fits
+them over a prepared dataset). The vocabularies themselves (ids -> table rows) are torch modules
+and live with the tables: ``terarec.embedding.exact_vocabulary`` and ``terarec.embedding.vocabulary``.
+
+Example:
+    >>> sorted_union(np.array([5, 3, 5]), np.array([-1, 3])).tolist()
+    [-1, 3, 5]
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
-
-DEFAULT_ROW = 0
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -34,34 +34,38 @@ def sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return sorted_unique(np.concatenate([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)]))
 
 
-class ExactVocabulary(nn.Module):
-    """Maps known 64-bit ids to rows 1..N and unknown ids to row 0 (counted).
+class DistinctIds:
+    """The sorted distinct int64 values seen across batches (memory O(distinct values)).
 
-    Args:
-        ids: the known ids (any order, duplicates allowed).
+    Each batch is deduplicated on arrival and merged into the sorted set once the pending
+    batches hold as many values as the set (so the merges cost O(total log total) in all,
+    not O(distinct) per batch).
 
     Example:
-        >>> vocab = ExactVocabulary(np.array([10, 30, 20]))
-        >>> vocab(torch.tensor([20, 99, 10])).tolist(), int(vocab.unknown_count)
-        ([2, 0, 1], 1)
+        >>> seen = DistinctIds()
+        >>> seen.update(np.array([5, 3, 5])); seen.update(np.array([1, 3]))
+        >>> seen.values().tolist(), len(seen)
+        ([1, 3, 5], 3)
     """
 
-    def __init__(self, ids: np.ndarray | torch.Tensor) -> None:
-        super().__init__()
-        ids = torch.as_tensor(sorted_unique(np.asarray(ids, dtype=np.int64)))
-        self.register_buffer("ids", ids)
-        self.register_buffer("unknown_count", torch.zeros((), dtype=torch.int64))
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
 
-    @property
-    def num_rows(self) -> int:
-        """Rows a table needs: the known ids plus the default row."""
-        return int(self.ids.numel()) + 1
+    def update(self, values: np.ndarray) -> None:
+        distinct = sorted_unique(values)
+        self._pending.append(distinct)
+        self._pending_size += distinct.size
+        if self._pending_size >= max(self._sorted.size, 1 << 20):
+            self.values()
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.ids.numel() == 0:
-            self.unknown_count += ids.numel()
-            return torch.zeros_like(ids)
-        position = torch.searchsorted(self.ids, ids).clamp_(max=self.ids.numel() - 1)
-        known = self.ids[position] == ids
-        self.unknown_count += (~known).sum()
-        return torch.where(known, position + 1, torch.zeros_like(position))
+    def values(self) -> np.ndarray:
+        """The sorted distinct values so far."""
+        if self._pending:
+            self._sorted = sorted_unique(np.concatenate([self._sorted, *self._pending]))
+            self._pending, self._pending_size = [], 0
+        return self._sorted
+
+    def __len__(self) -> int:
+        return int(self.values().size)

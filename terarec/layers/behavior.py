@@ -21,9 +21,8 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from terarec.config import ConfigError
-from terarec.embedding.factory import pooled_embeddings
-from terarec.features.vocabulary import ExactVocabulary
-from terarec.models.inputs import ModelInputs
+from terarec.embedding.exact_vocabulary import ExactVocabulary
+from terarec.embedding.factory import TableInputs, pooled_embeddings
 
 
 def last_k(ids: JaggedTensor, k: int) -> JaggedTensor:
@@ -96,7 +95,7 @@ class BehaviorEmbeddings(nn.Module):
     """Shared target / history tables plus the pooled other features: KJT -> ``Behaviors``.
 
     Args:
-        inputs: the task's inputs; must hold every key named.
+        inputs: the task's inputs (a ``ModelInputs``, a dataclass); must hold every key named.
         history: history key -> target key, e.g. ``{"hist_item_id": "item_id", "hist_genre": "genre"}``;
             each pair's table covers the union of both keys' vocabularies.
         embedding_dim: d, the width of every table.
@@ -111,7 +110,7 @@ class BehaviorEmbeddings(nn.Module):
 
     def __init__(
         self,
-        inputs: ModelInputs,
+        inputs: TableInputs,
         history: dict[str, str],
         embedding_dim: int,
         max_history: int = 0,

@@ -18,7 +18,8 @@ class MLP(nn.Sequential):
             usual CTR-model recipe, e.g. FuxiCTR's ``batch_norm: True``).
 
     Example:
-        >>> MLP(8, [16, 16], out_features=1)(torch.zeros(4, 8)).shape  # doctest: +SKIP
+        >>> import torch
+        >>> MLP(8, [16, 16], out_features=1)(torch.zeros(4, 8)).shape
         torch.Size([4, 1])
     """
 

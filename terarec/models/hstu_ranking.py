@@ -22,10 +22,11 @@ Read beside the paper:
   (watch time) by MSE on log1p(value). Training uses every event of a window as a target at
   once; scoring puts the candidate last and reads its item token.
 * serving (sec. 3.4): ``score_candidates`` scores m candidates for one user with M-FALCON
-  (``terarec.serve.mfalcon``): the history's tokens run once, then each candidate's item token
-  attends to the history and itself, in micro-batches.
+  (``HSTUStack.cache_history`` / ``score_candidates`` in ``terarec.layers.hstu``): the history's
+  tokens run once, then each candidate's item token attends to the history and itself, in
+  micro-batches.
 
-The model consumes ``terarec.data.ranking.RankingBatch``es; ``bench/hstu_ranking.py`` trains
+The model consumes ``terarec.data.ranking.RankingBatch``es and trains as a ``ranking`` task
 it against DIN. It is not wired into ``terarec train`` (that loop builds CTR or sequence
 datasets only).
 """
@@ -45,7 +46,6 @@ from terarec.data.ranking import RankingBatch
 from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.hstu import HSTUStack
 from terarec.models.inputs import ModelInputs
-from terarec.serve.mfalcon import cache_history, score_candidates
 
 ITEM, ACTION, USER = 0, 1, 2  # token types
 
@@ -235,9 +235,9 @@ class HSTURanking(nn.Module):
             raise ValueError("score_candidates takes one user's history without candidates")
         self.eval()
         x, times, _, _ = self.tokens(history)
-        cache = cache_history(self.stack, x, times)
+        cache = self.stack.cache_history(x, times)
         if timestamps is None:
             timestamps = history.timestamps[-1:].expand(item_ids.shape[0])
         candidates = self.item_tokens(item_ids, features or {})
-        out = score_candidates(self.stack, cache, candidates, timestamps, micro_batch=micro_batch)
+        out = self.stack.score_candidates(cache, candidates, timestamps, micro_batch=micro_batch)
         return self.head(out)

@@ -11,8 +11,9 @@ The Wukong paper quotes its scaling law as about 0.1% quality (LogLoss) improvem
 compute, i.e. ``relative_gain_per_4x`` of about 0.001.
 
 Example:
-    >>> fit = fit_power_law([1e-5, 1e-4, 1e-3], [0.60, 0.55, 0.53])  # doctest: +SKIP
-    >>> fit.alpha, fit.r2, fit.gain_per_4x  # doctest: +SKIP
+    >>> fit = fit_power_law([1e-5, 1e-4, 1e-3], [0.60, 0.55, 0.53])
+    >>> round(fit.alpha, 3), round(fit.r2, 3), round(fit.gain_per_4x, 4)  # three points: an exact fit
+    (0.398, 1.0, 0.0098)
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Training costs about 3x the forward: the backward computes the gradients of both
 activations and the weights, each about one forward's worth of products (``TRAIN_FACTOR``).
 
 Example:
+    >>> from terarec.layers.mlp import MLP
     >>> forward_flops(MLP(8, [16], out_features=1), torch.zeros(4, 8))  # per example
     288.0
 """
@@ -107,9 +108,10 @@ def ctr_model_cost(config, batch_size: int = 8) -> ModelCost:
     from terarec.config import EmbeddingConfig
     from terarec.data.batches import CTRBatch
     from terarec.data.schema import DatasetMeta
-    from terarec.features.vocabulary import ExactVocabulary
+    from terarec.embedding.exact_vocabulary import ExactVocabulary
     from terarec.models.inputs import ModelInputs
-    from terarec.train.setup import build_model, feature_spec
+    from terarec.train.setup import feature_spec
+    from terarec.train.tasks import build_model
 
     if config.task != "ctr":
         raise ValueError(f"ctr_model_cost: expected a ctr task, got {config.task!r}")

@@ -48,12 +48,12 @@ from terarec.config import (
     ConfigError,
     ExperimentConfig,
     apply_overrides,
-    check_model_options,
     from_dict,
     read_yaml_mapping,
 )
 from terarec.scaling.fit import MONOTONE_TOLERANCE, fit_power_law, is_monotone
 from terarec.scaling.flops import TRAIN_FACTOR, ctr_model_cost
+from terarec.train.experiment import check_config
 
 RESULTS = "results.json"
 FIT = "fit.json"
@@ -181,7 +181,7 @@ def expand_points(spec: SweepSpec) -> list[SweepPoint]:
             data["name"] = f"{spec.name}-{point_id}"
             try:
                 config = from_dict(ExperimentConfig, data)
-                check_model_options(config)
+                check_config(config)
             except ConfigError as error:
                 raise ConfigError(f"sweep point {point_id} {options}: {error}") from error
             if config.task != "ctr":

@@ -1,5 +1,10 @@
-"""Serving: M-FALCON batched candidate scoring over a cached HSTU history (``mfalcon``)."""
+"""Serving: load a finished run and answer requests.
 
-from terarec.serve.mfalcon import HistoryCache, cache_history, mfalcon, score_candidates
+Algorithms live in the layers, not here: M-FALCON's cached history and appended candidates are
+an option of the HSTU stack (``HSTUStack.cache_history`` / ``score_candidates`` in
+``terarec.layers.hstu``).
+"""
 
-__all__ = ["HistoryCache", "cache_history", "mfalcon", "score_candidates"]
+from terarec.serve.predictor import Predictor
+
+__all__ = ["Predictor"]

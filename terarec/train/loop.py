@@ -1,46 +1,61 @@
-"""The training loop both task kinds share: fit, validate each epoch, keep the best, test.
+"""The training loop every task kind shares: fit, validate each epoch, keep the best, test; resumable.
 
-A run writes its folder as it goes: ``config.yaml`` (the resolved config), ``train.log``,
-``metrics.json`` (updated after every epoch), ``steps.csv`` (running train loss and learning
-rate every ``train.log_every`` steps), ``epochs.csv`` (one row per epoch: loss, speed,
-validation metrics) and ``checkpoint.pt`` (the best epoch so far, written atomically), so a
-run stopped part way keeps every finished epoch.
+A run writes its folder as it goes:
+
+* ``config.yaml``: the resolved config (columns filled in from the dataset, data path absolute);
+* ``status.json``: ``running``, ``finished`` or ``failed`` (with the reason);
+* ``train.log``, ``steps.csv`` (running train loss and learning rate every ``train.log_every``
+  steps), ``epochs.csv`` (one row per epoch) and ``metrics.json`` (updated after every epoch);
+* ``checkpoint.pt``: the best epoch so far, self-contained: config, model inputs (vocabularies,
+  columns), weights; ``terarec eval`` and ``terarec.serve.Predictor`` need nothing else;
+* ``state.pt``: everything to continue exactly where the run was: weights, dense and fused-table
+  optimizer state, learning-rate schedule, global step, RNG states, the position in the data and
+  the best epoch so far; written every ``train.checkpoint_every`` steps and after each epoch.
+
+Both files are written atomically, so a run killed at any moment loses at most the steps since
+its last state; ``terarec train --resume RUN`` (``resume(run_dir)``) continues it, mid-epoch
+included, and ends with the same weights and metrics as a run never stopped (same thread count).
 
 Optimizers: Adam for the dense parameters (and for tables kept as parameters,
 ``embedding.optimizer: adam``); tables on the embedding engine are updated inside backward
 by their own sparse optimizer (row-wise Adagrad by default). ``train.warmup_steps`` ramps
-both learning rates linearly.
+both learning rates linearly; ``train.plateau_decay`` lowers both after an epoch without a
+better validation metric.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
 import math
+import random
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 
-from terarec.config import ExperimentConfig, to_yaml
+from terarec.config import ExperimentConfig, from_dict, to_yaml
 from terarec.data.batches import make_loader
-from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking
+from terarec.models.protocols import FitsStatistics, FusedTables, RegularizedTables, parameter_count
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
-from terarec.train.setup import (
-    Task,
-    build_task,
-    seed_everything,
-    set_threads,
-    vocabulary_record,
-)
+from terarec.train.experiment import check_config
+from terarec.train.setup import seed_everything, set_threads
+from terarec.train.tasks import Task, build_task, task_class
 
 log = logging.getLogger("terarec")
+
+CHECKPOINT_FORMAT = "terarec.checkpoint.v2"
+STATE_FORMAT = "terarec.state.v1"
 
 
 @dataclass
@@ -55,14 +70,6 @@ class RunResult:
     seconds: float = 0.0
 
 
-def selection_metric(config: ExperimentConfig) -> str:
-    """The validation metric that picks the best epoch: AUC for CTR (the mean over labels for
-    several), NDCG@K (first K) for sequences."""
-    if config.task == "ctr":
-        return "auc" if len(config.data.labels or [None]) == 1 else "mean_auc"
-    return f"ndcg@{config.eval.ks[0]}"
-
-
 def _json_safe(value: Any) -> Any:
     """NaN / inf (e.g. gAUC with no usable user) become null: metrics.json stays strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -72,6 +79,12 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(item) for item in value]
     return value
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_json_safe(value), indent=2))
+    tmp.replace(path)
 
 
 def new_run_dir(config: ExperimentConfig) -> Path:
@@ -88,6 +101,14 @@ def new_run_dir(config: ExperimentConfig) -> Path:
             suffix += 1
 
 
+def write_status(run_dir: Path, status: str, reason: str = "") -> None:
+    """``status.json``: running / finished / failed, with the reason of a failure."""
+    record = {"status": status, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if reason:
+        record["reason"] = reason
+    _write_json(run_dir / "status.json", record)
+
+
 def _attach_log(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -96,29 +117,11 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def evaluate(task: Task, split: str, progress: bool = False) -> dict[str, float]:
-    """Metrics of the task's model on one split."""
-    loader = make_loader(task.dataset(split), task.config.data.num_workers)
-    if task.config.task == "ctr":
-        return evaluate_ctr(task.model, loader, task.inputs.labels, progress=progress)
-    return evaluate_ranking(
-        task.model, loader, task.config.eval.ks, task.config.eval.exclude_history, progress=progress
-    )
-
-
-def _training_loss(task: Task, batch) -> torch.Tensor:
-    """A model's own ``loss(batch)`` when it has one (sequence models; CTR models with an
-    auxiliary loss such as DIEN's), else binary cross-entropy of its logits."""
-    if hasattr(task.model, "loss"):
-        return task.model.loss(batch)
-    return F.binary_cross_entropy_with_logits(task.model(batch), batch.labels)
-
-
 def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
     """lambda/2 * sum ||W||^2 over the tables kept as parameters (``embedding.regularization``)."""
     if coefficient <= 0:
         return None
-    weights = [w for module in model.modules() if hasattr(module, "table_weights") for w in module.table_weights()]
+    weights = [w for module in model.modules() if isinstance(module, RegularizedTables) for w in module.table_weights()]
     if not weights:
         return None
     return 0.5 * coefficient * sum(weight.square().sum() for weight in weights)
@@ -133,8 +136,7 @@ class LearningRates:
                  sparse_learning_rate: float) -> None:
         self.optimizer, self.warmup_steps = optimizer, warmup_steps
         self.dense = [group["lr"] for group in optimizer.param_groups]
-        self.sparse_modules = [m for m in model.modules()
-                               if hasattr(m, "set_learning_rate") and hasattr(m, "fused_parameters")]
+        self.sparse_modules = [m for m in model.modules() if isinstance(m, FusedTables)]
         self.sparse = sparse_learning_rate
         self.scale = 1.0  # product of the plateau decays so far
 
@@ -158,157 +160,365 @@ class LearningRates:
             self.scale *= factor
             self._apply(self.scale)
 
+    def restore(self, scale: float, global_step: int) -> None:
+        """The rates in force after ``global_step`` steps and decays multiplying to ``scale``."""
+        self.scale = scale
+        self._apply(scale)
+        self.step(global_step)
+
 
 class CSVLog:
-    """Appends rows to a CSV file in the run folder, header first."""
+    """Appends rows to a CSV file in the run folder, header first. ``keep_until`` (resume): keep
+    the rows whose first column is at most this, drop the rest (written after the saved state)."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, columns: list[str], keep_until: int | None = None) -> None:
         self.path, self.columns = path, columns
+        kept: list[list[str]] = []
+        if keep_until is not None and path.exists():
+            with path.open(newline="") as handle:
+                rows = list(csv.reader(handle))
+            if rows and rows[0] == columns:
+                kept = [row for row in rows[1:] if row and float(row[0]) <= keep_until]
         with path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(kept)
 
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow([row.get(column, "") for column in self.columns])
 
 
+# ---- checkpoints
+
+
 def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """The best-epoch checkpoint: everything to rebuild and use the model without the dataset."""
     return {
-        "format": "terarec.checkpoint.v1",
+        "format": CHECKPOINT_FORMAT,
         "config_yaml": to_yaml(task.config),
+        "inputs": task.record,
         "epoch": epoch,
         "metrics": metrics,
         "model": task.model.state_dict(),
-        "vocabularies": vocabulary_record(task.inputs.vocabularies),
     }
 
 
-def load_task(run_dir: str | Path) -> Task:
-    """Rebuild a run's task and load its best checkpoint (``weights_only=True``)."""
-    import yaml
+def _rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
-    from terarec.config import check_model_options, from_dict
 
-    payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
-    check_model_options(config)
-    task = build_task(config, vocabulary_ids=payload["vocabularies"])
-    task.model.load_state_dict(payload["model"])
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    saved = state["numpy"]
+    np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["position"],
+                         saved["has_gauss"], saved["gauss"]))
+
+
+def _config_from(payload: dict[str, Any], path: Path, data_path: str | Path | None) -> ExperimentConfig:
+    try:
+        config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
+    except (KeyError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: the checkpoint's config is missing or unreadable ({error})") from error
+    if data_path is not None:
+        config.data.path = str(Path(data_path).resolve())
+    check_config(config)
+    return config
+
+
+def _check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[str, ...]) -> None:
+    if payload.get("format") != fmt:
+        found = payload.get("format", "no format field")
+        raise ValueError(f"{path}: expected a {fmt} file, found {found!r} "
+                         "(written by another terarec version, or not a terarec file)")
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint has no {', '.join(missing)}")
+
+
+def _load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = str(error).strip().splitlines()
+        raise ValueError(f"{path}: the saved {what} do not fit the model its config builds: "
+                         f"{' '.join(line.strip() for line in first[:4])}") from error
+
+
+def load_task(run_dir: str | Path, data_path: str | Path | None = None, state: bool = False) -> Task:
+    """Rebuild a run's task with its best weights (``checkpoint.pt``) or, with ``state``, its latest
+    resumable weights (``state.pt``); no dataset is read. ``data_path`` points the task's datasets
+    at another copy of the data (evaluation)."""
+    path = Path(run_dir) / ("state.pt" if state else "checkpoint.pt")
+    payload = load_checkpoint(path)
+    _check_payload(payload, path, STATE_FORMAT if state else CHECKPOINT_FORMAT, ("config_yaml", "inputs", "model"))
+    config = _config_from(payload, path, data_path)
+    try:
+        task = task_class(config.task).from_record(config, payload["inputs"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: the checkpoint's model inputs are incomplete ({error})") from error
+    _load_weights(task.model, payload["model"], path, "model weights")
     return task
 
 
-def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None = None) -> RunResult:
-    """Train ``config``'s model, keep the best validation epoch, report its test metrics."""
-    started = time.perf_counter()
-    seed_everything(config.train.seed)
-    threads = set_threads(config.train.threads)
-    run_dir = run_dir or new_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(config))
-    handler = _attach_log(run_dir)
-    try:
-        task = build_task(config)
+# ---- training
+
+
+class Trainer:
+    """One run: trains ``task`` in ``run_dir``, from the start or from a saved state."""
+
+    def __init__(self, task: Task, run_dir: Path, progress: bool = True, state: dict[str, Any] | None = None) -> None:
+        self.task, self.run_dir, self.config = task, run_dir, task.config
+        self.progress = progress and sys.stderr.isatty()
+        self.metric, self.higher_is_better = task.monitor()
         model = task.model
-        # Tables trained inside backward are not nn.Parameters; count them too.
-        fused = [t for m in model.modules() if hasattr(m, "fused_parameters") for t in m.fused_parameters()]
-        n_params = sum(p.numel() for p in model.parameters()) + sum(t.numel() for t in fused)
-        log.info("run %s: model %s, %s parameters, %d threads", run_dir, config.model["name"], f"{n_params:,}", threads)
-        metric = selection_metric(config)
-        record: dict[str, Any] = {"name": config.name, "model": config.model["name"], "task": config.task,
-                                  "parameters": n_params, "epochs": [], "selection_metric": metric}
-        best_value, best_epoch, best_valid = -math.inf, -1, {}
+        self.trainable = not isinstance(model, FitsStatistics)
+        self.record: dict[str, Any] = {
+            "name": self.config.name, "model": self.config.model["name"], "task": self.config.task,
+            "parameters": parameter_count(model), "epochs": [], "selection_metric": self.metric,
+        }
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_value, self.best_epoch, self.best_valid, self.stale = -math.inf, -1, {}, 0
+        self.sums = {"loss": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "window_loss": 0.0, "window_steps": 0}
+        self.optimizer = None
+        if self.trainable:
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.train.learning_rate,
+                                              weight_decay=self.config.train.weight_decay)
+            self.rates = LearningRates(self.optimizer, model, self.config.train.warmup_steps,
+                                       self.config.embedding.learning_rate or self.config.train.learning_rate)
+        if state is not None:
+            self._restore(state)
+        resumed = state is not None
+        self.step_log = CSVLog(run_dir / "steps.csv", ["step", "epoch", "learning_rate", "train_loss"],
+                               keep_until=self.global_step if resumed else None)
+        self.epoch_log: CSVLog | None = None
+        if resumed and (run_dir / "epochs.csv").exists():
+            with (run_dir / "epochs.csv").open(newline="") as handle:
+                header = next(csv.reader(handle), None)
+            if header:
+                self.epoch_log = CSVLog(run_dir / "epochs.csv", header, keep_until=self.epoch)
 
-        def write_record() -> None:
-            tmp = run_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(_json_safe(record), indent=2))
-            tmp.replace(run_dir / "metrics.json")
+    # -- state
 
-        if not getattr(model, "trainable", True):
-            model.fit_statistics(make_loader(task.dataset("train"), config.data.num_workers))
-            best_valid, best_epoch = evaluate(task, "valid"), 0
-            record["epochs"].append({"epoch": 0, "valid": best_valid})
+    def state_payload(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "config_yaml": to_yaml(self.config),
+            "inputs": self.task.record,
+            "model": self.task.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+            "position": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                         "rate_scale": self.rates.scale, "stale": self.stale, "best_epoch": self.best_epoch,
+                         "best_value": self.best_value, **{f"sum_{k}": v for k, v in self.sums.items()}},
+            "record": json.dumps(_json_safe({**self.record, "best_valid": self.best_valid})),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        position = state["position"]
+        self.epoch, self.step_in_epoch = int(position["epoch"]), int(position["step_in_epoch"])
+        self.global_step, self.stale = int(position["global_step"]), int(position["stale"])
+        self.best_epoch, self.best_value = int(position["best_epoch"]), float(position["best_value"])
+        self.sums = {k: position[f"sum_{k}"] for k in self.sums}
+        record = json.loads(state["record"])
+        self.best_valid = record.pop("best_valid") or {}
+        self.record = record
+        self.rates.restore(float(position["rate_scale"]), self.global_step)
+        _set_rng_state(state["rng"])
+
+    def save_state(self) -> None:
+        save_checkpoint(self.run_dir / "state.pt", self.state_payload())
+
+    def write_record(self) -> None:
+        _write_json(self.run_dir / "metrics.json", self.record)
+
+    # -- the run
+
+    def run(self) -> RunResult:
+        started = time.perf_counter() - float(self.record.get("seconds", 0.0))
+        model, config = self.task.model, self.config
+        log.info("run %s: model %s, %s parameters, %d threads", self.run_dir, config.model["name"],
+                 f"{self.record['parameters']:,}", torch.get_num_threads())
+        if not self.trainable:
+            model.fit_statistics(self.task.loader("train"))
+            self.best_valid, self.best_epoch = self.task.evaluate("valid"), 0
+            self.record["epochs"].append({"epoch": 0, "valid": self.best_valid})
             if config.train.checkpoint:
-                save_checkpoint(run_dir / "checkpoint.pt", checkpoint_payload(task, 0, best_valid))
+                save_checkpoint(self.run_dir / "checkpoint.pt", checkpoint_payload(self.task, 0, self.best_valid))
         else:
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate,
-                                         weight_decay=config.train.weight_decay)
-            rates = LearningRates(optimizer, model, config.train.warmup_steps,
-                                  config.embedding.learning_rate or config.train.learning_rate)
-            step_log = CSVLog(run_dir / "steps.csv", ["step", "epoch", "learning_rate", "train_loss"])
-            epoch_log: CSVLog | None = None
-            train_set = task.dataset("train", shuffle=True)
-            stale, global_step = 0, 0
-            for epoch in range(config.train.epochs):
-                train_set.set_epoch(epoch)
-                model.train()
-                epoch_start = time.perf_counter()
-                total_loss, steps, examples = 0.0, 0, 0
-                total = len(train_set) if hasattr(train_set, "__len__") else None
-                if config.train.max_steps_per_epoch and total:
-                    total = min(total, config.train.max_steps_per_epoch)
-                bar = tqdm(make_loader(train_set, config.data.num_workers), total=total,
-                           desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not progress, leave=False)
-                window_loss, window_steps = 0.0, 0
-                for batch in bar:
-                    factor = rates.step(global_step)
-                    loss = _training_loss(task, batch)
-                    penalty = embedding_penalty(model, config.embedding.regularization)
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss if penalty is None else loss + penalty).backward()
-                    optimizer.step()
-                    value = loss.item()
-                    total_loss += value
-                    window_loss += value
-                    window_steps += 1
-                    steps += 1
-                    global_step += 1
-                    examples += len(batch)
-                    if steps % 20 == 0:
-                        bar.set_postfix(loss=f"{total_loss / steps:.4f}")
-                    if global_step % config.train.log_every == 0:
-                        step_log.write({"step": global_step, "epoch": epoch + 1,
-                                        "learning_rate": config.train.learning_rate * factor,
-                                        "train_loss": round(window_loss / window_steps, 6)})
-                        window_loss, window_steps = 0.0, 0
-                    if config.train.max_steps_per_epoch and steps >= config.train.max_steps_per_epoch:
-                        break
-                bar.close()
-                train_seconds = time.perf_counter() - epoch_start
-                valid = evaluate(task, "valid")
-                entry = {"epoch": epoch + 1, "train_loss": total_loss / max(steps, 1), "steps": steps,
-                         "train_seconds": round(train_seconds, 2),
-                         "examples_per_s": round(examples / max(train_seconds, 1e-9), 1), "valid": valid}
-                record["epochs"].append(entry)
-                if epoch_log is None:
-                    epoch_log = CSVLog(run_dir / "epochs.csv", ["epoch", "train_loss", "steps", "train_seconds",
-                                                                "examples_per_s", *[f"valid_{k}" for k in valid]])
-                epoch_log.write({**entry, **{f"valid_{k}": v for k, v in valid.items()}})
-                log.info("epoch %d: loss %.4f, valid %s %.4f, %.1fs", epoch + 1, entry["train_loss"], metric,
-                         valid.get(metric, float("nan")), train_seconds)
-                if progress:
-                    tqdm.write(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}, "
-                               f"valid {metric} {valid.get(metric, float('nan')):.4f} ({train_seconds:.1f}s)")
-                if valid.get(metric, -math.inf) > best_value:
-                    best_value, best_epoch, best_valid, stale = valid[metric], epoch + 1, valid, 0
-                    if config.train.checkpoint:
-                        save_checkpoint(run_dir / "checkpoint.pt", checkpoint_payload(task, epoch + 1, valid))
-                else:
-                    stale += 1
-                    rates.decay(config.train.plateau_decay)
-                    if config.train.plateau_decay < 1:
-                        log.info("no better valid %s: learning rates x%g", metric, rates.scale)
-                write_record()
-                if config.train.patience and stale >= config.train.patience:
-                    log.info("early stop: %d epochs without a better valid %s", stale, metric)
-                    break
-            if config.train.checkpoint and best_epoch > 0:
-                model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-        test = evaluate(task, "test")
-        record.update(best_epoch=best_epoch, valid=best_valid, test=test,
-                      seconds=round(time.perf_counter() - started, 2))
-        write_record()
-        log.info("best epoch %d; test %s", best_epoch, json.dumps(test))
-        return RunResult(run_dir, best_epoch, best_valid, test, record["epochs"], record["seconds"])
+            while self.epoch < config.train.epochs and not self._patience_spent():
+                self._train_epoch()
+                self._end_epoch()
+            if config.train.checkpoint and self.best_epoch > 0:
+                _load_weights(model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
+                              self.run_dir / "checkpoint.pt", "model weights")
+        test = self.task.evaluate("test")
+        self.record.update(best_epoch=self.best_epoch, valid=self.best_valid, test=test,
+                           seconds=round(time.perf_counter() - started, 2))
+        self.write_record()
+        log.info("best epoch %d; test %s", self.best_epoch, json.dumps(_json_safe(test)))
+        return RunResult(self.run_dir, self.best_epoch, self.best_valid, test, self.record["epochs"],
+                         self.record["seconds"])
+
+    def _patience_spent(self) -> bool:
+        patience = self.config.train.patience
+        if patience and self.stale >= patience:
+            log.info("early stop: %d epochs without a better valid %s", self.stale, self.metric)
+            return True
+        return False
+
+    def _batches(self):
+        """This epoch's training batches from the saved position on (earlier ones are built and
+        skipped, so the order is the uninterrupted run's)."""
+        train_set = self.task.dataset("train", shuffle=True)
+        train_set.set_epoch(self.epoch)
+        limit = self.config.train.max_steps_per_epoch
+        total = len(train_set) if hasattr(train_set, "__len__") else None
+        if limit and total:
+            total = min(total, limit)
+        loader = iter(make_loader(train_set, self.config.data.num_workers))
+        for _ in range(self.step_in_epoch):
+            next(loader, None)
+        bar = tqdm(loader, total=None if total is None else max(total - self.step_in_epoch, 0),
+                   desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", disable=not self.progress, leave=False)
+        return bar
+
+    def _train_epoch(self) -> None:
+        config, model, sums = self.config, self.task.model, self.sums
+        model.train()
+        every = config.train.checkpoint_every
+        bar = self._batches()
+        clock = time.perf_counter()
+        for batch in bar:
+            if config.train.max_steps_per_epoch and self.step_in_epoch >= config.train.max_steps_per_epoch:
+                break
+            factor = self.rates.step(self.global_step)
+            loss = self.task.loss(batch)
+            penalty = embedding_penalty(model, config.embedding.regularization)
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss if penalty is None else loss + penalty).backward()
+            self.optimizer.step()
+            value = loss.item()
+            sums["loss"] += value
+            sums["window_loss"] += value
+            sums["window_steps"] += 1
+            sums["steps"] += 1
+            sums["examples"] += len(batch)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            if sums["steps"] % 20 == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.4f}")
+            if self.global_step % config.train.log_every == 0:
+                self.step_log.write({"step": self.global_step, "epoch": self.epoch + 1,
+                                     "learning_rate": config.train.learning_rate * factor,
+                                     "train_loss": round(sums["window_loss"] / sums["window_steps"], 6)})
+                sums["window_loss"], sums["window_steps"] = 0.0, 0
+            if every and self.global_step % every == 0:
+                sums["seconds"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                self.save_state()
+        bar.close()
+        sums["seconds"] += time.perf_counter() - clock
+
+    def _end_epoch(self) -> None:
+        config, sums = self.config, self.sums
+        valid = self.task.evaluate("valid")
+        seconds = sums["seconds"]
+        entry = {"epoch": self.epoch + 1, "train_loss": sums["loss"] / max(sums["steps"], 1), "steps": sums["steps"],
+                 "train_seconds": round(seconds, 2),
+                 "examples_per_s": round(sums["examples"] / max(seconds, 1e-9), 1), "valid": valid}
+        self.record["epochs"].append(entry)
+        if self.epoch_log is None:
+            self.epoch_log = CSVLog(self.run_dir / "epochs.csv", ["epoch", "train_loss", "steps", "train_seconds",
+                                                                  "examples_per_s", *[f"valid_{k}" for k in valid]])
+        self.epoch_log.write({**entry, **{f"valid_{k}": v for k, v in valid.items()}})
+        value = valid.get(self.metric)
+        if value is None:
+            raise ValueError(f"train.monitor: the validation metrics have no '{self.metric}' "
+                             f"(they have: {', '.join(sorted(valid))})")
+        log.info("epoch %d: loss %.4f, valid %s %.4f, %.1fs", self.epoch + 1, entry["train_loss"], self.metric,
+                 value, seconds)
+        signed = value if self.higher_is_better else -value
+        if signed > self.best_value:
+            self.best_value, self.best_epoch, self.best_valid, self.stale = signed, self.epoch + 1, valid, 0
+            if config.train.checkpoint:
+                save_checkpoint(self.run_dir / "checkpoint.pt", checkpoint_payload(self.task, self.epoch + 1, valid))
+        else:
+            self.stale += 1
+            self.rates.decay(config.train.plateau_decay)
+            if config.train.plateau_decay < 1:
+                log.info("no better valid %s: learning rates x%g", self.metric, self.rates.scale)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sums = {key: 0 if isinstance(value, int) else 0.0 for key, value in self.sums.items()}
+        self.record["best_epoch"] = self.best_epoch
+        self.write_record()
+        self.save_state()
+
+
+def _run(task: Task, run_dir: Path, progress: bool, state: dict[str, Any] | None) -> RunResult:
+    handler = _attach_log(run_dir)
+    write_status(run_dir, "running")
+    try:
+        result = Trainer(task, run_dir, progress, state).run()
+    except BaseException as error:
+        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+        write_status(run_dir, "failed", reason)
+        log.error("run failed: %s\n%s", reason, traceback.format_exc())
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
+    write_status(run_dir, "finished")
+    return result
+
+
+def train(config: ExperimentConfig, progress: bool = True, run_dir: Path | None = None) -> RunResult:
+    """Train ``config``'s model, keep the best validation epoch, report its test metrics.
+
+    The run folder is written as the run goes (see the module docstring); a run that fails
+    leaves ``status.json`` saying why, and ``resume(run_dir)`` continues a stopped one."""
+    config = copy.deepcopy(config)
+    seed_everything(config.train.seed)
+    set_threads(config.train.threads)
+    run_dir = run_dir or new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.data.path = str(Path(config.data.path).resolve())
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+    write_status(run_dir, "running")
+    try:
+        task = build_task(config)
+    except BaseException as error:
+        write_status(run_dir, "failed", f"{type(error).__name__}: {error}")
+        raise
+    (run_dir / "config.yaml").write_text(to_yaml(task.config))
+    return _run(task, run_dir, progress, None)
+
+
+def resume(run_dir: str | Path, progress: bool = True, data_path: str | Path | None = None) -> RunResult:
+    """Continue a stopped run from its ``state.pt``; a run with no saved state yet starts again
+    from its resolved config in the same folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / "state.pt"
+    if not path.exists():
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{run_dir} is not a run folder (no state.pt, no config.yaml)")
+        config = from_dict(ExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+        if data_path is not None:
+            config.data.path = str(Path(data_path).resolve())
+        return train(config, progress, run_dir)
+    payload = load_checkpoint(path)
+    _check_payload(payload, path, STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng", "position"))
+    config = _config_from(payload, path, data_path)
+    set_threads(config.train.threads)
+    task = task_class(config.task).from_record(config, payload["inputs"])
+    _load_weights(task.model, payload["model"], path, "model weights")
+    log.info("resuming %s at epoch %d, step %d", run_dir, payload["position"]["epoch"] + 1,
+             payload["position"]["step_in_epoch"])
+    return _run(task, run_dir, progress, payload)

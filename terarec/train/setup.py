@@ -1,29 +1,23 @@
-"""Builds what a run needs from its config: datasets, vocabularies, model, loaders."""
+"""What a run sets up before its task: seeds, threads, column specs and vocabularies."""
 
 from __future__ import annotations
 
 import math
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from terarec.config import ExperimentConfig, check_model_options
+from terarec.config import ExperimentConfig
 from terarec.data import schema
-from terarec.data.batches import CTRDataset, FeatureSpec, SequenceDataset, SequenceSpec, ctr_batch_from_table
-from terarec.data.errors import DataError
+from terarec.data.batches import FeatureSpec, SequenceSpec, ctr_batch_from_table
 from terarec.data.schema import DatasetMeta
+from terarec.data.vocabularies import vocabulary_ids
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.features.crosses import crosses_from_config
-from terarec.features.hashing import hash_array
-from terarec.features.vocabulary import ExactVocabulary, sorted_union
-from terarec.models import model_class
-from terarec.models.inputs import ModelInputs
 
 
 def seed_everything(seed: int) -> None:
@@ -41,8 +35,12 @@ def set_threads(threads: int) -> int:
     return threads
 
 
-def feature_spec(config: ExperimentConfig, meta: DatasetMeta) -> FeatureSpec:
-    """The CTR columns a run uses: the config's lists, else the dataset's (first label only)."""
+def feature_spec(config: ExperimentConfig, meta: DatasetMeta | None) -> FeatureSpec:
+    """The CTR columns a run uses: the config's lists, else the dataset's (first label only).
+
+    ``meta`` may be None once a run has resolved its columns into its config."""
+    if meta is None and None in (config.data.sparse, config.data.dense, config.data.labels):
+        raise ValueError("feature_spec: the config's sparse / dense / labels must be resolved without a dataset")
     labels = config.data.labels if config.data.labels is not None else meta.labels[:1]
     return FeatureSpec(
         sparse=list(config.data.sparse if config.data.sparse is not None else meta.sparse),
@@ -62,23 +60,20 @@ def sequence_spec(config: ExperimentConfig) -> SequenceSpec:
 
 def ctr_vocabularies(folder: Path, meta: DatasetMeta, spec: FeatureSpec) -> dict[str, ExactVocabulary]:
     """Exact vocabularies of every sparse feature over the training split (one streaming pass)."""
-    seen: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in spec.sparse_keys}
     key_spec = FeatureSpec(sparse=spec.sparse, crosses=spec.crosses)
-    for part in meta.parts:
-        file = pq.ParquetFile(folder / part)
-        for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=key_spec.input_columns + [schema.SPLIT])
-            table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES["train"]))
-            features = ctr_batch_from_table(table, key_spec).sparse_features
-            for name in spec.sparse_keys:
-                seen[name] = sorted_union(seen[name], features[name].values().numpy())
-    return {name: ExactVocabulary(ids) for name, ids in seen.items()}
+
+    def ids_of(table):
+        features = ctr_batch_from_table(table, key_spec).sparse_features
+        return {name: features[name].values().numpy() for name in spec.sparse_keys}
+
+    ids = vocabulary_ids(folder, spec.sparse_keys, columns=key_spec.input_columns, ids_of=ids_of, meta=meta)
+    return {key: ExactVocabulary(values) for key, values in ids.items()}
 
 
 def managed_vocabularies(
     config: ExperimentConfig,
-    folder: Path,
-    meta: DatasetMeta,
+    folder: Path | None,
+    meta: DatasetMeta | None,
     spec: FeatureSpec,
     saved: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, nn.Module]:
@@ -107,76 +102,3 @@ def managed_vocabularies(
         )
         for name in spec.sparse_keys
     }
-
-
-def vocabulary_record(vocabularies: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """What a checkpoint keeps to rebuild the vocabularies: exact ids, or a managed table's capacity
-    (its mapping itself is in the model's state dict)."""
-    return {
-        name: vocab.ids if isinstance(vocab, ExactVocabulary) else torch.tensor([vocab.capacity])
-        for name, vocab in vocabularies.items()
-    }
-
-
-def item_catalogue(folder: Path, meta: DatasetMeta) -> ExactVocabulary:
-    """The item vocabulary of a sequential task: every item of the dataset (the full catalogue)."""
-    ids = np.empty(0, np.int64)
-    for part in meta.parts:
-        column = pq.read_table(folder / part, columns=[schema.ITEM_ID]).column(0)
-        ids = sorted_union(ids, hash_array(pc.unique(column), schema.ITEM_ID))
-    return ExactVocabulary(ids)
-
-
-@dataclass
-class Task:
-    """A run's data and model: datasets for each split and the model built for them."""
-
-    config: ExperimentConfig
-    meta: DatasetMeta
-    inputs: ModelInputs
-    model: nn.Module
-
-    def dataset(self, split: str, shuffle: bool = False):
-        cfg = self.config
-        batch_size = cfg.data.batch_size if split == "train" else cfg.data.eval_batch_size
-        if cfg.task == "ctr":
-            spec = feature_spec(cfg, self.meta)
-            return CTRDataset(cfg.data.path, split, spec, batch_size=batch_size, shuffle=shuffle, seed=cfg.train.seed)
-        return SequenceDataset(
-            cfg.data.path, split, sequence_spec(cfg), batch_size=batch_size, shuffle=shuffle, seed=cfg.train.seed
-        )
-
-
-def build_model(config: ExperimentConfig, inputs: ModelInputs) -> nn.Module:
-    options = check_model_options(config)
-    return model_class(config.model["name"])(options, inputs)
-
-
-def build_task(config: ExperimentConfig, vocabulary_ids: dict[str, torch.Tensor] | None = None) -> Task:
-    """Build the task; ``vocabulary_ids`` (from a checkpoint) replaces fitting vocabularies."""
-    folder = Path(config.data.path)
-    meta = DatasetMeta.load(folder)
-    if config.task == "ctr":
-        if meta.kind != "ctr" and meta.kind != "events":
-            raise DataError(f"unknown dataset kind {meta.kind!r}", path=folder)
-        spec = feature_spec(config, meta)
-        spec.check(meta)
-        if not spec.labels:
-            raise DataError("a CTR task needs at least one label column", path=folder)
-        if config.embedding.vocabulary == "managed":
-            vocabularies = managed_vocabularies(config, folder, meta, spec, vocabulary_ids)
-        elif vocabulary_ids is None:
-            vocabularies = ctr_vocabularies(folder, meta, spec)
-        else:
-            vocabularies = {name: ExactVocabulary(vocabulary_ids[name].numpy()) for name in spec.sparse_keys}
-        inputs = ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels,
-                             embedding=config.embedding, learning_rate=config.train.learning_rate)
-    else:
-        sequence_spec(config).check(meta)
-        if vocabulary_ids is None:
-            catalogue = item_catalogue(folder, meta)
-        else:
-            catalogue = ExactVocabulary(vocabulary_ids[schema.ITEM_ID].numpy())
-        inputs = ModelInputs(vocabularies={schema.ITEM_ID: catalogue}, embedding=config.embedding,
-                             learning_rate=config.train.learning_rate)
-    return Task(config=config, meta=meta, inputs=inputs, model=build_model(config, inputs))

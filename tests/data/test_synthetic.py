@@ -14,7 +14,6 @@ from terarec.data.sources.synthetic import (
     EPOCH,
     SyntheticConfig,
     SyntheticGenerator,
-    _alias_tables,
     item_table,
     load_synthetic,
     user_table,
@@ -207,21 +206,6 @@ def test_bad_config_names_the_field(field, value):
         load_synthetic(config)
     with pytest.raises(ValueError, match=field):
         item_table(config)
-
-
-def test_alias_tables_are_exact():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        sizes = rng.integers(1, 40, rng.integers(1, 6))
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        weights = rng.pareto(rng.uniform(0.5, 3.0), bounds[-1]) + 1e-6
-        prob, alias = _alias_tables(weights, bounds)
-        group = np.repeat(np.arange(len(sizes)), sizes)
-        assert (group[alias] == group).all() and (prob >= 0).all() and (prob <= 1).all()
-        implied = prob / sizes[group]
-        np.add.at(implied, alias, (1 - prob) / sizes[group])
-        expected = weights / np.bincount(group, weights=weights)[group]
-        np.testing.assert_allclose(implied, expected, atol=1e-9)
 
 
 # ---------------------------------------------------------------- signal

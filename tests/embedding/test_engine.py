@@ -18,7 +18,7 @@ from terarec.embedding.engine import (
     FusedPooledEmbeddings,
     quantize_for_inference,
 )
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 DIM = 8
 ROWS = {"item": 30, "user": 20}

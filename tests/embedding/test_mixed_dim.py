@@ -8,6 +8,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.embedding.collection import PooledEmbeddings
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.embedding.mixed_dim import (
     MixedDimConfig,
     MixedDimEmbedding,
@@ -16,7 +17,6 @@ from terarec.embedding.mixed_dim import (
     frequency_bands,
     row_counts,
 )
-from terarec.features.vocabulary import ExactVocabulary
 
 
 def _zipf_counts(num_rows: int, seed: int = 0, exponent: float = 1.1) -> np.ndarray:

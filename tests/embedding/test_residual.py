@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.embedding.residual import (
     NO_CLUSTER,
     ResEmbedding,
@@ -15,7 +16,6 @@ from terarec.embedding.residual import (
     cooccurrence_clusters,
     cooccurrence_matrix,
 )
-from terarec.features.vocabulary import ExactVocabulary
 
 
 def _planted_histories(

@@ -10,9 +10,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.embedding.collection import PooledEmbeddings, remap
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW
 from terarec.embedding.vocabulary import TOMBSTONE, ManagedVocabulary
 from terarec.features.hashing import hash_ints
-from terarec.features.vocabulary import DEFAULT_ROW
 
 
 def raw_ids(values) -> torch.Tensor:
@@ -360,3 +360,13 @@ def test_bad_arguments_name_what_was_expected() -> None:
     vocab = ManagedVocabulary(capacity=10)
     with pytest.raises(ValueError, match="rows"):
         vocab.reinitialize(torch.zeros(5, 4))
+
+
+def test_probability_admission_pinned_values() -> None:
+    # Which ids a probability-admitting vocabulary ever admits is part of a run's state: these
+    # are the decisions of the code before the 64-bit mixer was shared (terarec.features.mixing).
+    vocab = ManagedVocabulary(100, admit="probability", admit_probability=0.5, seed=3)
+    admitted = vocab._admitted_by_hash(torch.arange(-20, 20)).tolist()
+    assert [i for i, yes in zip(range(-20, 20), admitted) if yes] == [
+        -18, -17, -15, -11, -9, -8, -2, -1, 0, 2, 3, 4, 8, 9, 12, 13, 15, 18,
+    ]

@@ -46,7 +46,8 @@ def test_relative_bias_indexes_positions_and_time_buckets() -> None:
         bias.position_weights.copy_(torch.arange(7.0))  # weight of i - j is i - j + 3
         bias.time_weights.copy_(torch.tensor([0.0, 10.0, 20.0]))
     buckets = torch.tensor([[[0, 1], [2, 0]]])
-    out = bias(2, buckets)
+    relative = torch.tensor([[[0, -1], [1, 0]]])  # query position minus key position
+    out = bias(relative, buckets)
     assert out.shape == (1, 1, 2, 2)
     assert out[0, 0].tolist() == [[3.0, 12.0], [24.0, 3.0]]
 
@@ -56,12 +57,13 @@ def test_stack_is_causal_padding_invariant_and_exposes_keys_values() -> None:
     stack = HSTUStack(HSTUStack.Options(embedding_dim=8, num_layers=2, num_heads=2, max_length=6, dropout=0.0)).eval()
     x, lengths, times = torch.randn(7, 8), torch.tensor([4, 3]), torch.tensor([0, 5, 50, 5000, 0, 1, 2])
     with torch.no_grad():
-        out, cache = stack(x, lengths, times, return_kv=True)
+        out, cache = stack(x, lengths, times, return_cache=True)
         alone = stack(x[4:], lengths[1:], times[4:])
         changed = x.clone()
         changed[3] += 1.0
         later = stack(changed, lengths, times)
-    assert out.shape == (7, 8) and len(cache) == 2 and cache[0][0].shape == (7, 2 * 8)
+    assert out.shape == (7, 8) and len(cache.keys_values) == 2 and cache.keys_values[0][0].shape == (7, 2 * 8)
+    assert cache.lengths.tolist() == [4, 3]
     torch.testing.assert_close(out[4:], alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(later[:3], out[:3])
     assert not torch.allclose(later[3], out[3])

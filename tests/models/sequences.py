@@ -7,7 +7,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data.batches import SequenceBatch
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.models.inputs import ModelInputs
 
 NUM_ITEMS = 12  # raw item ids 1..12 map to rows 1..12

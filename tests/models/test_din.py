@@ -10,17 +10,18 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from terarec.config import ConfigError, load_config
+from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
 from terarec.data.history import add_history
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.behavior import BehaviorEmbeddings, last_k, pad_jagged
 from terarec.layers.target_attention import TargetAttention, masked_softmax
 from terarec.models.din import DIN
 from terarec.models.inputs import ModelInputs
-from terarec.train.loop import evaluate, load_task, train
+from terarec.train.experiment import load_config
+from terarec.train.loop import load_task, train
 
 HISTORY = {"hist_item_id": "item_id", "hist_genre": "genre"}
 HISTORY_FEATURES = ["user_id", "item_id", "genre", "hist_item_id", "hist_genre"]
@@ -190,7 +191,7 @@ def test_din_learns_what_only_the_history_tells(taste_data: Path, tmp_path: Path
     result = train(history_config(taste_data, tmp_path, model, "train.checkpoint=true"), progress=False)
     assert result.test["auc"] > 0.75
     # The checkpoint rebuilds the shared tables' vocabularies and scores the same.
-    assert evaluate(load_task(result.run_dir), "test")["auc"] == pytest.approx(result.test["auc"])
+    assert load_task(result.run_dir).evaluate("test")["auc"] == pytest.approx(result.test["auc"])
 
 
 def test_without_the_history_the_fixture_is_not_learnable(taste_data: Path, tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from terarec.config import load_config
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.interaction import DotInteraction
 from terarec.models.dlrm import DLRM
 from terarec.models.inputs import ModelInputs
+from terarec.train.experiment import load_config
 from terarec.train.loop import train
-from terarec.train.setup import build_task
+from terarec.train.tasks import build_task
 
 
 def test_dot_interaction_matches_loop() -> None:
@@ -79,7 +79,7 @@ def test_unknown_cross_key_names_nearest(tmp_path: Path) -> None:
 
 def test_managed_vocabulary_with_fused_engine_trains_and_reloads(xor_data: Path, tmp_path: Path) -> None:
     from terarec.embedding.vocabulary import ManagedVocabulary
-    from terarec.train.loop import evaluate, load_task
+    from terarec.train.loop import load_task
 
     cross = "data.crosses=[{name: item_x_device, kind: interaction, columns: [item_id, device]}]"
     config = _config(xor_data, tmp_path, "data.sparse=[user_id]", cross, "embedding.vocabulary=managed",
@@ -90,7 +90,7 @@ def test_managed_vocabulary_with_fused_engine_trains_and_reloads(xor_data: Path,
     vocab = task.inputs.vocabularies["item_x_device"]
     assert isinstance(vocab, ManagedVocabulary)
     assert int(vocab.num_admitted) == 80  # 40 items x 2 devices, each with its own row
-    assert evaluate(task, "test")["auc"] == pytest.approx(result.test["auc"])
+    assert task.evaluate("test")["auc"] == pytest.approx(result.test["auc"])
 
 
 def test_managed_vocabulary_needs_a_sparse_optimizer(xor_data: Path, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from terarec.data.ranking import RankingBatch
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.features.hashing import hash_ints
-from terarec.features.vocabulary import ExactVocabulary
 from terarec.models.hstu_ranking import HSTURanking
 from terarec.models.inputs import ModelInputs
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from terarec.config import check_model_options, load_config
-from terarec.models import model_class
+from terarec.models import check_model_options, model_class
+from terarec.train.experiment import load_config
 from tests.models.sequences import inputs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from terarec.config import ConfigError, load_config
+from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.fm import (
     FactorizationMachineBlock,
     LinearCompressBlock,
@@ -20,6 +20,7 @@ from terarec.layers.fm import (
 from terarec.models import model_class
 from terarec.models.inputs import ModelInputs
 from terarec.models.wukong import Wukong, WukongLayer
+from terarec.train.experiment import load_config
 from terarec.train.loop import train
 
 

@@ -11,17 +11,18 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from terarec.config import ConfigError, check_model_options, load_config
+from terarec.config import ConfigError
 from terarec.data.batches import CTRBatch
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.layers.cross import CrossNetV2, factorization_machine
-from terarec.models import model_class
+from terarec.models import check_model_options, model_class
 from terarec.models.dcnv2 import DCNv2
 from terarec.models.deepfm import DeepFM
 from terarec.models.inputs import ModelInputs
 from terarec.models.mmoe import MMoE
+from terarec.train.experiment import load_config
 from terarec.train.loop import train
 from tests.train.test_train import _ctr_events
 

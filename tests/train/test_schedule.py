@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from terarec.config import ConfigError, load_config
+from terarec.config import ConfigError
 from terarec.embedding.collection import PooledEmbeddings
 from terarec.embedding.engine import EmbeddingEngineConfig, FusedPooledEmbeddings
-from terarec.features.vocabulary import ExactVocabulary
+from terarec.embedding.exact_vocabulary import ExactVocabulary
+from terarec.train.experiment import load_config
 from terarec.train.loop import LearningRates, embedding_penalty, train
 from tests.train.test_train import _ctr_config
 

@@ -12,18 +12,18 @@ import pytest
 import torch
 import yaml
 
-from terarec.config import load_config
 from terarec.data.batches import CTRDataset, FeatureSpec, SequenceBatch, make_loader
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
 from terarec.embedding.collection import PooledEmbeddings, SequenceEmbeddings, remap
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.eval.evaluate import evaluate_ranking
 from terarec.features.hashing import hash_ints, hash_strings
-from terarec.features.vocabulary import ExactVocabulary
 from terarec.models.bag_of_items import BagOfItems
 from terarec.models.inputs import ModelInputs
 from terarec.train.checkpoint import load_checkpoint
-from terarec.train.loop import RunResult, evaluate, load_task, train
+from terarec.train.experiment import load_config
+from terarec.train.loop import RunResult, load_task, train
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 # ----------------------------------------------------------------------------- fixtures
@@ -166,15 +166,15 @@ def test_run_folder_contents(ctr_run: RunResult) -> None:
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["epoch"] == ctr_run.best_epoch
     assert checkpoint["metrics"] == pytest.approx(ctr_run.valid, nan_ok=True)
-    assert set(checkpoint["vocabularies"]) == {"item_id", "device"}
+    assert set(checkpoint["inputs"]["vocabularies"]) == {"item_id", "device"}
 
 
 def test_load_task_reproduces_test_metrics(ctr_run: RunResult) -> None:
     task = load_task(ctr_run.run_dir)
     assert task.config.model["name"] == "embedding_mlp"
-    test = evaluate(task, "test")
+    test = task.evaluate("test")
     assert test == pytest.approx(ctr_run.test, rel=1e-6, abs=1e-9, nan_ok=True)
-    assert evaluate(task, "valid") == pytest.approx(ctr_run.valid, rel=1e-6, abs=1e-9, nan_ok=True)
+    assert task.evaluate("valid") == pytest.approx(ctr_run.valid, rel=1e-6, abs=1e-9, nan_ok=True)
 
 
 def test_same_seed_gives_identical_metrics(ctr_run: RunResult, ctr_data: Path, tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_sequential_models(seq_data: Path, tmp_path: Path) -> None:
     assert popular.best_epoch == 0
 
     task = load_task(bag.run_dir)
-    assert evaluate(task, "test") == pytest.approx(bag.test, rel=1e-6, abs=1e-9)
+    assert task.evaluate("test") == pytest.approx(bag.test, rel=1e-6, abs=1e-9)
     random_model = RandomScores(task.inputs.item_vocabulary)
     loader = make_loader(task.dataset("test"))
     random_metrics = evaluate_ranking(random_model, loader, [10, 20])

@@ -79,11 +79,11 @@ and per-user event counts do not depend on ``users_per_chunk``; the event draws 
 events depend on the chunk it falls in).
 
 Generation is vectorised over the users of a chunk with one loop over the event index (users
-sorted by activity, so the active ones are a prefix), popularity draws use alias tables (O(1)),
-the clicked (user, item) pairs live in a bucketed hash set (one gather and compare per lookup,
-no probing loop), and the Gaussian noise of the interest walk and query comes from a per-chunk
-pool of ``NOISE_POOL`` vectors (a random row per event): about 1-2M events per second on one
-core.
+sorted by activity, so the active ones are a prefix), popularity draws use alias tables (O(1);
+``terarec.data.sampling.alias_tables``), the clicked (user, item) pairs live in a bucketed hash
+set (``terarec.data.sampling.KeySet``: one gather and compare per lookup, no probing loop), and
+the Gaussian noise of the interest walk and query comes from a per-chunk pool of
+``NOISE_POOL`` vectors (a random row per event): about 1-2M events per second on one core.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from terarec.data.sampling import KeySet, alias_tables, seeded_rng
 from terarec.data.sources.base import SourceData
 
 EPOCH = 1_700_006_400  # 2023-11-15 00:00:00 UTC: midnight, so hour = (timestamp // 3600) % 24
@@ -244,11 +245,6 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _rng(seed: int, *spawn_key: int) -> np.random.Generator:
-    # SeedSequence(seed, spawn_key=(i, k)) is SeedSequence(seed).spawn(i+1)[i].spawn(k+1)[k]
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -257,7 +253,7 @@ class _Catalogue:
     """Items, categories and the hidden tables of the click / like model."""
 
     def __init__(self, config: SyntheticConfig) -> None:
-        rng = _rng(config.seed, _CATALOGUE)
+        rng = seeded_rng(config.seed, _CATALOGUE)
         n_items, n_cats, dim = config.num_items, config.num_categories, config.interest_dim
 
         cat_w = 1.0 / np.arange(1, n_cats + 1)
@@ -289,11 +285,11 @@ class _Catalogue:
         self.quality = rng.standard_normal(n_items).astype(np.float32)
 
         # O(1) popularity draws: alias tables, global and within each category (items sorted by it)
-        self.pop_prob, self.pop_alias = _alias_tables(self.popularity, np.array([0, n_items]))
+        self.pop_prob, self.pop_alias = alias_tables(self.popularity, np.array([0, n_items]))
         self.by_cat = np.argsort(self.category, kind="stable")
         self.cat_start = np.concatenate([[0], np.cumsum(sizes)])
         self.cat_size = sizes.astype(np.float64)
-        self.cat_prob, self.cat_alias = _alias_tables(self.popularity[self.by_cat], self.cat_start)
+        self.cat_prob, self.cat_alias = alias_tables(self.popularity[self.by_cat], self.cat_start)
         self.cat_alias = self.by_cat[self.cat_alias]  # alias slots -> item ids
         # one more "category", number n_cats: the whole catalogue by global popularity (its slots
         # are n_items + item id), so one call draws a mix of in-category and popular items
@@ -356,7 +352,7 @@ class _Users:
     """Per-user attributes that do not depend on chunking: demographics and event counts."""
 
     def __init__(self, config: SyntheticConfig) -> None:
-        rng = _rng(config.seed, _USERS)
+        rng = seeded_rng(config.seed, _USERS)
         n = config.num_users
         self.age = rng.choice(NUM_AGE_BUCKETS, n, p=AGE_P).astype(np.int64)
         self.gender = rng.choice(len(GENDERS), n, p=GENDER_P).astype(np.int64)
@@ -376,146 +372,13 @@ class _Users:
         )
 
 
-_HASH_MUL = np.int64(0x9E3779B97F4A7C15 - (1 << 64))  # odd: key -> key * _HASH_MUL mod 2^K is a bijection
-_BUCKET = 16  # keys per bucket: one 64-byte row of int32 fingerprints
-
-
-class _KeySet:
-    """An exact set of int64 keys in ``[0, 2^key_bits)``, vectorised without loops over probes.
-
-    A key is hashed by a bijection ``h = key * odd mod 2^K``; the top bits of ``h`` pick its
-    bucket, a row of ``_BUCKET`` int32 slots, and the slot stores the rest of ``h`` (so the
-    pair is exact: no false positives). ``contains`` is one gather and one compare. The table
-    doubles when it holds more than 4 keys per row on average, or when a bucket overflows.
-    """
-
-    def __init__(self, key_bits: int, expected: int) -> None:
-        self._key_bits = max(int(key_bits), 31)
-        self._key_mask = np.int64((1 << self._key_bits) - 1)
-        self._size = 0
-        self._alloc(int(expected // 4).bit_length())
-
-    def _alloc(self, bits: int) -> None:
-        self._bits = max(bits, 4, self._key_bits - 31)  # the rest of h fits an int32 >= 0
-        self._shift = self._key_bits - self._bits
-        self._rest_mask = np.int64((1 << self._shift) - 1)
-        # rows aligned to cache lines: a lookup then reads one line, not two
-        raw = np.full(((1 << self._bits) + 1) * _BUCKET, -1, dtype=np.int32)
-        start = (-raw.ctypes.data % 64) // 4
-        self._table = raw[start : start + (1 << self._bits) * _BUCKET].reshape(-1, _BUCKET)
-        self._fill = np.zeros(1 << self._bits, dtype=np.int8)
-
-    def _hash(self, keys: np.ndarray) -> np.ndarray:
-        return (keys * _HASH_MUL) & self._key_mask  # int64 products wrap
-
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        """A bool per key (keys: an int64 array of any shape; the result is flat)."""
-        h = self._hash(keys.reshape(-1))
-        rest = (h & self._rest_mask).astype(np.int32)
-        same = self._table.take(h >> self._shift, axis=0) == rest[:, None]
-        words = same.view(np.uint64)  # the 16 bools of a row as two words
-        return (words[:, 0] | words[:, 1]) != 0
-
-    def add(self, keys: np.ndarray) -> None:
-        """Insert keys that are distinct and not in the set yet."""
-        if not len(keys):
-            return
-        self._size += len(keys)
-        if self._size > 4 * len(self._fill):
-            self._grow()
-        left = self._insert(self._hash(keys))
-        while len(left):
-            self._grow()
-            left = self._insert(left)
-
-    def _grow(self) -> None:
-        row, col = np.nonzero(self._table >= 0)
-        stored = (row.astype(np.int64) << self._shift) | self._table[row, col]
-        bits = self._bits + 1
-        while True:
-            self._alloc(bits)
-            if not len(self._insert(stored)):
-                return
-            bits += 1
-
-    def _insert(self, h: np.ndarray) -> np.ndarray:
-        """Insert hashed keys; return those left out because a bucket is full (normally none)."""
-        bucket = h >> self._shift
-        rest = (h & self._rest_mask).astype(np.int32)
-        while len(h):
-            slot = self._fill[bucket]
-            if slot.max() >= _BUCKET:
-                return h
-            self._table[bucket, slot] = rest  # keys sharing a bucket: one of them lands there
-            self._fill[bucket] = slot + 1
-            lost = self._table[bucket, slot] != rest
-            if not lost.any():
-                break
-            h, bucket, rest = h[lost], bucket[lost], rest[lost]
-        return h[:0]
-
-
 def _strings(values: tuple[str, ...], codes: np.ndarray) -> pa.Array:
     """A string column from codes into a small vocabulary (decoding a dictionary array is fast)."""
     indices = pa.array(codes.astype(np.int32, copy=False))
     return pa.DictionaryArray.from_arrays(indices, pa.array(values, pa.string())).cast(pa.string())
 
 
-def _alias_tables(weights: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walker alias tables for independent groups of slots ``bounds[g] .. bounds[g+1]``, vectorised.
-
-    Drawing slot ``k`` uniformly within a group, then keeping it with probability ``prob[k]``
-    or taking ``alias[k]`` (a slot of the same group), samples the group's slots in proportion
-    to ``weights``. Built by the sweep construction of Huebschle-Schneider & Sanders (2019)
-    written with prefix sums: light slots (scaled weight < 1) are topped up by the first heavy
-    slot whose cumulative excess covers the lights' cumulative deficit; each heavy slot keeps
-    what it has left and is topped up by the next heavy slot.
-    """
-    n = len(weights)
-    sizes = np.diff(bounds)
-    group = np.repeat(np.arange(len(sizes)), sizes)
-    mass = np.bincount(group, weights=weights, minlength=len(sizes))
-    q = weights * (sizes / mass)[group]  # mean 1 within each group
-    heavy = q >= 1.0
-    # the largest slot of every group counts as heavy, so each group has one despite rounding
-    heavy[np.lexsort((-q, group))[bounds[:-1]]] = True
-    offset = np.concatenate([[0.0], np.cumsum(sizes + 1.0)])[:-1][group]  # keeps groups apart
-    lights, heavies = np.flatnonzero(~heavy), np.flatnonzero(heavy)
-    deficit = 1.0 - q[lights]
-    light_group, heavy_group = group[lights], group[heavies]
-    # cumulative deficit before each light, cumulative excess through each heavy, within groups
-    s_all = np.cumsum(deficit)
-    s_group_start = np.concatenate([[0.0], s_all])[np.searchsorted(light_group, light_group, side="left")]
-    s_before = np.concatenate([[0.0], s_all])[:-1] - s_group_start
-    e_all = np.cumsum(q[heavies] - 1.0)
-    e_group_start = np.concatenate([[0.0], e_all])[np.searchsorted(heavy_group, heavy_group, side="left")]
-    e_through = e_all - e_group_start
-    heavy_key = e_through + offset[heavies]
-    # light i is served by the first heavy of its group with excess-through >= deficit-before
-    j = np.searchsorted(heavy_key, s_before + offset[lights], side="left")
-    last_heavy = np.searchsorted(heavy_group, light_group, side="right") - 1
-    j = np.minimum(j, last_heavy)
-    prob = np.ones(n)
-    alias = np.arange(n, dtype=np.int64)
-    prob[lights] = q[lights]
-    alias[lights] = heavies[j]
-    # a heavy keeps (excess through it) + 1 - (deficits of the lights served by it and earlier ones)
-    light_key = s_before + offset[lights]
-    served = np.searchsorted(light_key, heavy_key, side="right")  # lights with key <= heavy key
-    first_light = np.searchsorted(light_group, heavy_group, side="left")
-    served = np.maximum(served, first_light)
-    s_with_start = np.concatenate([[0.0], s_all])
-    served_deficit = s_with_start[served] - s_with_start[first_light]
-    prob[heavies] = np.clip(e_through + 1.0 - served_deficit, 0.0, 1.0)
-    next_heavy = np.arange(1, len(heavies) + 1)
-    same = np.zeros(len(heavies), dtype=bool)
-    same[:-1] = heavy_group[1:] == heavy_group[:-1]
-    alias[heavies[same]] = heavies[next_heavy[same]]
-    prob[heavies[~same]] = 1.0  # the last heavy of a group keeps the rest
-    return prob, alias
-
-
-def _first_new(clicked: _KeySet, user_key: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first_new(clicked: KeySet, user_key: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column of ``draws`` (tries x users): the first item not clicked by the user (whose
     clicked items are ``clicked`` keys ``user_key + item``), else the first item; and whether
     all the column's items were clicked."""
@@ -581,7 +444,7 @@ class SyntheticGenerator:
         if not 0 <= k < self.num_chunks:
             raise IndexError(f"chunk {k} out of range (0..{self.num_chunks - 1})")
         cfg, cat = self.config, self.catalogue
-        rng = _rng(cfg.seed, _CHUNKS, k)
+        rng = seeded_rng(cfg.seed, _CHUNKS, k)
         lo, hi = self._user_range(k)
         n_users, dim, n_items, n_cats = hi - lo, cfg.interest_dim, cfg.num_items, cfg.num_categories
         counts = self.users.counts[lo:hi]
@@ -659,8 +522,8 @@ class SyntheticGenerator:
         # every (user, item) clicked so far in the chunk, as keys user * n_items + item (users in
         # step-major order: the active users of a step are 0..n-1); exact, however long the history
         user_key = np.arange(n_users, dtype=np.int64) * n_items
-        clicked = _KeySet(int(n_users * n_items - 1).bit_length(), n_events // 4)
-        redraw_rng = _rng(cfg.seed, _CHUNKS, k, 0)
+        clicked = KeySet(int(n_users * n_items - 1).bit_length(), n_events // 4)
+        redraw_rng = seeded_rng(cfg.seed, _CHUNKS, k, 0)
         item_sm = np.empty(n_events, dtype=np.int64)
         aff_sm = np.empty(n_events, dtype=np.float32)
         click_sm = np.empty(n_events, dtype=bool)

@@ -1,12 +1,12 @@
-"""Tests for terarec.features.vocabulary.ExactVocabulary: known ids -> 1..N, unknown -> 0 (counted)."""
+"""Tests for terarec.embedding.exact_vocabulary.ExactVocabulary: known ids -> 1..N, unknown -> 0 (counted)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from terarec.embedding.exact_vocabulary import DEFAULT_ROW, ExactVocabulary
 from terarec.features.hashing import hash_ints
-from terarec.features.vocabulary import DEFAULT_ROW, ExactVocabulary
 
 
 def test_known_ids_map_to_one_based_rows_in_sorted_order() -> None:

@@ -1,0 +1,306 @@
+"""Task kinds, one registry: what a run trains on and how it is judged (ctr, sequential, ranking).
+
+A task kind owns everything that differs between kinds of run, so the training loop never asks
+which kind it runs:
+
+* its **inputs**: the columns it reads (resolved from the dataset once, then written into the
+  run's config), the vocabularies it fits on the training split, and the record of both that a
+  checkpoint keeps, so a run is rebuilt later with no dataset at hand (``Task.from_record``);
+* its **datasets** for each split;
+* its **default loss** (a model's own ``loss`` wins, see ``terarec.models.protocols.HasLoss``);
+* its **evaluation** and the validation metric that picks the best epoch by default
+  (``train.monitor`` overrides it).
+
+Kinds are registered by name in ``TASKS``, like models in ``terarec.models.MODELS``.
+
+Example:
+    >>> sorted(TASKS)
+    ['ctr', 'ranking', 'sequential']
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from terarec.config import ConfigError, ExperimentConfig
+from terarec.data import schema
+from terarec.data.batches import CTRDataset, SequenceDataset, make_loader
+from terarec.data.errors import DataError
+from terarec.data.ranking import RankingDataset
+from terarec.data.schema import DatasetMeta
+from terarec.data.vocabularies import vocabulary_ids
+from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking, evaluate_ranking_tasks
+from terarec.features.hashing import hash_array
+from terarec.embedding.exact_vocabulary import ExactVocabulary
+from terarec.models import check_model_options, model_class
+from terarec.models.inputs import ModelInputs
+from terarec.models.protocols import HasLoss, MultiTask
+from terarec.train.setup import ctr_vocabularies, feature_spec, managed_vocabularies, sequence_spec
+
+# Metrics where lower is better; every other monitored metric is maximised.
+LOWER_IS_BETTER = ("logloss", "rmse", "loss")
+
+
+def build_model(config: ExperimentConfig, inputs: ModelInputs) -> nn.Module:
+    """The config's model, built for ``inputs``."""
+    options = check_model_options(config)
+    return model_class(config.model["name"])(options, inputs)
+
+
+class Task(ABC):
+    """A run's task: its config (columns resolved), model inputs, model and input record.
+
+    Build one with ``build_task`` (fits on the data) or ``Task.from_record`` (from a checkpoint).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: ExperimentConfig, inputs: ModelInputs, record: dict[str, Any]) -> None:
+        self.config = config
+        self.inputs = inputs
+        self.record = record
+        self.model = build_model(config, inputs)
+
+    # ---- inputs
+
+    @classmethod
+    @abstractmethod
+    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """Read the dataset once: the config with its columns resolved, and the input record
+        (vocabulary ids and whatever else rebuilds the inputs), all tensors, numbers and lists."""
+
+    @classmethod
+    @abstractmethod
+    def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
+        """The model inputs a record describes; reads no data."""
+
+    @classmethod
+    def from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> "Task":
+        return cls(config, cls.inputs_from_record(config, record), record)
+
+    # ---- data, loss, evaluation
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.data.path)
+
+    def batch_size(self, split: str) -> int:
+        return self.config.data.batch_size if split == "train" else self.config.data.eval_batch_size
+
+    @abstractmethod
+    def dataset(self, split: str, shuffle: bool = False) -> IterableDataset:
+        """Batches of one split."""
+
+    def loader(self, split: str, shuffle: bool = False):
+        return make_loader(self.dataset(split, shuffle), self.config.data.num_workers)
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """The training loss of a batch: the model's own ``loss`` when it has one."""
+        if isinstance(self.model, HasLoss):
+            return self.model.loss(batch)
+        return self.default_loss(batch)
+
+    def default_loss(self, batch: Any) -> torch.Tensor:
+        raise TypeError(f"model '{self.config.model['name']}' has no loss(batch) for a {self.kind} task")
+
+    @abstractmethod
+    def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
+        """Metrics of the model on one split."""
+
+    @abstractmethod
+    def default_monitor(self) -> str:
+        """The validation metric that picks the best epoch when ``train.monitor`` is empty."""
+
+    def monitor(self) -> tuple[str, bool]:
+        """(metric name, higher is better) of ``train.monitor`` or the task's default."""
+        name = self.config.train.monitor or self.default_monitor()
+        name = name.removeprefix("valid.")
+        return name, not any(word in name for word in LOWER_IS_BETTER)
+
+
+def _check_split(split: str) -> None:
+    if split not in schema.SPLIT_CODES:
+        raise ValueError(f"split must be one of {list(schema.SPLIT_CODES)}, got {split!r}")
+
+
+class CTRTask(Task):
+    """One row per impression, binary labels; AUC / LogLoss / gAUC per label."""
+
+    kind = "ctr"
+
+    @classmethod
+    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
+        folder = Path(config.data.path)
+        meta = DatasetMeta.load(folder)
+        if meta.kind not in ("ctr", "events"):
+            raise DataError(f"unknown dataset kind {meta.kind!r}", path=folder)
+        spec = feature_spec(config, meta)
+        spec.check(meta)
+        if not spec.labels:
+            raise DataError("a CTR task needs at least one label column", path=folder)
+        config = copy.deepcopy(config)
+        config.data.sparse, config.data.dense, config.data.labels = list(spec.sparse), list(spec.dense), list(spec.labels)
+        if config.embedding.vocabulary == "managed":
+            vocabularies = managed_vocabularies(config, folder, meta, spec)
+            ids = {name: torch.tensor([vocab.capacity]) for name, vocab in vocabularies.items()}
+        else:
+            ids = {name: vocab.ids for name, vocab in ctr_vocabularies(folder, meta, spec).items()}
+        return config, {"vocabularies": ids}
+
+    @classmethod
+    def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
+        spec = feature_spec(config, None)
+        saved = record["vocabularies"]
+        missing = [name for name in spec.sparse_keys if name not in saved]
+        if missing:
+            raise ValueError(f"the checkpoint has no vocabulary for {missing} (has {sorted(saved)})")
+        if config.embedding.vocabulary == "managed":
+            vocabularies = managed_vocabularies(config, None, None, spec, saved)
+        else:
+            vocabularies = {name: ExactVocabulary(saved[name].numpy()) for name in spec.sparse_keys}
+        return ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels,
+                           embedding=config.embedding, learning_rate=config.train.learning_rate)
+
+    def dataset(self, split: str, shuffle: bool = False) -> CTRDataset:
+        return CTRDataset(self.folder, split, feature_spec(self.config, None), batch_size=self.batch_size(split),
+                          shuffle=shuffle, seed=self.config.train.seed)
+
+    def default_loss(self, batch: Any) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+
+    def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
+        _check_split(split)
+        return evaluate_ctr(self.model, self.loader(split), self.inputs.labels, progress=progress)
+
+    def default_monitor(self) -> str:
+        return "auc" if len(self.inputs.labels) == 1 else "mean_auc"
+
+
+class SequentialTask(Task):
+    """Next-item retrieval over user histories; HR / NDCG / MRR over the full catalogue."""
+
+    kind = "sequential"
+
+    @classmethod
+    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
+        folder = Path(config.data.path)
+        meta = DatasetMeta.load(folder)
+        sequence_spec(config).check(meta)
+        raw = [pc.unique(pq.read_table(folder / part, columns=[schema.ITEM_ID]).column(0)) for part in meta.parts]
+        raw_ids = np.unique(np.concatenate([np.asarray(ids.to_numpy(), dtype=np.int64) for ids in raw]))
+        hashed = hash_array(pa.array(raw_ids), schema.ITEM_ID)
+        order = np.argsort(hashed, kind="stable")  # the catalogue's row r + 1 holds hashed[order[r]]
+        return config, {"item_id": torch.from_numpy(hashed[order]), "item_raw_ids": torch.from_numpy(raw_ids[order])}
+
+    @classmethod
+    def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
+        if schema.ITEM_ID not in record:
+            raise ValueError("the checkpoint has no item catalogue ('item_id' vocabulary)")
+        catalogue = ExactVocabulary(record[schema.ITEM_ID].numpy())
+        return ModelInputs(vocabularies={schema.ITEM_ID: catalogue}, embedding=config.embedding,
+                           learning_rate=config.train.learning_rate)
+
+    def dataset(self, split: str, shuffle: bool = False) -> SequenceDataset:
+        return SequenceDataset(self.folder, split, sequence_spec(self.config), batch_size=self.batch_size(split),
+                               shuffle=shuffle, seed=self.config.train.seed)
+
+    def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
+        _check_split(split)
+        if split == "train":
+            raise ValueError("a sequential task is evaluated on the next item after a history: valid or test "
+                             "(the train split has no held-out targets)")
+        return evaluate_ranking(self.model, self.loader(split), self.config.eval.ks, self.config.eval.exclude_history,
+                                progress=progress)
+
+    def default_monitor(self) -> str:
+        return f"ndcg@{self.config.eval.ks[0]}"
+
+
+class RankingTask(Task):
+    """Multi-task ranking of impressions over each user's interleaved item / action series (HSTU
+    ranking): per-task AUC against the impression's labels, RMSE for regression tasks.
+
+    ``data.actions`` are the per-event action columns in the order of the model's tasks;
+    ``data.labels`` (default: the actions) the columns each task's output is judged against
+    (e.g. a binary ``long_watch`` for a watch-time regression); ``data.max_length`` the events
+    per training window. The model's ``item_features`` / ``user_features`` options name the
+    categorical columns it reads; the dataset needs ``hist_*`` columns for valid / test
+    (``terarec data synth --ranking-history N``, or ``terarec.data.ranking.add_ranking_history``).
+    """
+
+    kind = "ranking"
+
+    @staticmethod
+    def _feature_columns(config: ExperimentConfig) -> tuple[list[str], list[str]]:
+        options = check_model_options(config)
+        return list(getattr(options, "item_features", [])), list(getattr(options, "user_features", []))
+
+    @classmethod
+    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
+        folder = Path(config.data.path)
+        if not config.data.actions:
+            raise ConfigError("data.actions: a ranking task needs the action columns its tasks predict")
+        config = copy.deepcopy(config)
+        if not config.data.labels:
+            config.data.labels = list(config.data.actions)
+        if len(config.data.labels) != len(config.data.actions):
+            raise ConfigError(f"data.labels: expected one label column per action {config.data.actions}, "
+                              f"got {config.data.labels}")
+        item_features, user_features = cls._feature_columns(config)
+        ids = vocabulary_ids(folder, [schema.ITEM_ID, *item_features, *user_features])
+        return config, {"vocabularies": {name: torch.from_numpy(values) for name, values in ids.items()}}
+
+    @classmethod
+    def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
+        vocabularies = {name: ExactVocabulary(ids.numpy()) for name, ids in record["vocabularies"].items()}
+        return ModelInputs(vocabularies=vocabularies, labels=list(config.data.labels or []),
+                           embedding=config.embedding, learning_rate=config.train.learning_rate)
+
+    def dataset(self, split: str, shuffle: bool = False) -> RankingDataset:
+        item_features, user_features = self._feature_columns(self.config)
+        labels = self.config.data.labels if split != "train" else ()
+        return RankingDataset(self.folder, split, self.config.data.actions, item_features, user_features,
+                              max_events=self.config.data.max_length, batch_size=self.batch_size(split),
+                              shuffle=shuffle, seed=self.config.train.seed, labels=labels)
+
+    def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
+        _check_split(split)
+        if split == "train":
+            raise ValueError("a ranking task is evaluated on the impressions of valid or test "
+                             "(training series have no candidates)")
+        if not isinstance(self.model, MultiTask):
+            raise TypeError(f"model '{self.config.model['name']}' is not a multi-task ranking model")
+        regression = [bool(flag) for flag in self.model.is_regression]
+        return evaluate_ranking_tasks(self.model, self.loader(split), self.config.data.labels, regression,
+                                      progress=progress)
+
+    def default_monitor(self) -> str:
+        return "mean_auc"
+
+
+TASKS: dict[str, type[Task]] = {cls.kind: cls for cls in (CTRTask, SequentialTask, RankingTask)}
+
+
+def task_class(kind: str) -> type[Task]:
+    if kind not in TASKS:
+        raise ConfigError(f"unknown task '{kind}' (known: {', '.join(sorted(TASKS))})")
+    return TASKS[kind]
+
+
+def build_task(config: ExperimentConfig) -> Task:
+    """Fit the task's inputs on the config's dataset and build its model."""
+    cls = task_class(config.task)
+    resolved, record = cls.fit_inputs(config)
+    return cls.from_record(resolved, record)

@@ -1,0 +1,161 @@
+"""The HSTU stack's cached history and appended candidates (M-FALCON): each candidate scores as if
+appended alone to the history, in one batched call or through the cache; micro-batches and other
+candidates do not change it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from terarec.layers.hstu import HSTUStack
+
+D = 8
+
+
+def _stack(**options) -> HSTUStack:
+    torch.manual_seed(0)
+    settings = {"embedding_dim": D, "num_layers": 2, "num_heads": 2, "attention_dim": 4, "linear_dim": 3,
+                "dropout": 0.0, "max_length": 16, "num_buckets": 32}
+    settings.update(options)
+    stack = HSTUStack(HSTUStack.Options(**settings)).double().eval()
+    with torch.no_grad():  # visible biases, so a wrong position or time gap shows
+        for layer in stack.layers:
+            for weights in (layer.bias.position_weights, layer.bias.time_weights):
+                if weights is not None:
+                    weights.normal_(std=1.0)
+    return stack
+
+
+def _inputs(n: int, m: int, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    history = torch.randn(n, D, generator=generator, dtype=torch.float64)
+    candidates = torch.randn(m, D, generator=generator, dtype=torch.float64)
+    history_times = torch.cumsum(torch.randint(1, 5000, (n,), generator=generator), 0)
+    candidate_times = history_times[-1] + torch.randint(0, 10**6, (m,), generator=generator)
+    return history, candidates, history_times, candidate_times
+
+
+def _appended_one_by_one(stack, history, candidates, history_times, candidate_times, request_times):
+    """The reference: the full stack on history + [candidate], causal, one candidate at a time."""
+    rows = []
+    with torch.no_grad():
+        for i in range(candidates.shape[0]):
+            x = torch.cat([history, candidates[i : i + 1]])
+            times = torch.cat([history_times, candidate_times[i : i + 1]])
+            queries = torch.cat([history_times, request_times[i : i + 1]])
+            rows.append(stack(x, torch.tensor([x.shape[0]]), times, queries)[-1])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("options", [{}, {"softmax": True}, {"num_buckets": 0}, {"position_bias": False}])
+def test_equals_the_full_stack_on_history_plus_candidate(options) -> None:
+    stack = _stack(**options)
+    history, candidates, history_times, candidate_times = _inputs(n=9, m=6)
+    request_times = candidate_times + 77  # a query time distinct from the candidate's own time
+    expected = _appended_one_by_one(stack, history, candidates, history_times, candidate_times, request_times)
+    cache = stack.cache_history(history, history_times)
+    got = stack.score_candidates(cache, candidates, candidate_times, request_times, micro_batch=4)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+
+
+def test_without_timestamps_and_with_an_empty_history() -> None:
+    stack = _stack()
+    history, candidates, _, _ = _inputs(n=5, m=3)
+    with torch.no_grad():
+        expected = torch.stack(
+            [stack(torch.cat([history, c[None]]), torch.tensor([6]))[-1] for c in candidates]
+        )
+        alone = torch.stack([stack(c[None], torch.tensor([1]))[-1] for c in candidates])
+    got = stack.score_candidates(stack.cache_history(history), candidates)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    got = stack.score_candidates(stack.cache_history(history[:0]), candidates)
+    torch.testing.assert_close(got, alone, atol=1e-10, rtol=0)
+
+
+def test_micro_batch_size_does_not_change_results() -> None:
+    stack = _stack()
+    history, candidates, history_times, candidate_times = _inputs(n=7, m=11)
+    cache = stack.cache_history(history, history_times)
+    results = [stack.score_candidates(cache, candidates, candidate_times, micro_batch=b) for b in (1, 3, 11, 64)]
+    for result in results[1:]:
+        torch.testing.assert_close(result, results[0], atol=1e-12, rtol=0)
+
+
+def test_candidates_do_not_see_each_other() -> None:
+    stack = _stack()
+    history, candidates, history_times, candidate_times = _inputs(n=7, m=5)
+    cache = stack.cache_history(history, history_times)
+    before = stack.score_candidates(cache, candidates, candidate_times, micro_batch=5)
+    changed, times = candidates.clone(), candidate_times.clone()
+    changed[2] = torch.randn(D, dtype=torch.float64) * 3
+    times[2] += 12345
+    after = stack.score_candidates(cache, changed, times, micro_batch=5)
+    others = [0, 1, 3, 4]
+    torch.testing.assert_close(after[others], before[others], atol=0, rtol=0)
+    assert not torch.allclose(after[2], before[2])
+
+
+def test_rejects_training_mode_and_too_long_histories() -> None:
+    stack = _stack()
+    history, _, history_times, _ = _inputs(n=16, m=2)
+    with pytest.raises(ValueError, match="max_length"):
+        stack.cache_history(history, history_times)
+    with pytest.raises(ValueError, match="eval mode"):
+        stack.train().cache_history(history[:4], history_times[:4])
+
+
+def _jagged(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat(sequences), torch.tensor([len(s) for s in sequences])
+
+
+@pytest.mark.parametrize("options", [{}, {"softmax": True}])
+def test_candidates_in_one_batched_call_equal_appending_each(options) -> None:
+    """Without a cache: two users, each history followed by its candidates in the same sequence."""
+    stack = _stack(**options)
+    users = [_inputs(n=6, m=3, seed=2), _inputs(n=4, m=5, seed=3)]
+    expected, sequences, times, queries = [], [], [], []
+    for history, candidates, history_times, candidate_times in users:
+        request_times = candidate_times + 5
+        expected.append(_appended_one_by_one(stack, history, candidates, history_times, candidate_times, request_times))
+        sequences.append(torch.cat([history, candidates]))
+        times.append(torch.cat([history_times, candidate_times]))
+        queries.append(torch.cat([history_times, request_times]))
+    x, lengths = _jagged(sequences)
+    with torch.no_grad():
+        out = stack(x, lengths, torch.cat(times), torch.cat(queries), num_candidates=torch.tensor([3, 5]))
+    got = torch.cat([out[6:9], out[13:18]])
+    torch.testing.assert_close(got, torch.cat(expected), atol=1e-10, rtol=0)
+
+
+def test_tokens_appended_to_a_batch_of_caches_equal_the_full_stack() -> None:
+    """Incremental: cache two users' histories, append ordinary (causal) tokens, cache again."""
+    stack = _stack()
+    generator = torch.Generator().manual_seed(4)
+    full_lengths, split = [7, 5], [4, 3]  # history, then the rest appended
+    x = torch.randn(sum(full_lengths), D, generator=generator, dtype=torch.float64)
+    times = torch.cumsum(torch.randint(1, 5000, (x.shape[0],), generator=generator), 0)
+    with torch.no_grad():
+        expected, full_cache = stack(x, torch.tensor(full_lengths), times, return_cache=True)
+    firsts = [0, 1, 2, 3, 7, 8, 9]
+    rests = [4, 5, 6, 10, 11]
+    with torch.no_grad():
+        _, cache = stack(x[firsts], torch.tensor(split), times[firsts], return_cache=True)
+        got, appended_cache = stack(x[rests], torch.tensor([3, 2]), times[rests], cache=cache, return_cache=True)
+    torch.testing.assert_close(got, expected[rests], atol=1e-10, rtol=0)
+    assert appended_cache.lengths.tolist() == full_lengths
+    torch.testing.assert_close(appended_cache.timestamps, full_cache.timestamps)
+    for (keys, values), (full_keys, full_values) in zip(appended_cache.keys_values, full_cache.keys_values):
+        torch.testing.assert_close(keys, full_keys, atol=1e-10, rtol=0)
+        torch.testing.assert_close(values, full_values, atol=1e-10, rtol=0)
+
+
+def test_rejects_inconsistent_timestamps_and_cached_candidates() -> None:
+    stack = _stack()
+    history, candidates, history_times, candidate_times = _inputs(n=5, m=2)
+    cache = stack.cache_history(history, history_times)
+    with pytest.raises(ValueError, match="timestamps"):
+        stack.score_candidates(cache, candidates)  # the history has times, the candidates none
+    with pytest.raises(ValueError, match="timestamps"):
+        stack.score_candidates(stack.cache_history(history), candidates, candidate_times)
+    with pytest.raises(ValueError, match="not cached"):
+        stack(candidates, torch.tensor([2]), num_candidates=torch.tensor([1]), return_cache=True)
