@@ -26,6 +26,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The slow tests, among them the full fuzz suite of tests/fuzz (every data source x every kind of
+# malformed input through `terarec data prepare`; `python bench/fuzz.py` prints its figures).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

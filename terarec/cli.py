@@ -63,7 +63,10 @@ def _key_values(items: list[str]) -> dict:
         if "=" not in item:
             _fail(ValueError(f"--option '{item}' is not key=value"))
         key, value = item.split("=", 1)
-        options[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            options[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            _fail(ValueError(f"--option '{item}': the value is not valid YAML ({error})"))
     return options
 
 
@@ -79,8 +82,8 @@ def data_synth(
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
     ranking_history: int = typer.Option(0, help="Also write each row's N earlier events as hist_* lists, an "
                                               "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
-    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=[item_id,category], history_length=50, weak_semantic=[...], unified=[...]."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=\\[item_id,category], history_length=50, weak_semantic=\\[...], unified=\\[...]."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
@@ -131,12 +134,34 @@ def data_prepare(
     test_fraction: float = typer.Option(0.1, help="Share of rows for test (time / random splits)."),
     seed: int = typer.Option(0, help="Seed of a random split and of frappe's negative sampling."),
     on_bad_line: str = typer.Option("error", help="error: stop at the first malformed record, naming file and line; skip: skip such records and report how many."),
-    option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=[genre]; for any events source also history=[item_id,category] history_length=50, weak_semantic=[{name: fav_x_item, columns: [category, item_id], window_days: 30}], unified=[age_bucket] (docs/data.md)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    option: list[str] = typer.Option([], "--option", "-o", help="A loader option as key=value (YAML value), e.g. -o format=pairs, -o negatives=2, -o sparse=\\[genre]; for any events source also history=\\[item_id,category] history_length=50, weak_semantic=\\[{name: fav_x_item, columns: \\[category, item_id], window_days: 30}], unified=\\[age_bucket] (docs/data.md)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
-    """Read a public or generic dataset in its own format and write the canonical Parquet tables."""
+    """Read a public or generic dataset in its own format and write the canonical Parquet tables.
+
+    Loader options (-o key=value; values are YAML; a mistyped key names the nearest one):
+
+    \b
+    movielens      like_threshold=4 (add label 'like' = rating >= 4), features=true (join the
+                   user / movie columns as sparse features), history_length=N (earlier items,
+                   ratings and genres of each event, the last N)
+    amazon         format=auto|sequence|pairs (auto: decided from the whole file)
+    frappe         negatives=2 (sampled per log), seed=N (default: --seed)
+    frappe-splits  (none)
+    criteo         chunk_rows=500000 (rows per streamed chunk)
+    events         user_column=user_id, item_column=item_id, time_column=timestamp,
+                   sparse=\\[a, b], dense=\\[c], labels=\\[click] (one name is a list of one),
+                   delimiter=','
+    synthetic-ctr  PATH is a YAML of these, or '-': num_rows, num_fields, min_cardinality,
+                   max_cardinality, num_terms, orders, order_weights, term_mean, decay,
+                   interaction_scale, first_order_scale, bias, seed, rows_per_chunk
+    any events     derived columns: history, history_length, weak_semantic, unified
+                   (docs/data.md)
+
+    --overwrite replaces only a folder that is empty or that terarec wrote (it holds the
+    .terarec-dataset marker and nothing but dataset files); anything else is refused."""
     _quiet_libraries()
     from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset

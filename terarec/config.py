@@ -64,6 +64,13 @@ class DataConfig:
     crosses: list[dict[str, Any]] = field(default_factory=list)  # checked in train.experiment, built where used
     user_column: str = "user_id"
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers: expected an integer >= 0, got {self.num_workers}")
+
 
 @dataclass
 class TrainConfig:
@@ -270,6 +277,8 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where or 'config'}: {error}") from error
 
@@ -294,15 +303,42 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first {seen[key]})", key_node.start_mark
+                )
+            seen[key] = f"on line {key_node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
-    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    """A YAML file's top-level mapping; a missing, binary, empty or invalid file, or one that
+    is not a mapping, is a ConfigError naming the file (an empty file would otherwise run every
+    default silently; write ``{}`` to mean that)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{path}: expected a {what} YAML file, got a folder")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a YAML text file (byte {error.start} is not UTF-8; a binary file?)") from error
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        raise ConfigError(f"{path}: the {what} file is empty; write its settings (or {{}} for every default)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -62,8 +62,34 @@ def test_defaults_without_a_file() -> None:
     assert config.model == {"name": "embedding_mlp"}
 
 
-def test_empty_file_gives_defaults(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, "")) == ExperimentConfig()
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_empty_file_is_refused_naming_it(tmp_path: Path, text: str) -> None:
+    # Issue 13 item 10: an empty file used to train a default model without a word.
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"{path}.*empty"):
+        load_config(path)
+
+
+def test_explicit_empty_mapping_and_overrides_only_give_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "{}")) == ExperimentConfig()
+    assert load_config(None, ["train.epochs=1"]).train.epochs == 1
+
+
+def test_binary_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match=f"{path}: not a YAML text file"):
+        load_config(path)
+    path.write_bytes(b"name: x\x00\x01\n")  # UTF-8, but characters YAML does not allow
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override", ["data.batch_size=0", "data.eval_batch_size=-1", "data.max_length=0",
+                                      "data.num_workers=-2"])
+def test_non_positive_sizes_name_the_field(override: str) -> None:
+    with pytest.raises(ConfigError, match=override.split("=")[0] + ": expected an integer"):
+        load_config(None, [override])
 
 
 def test_to_yaml_round_trip(tmp_path: Path) -> None:

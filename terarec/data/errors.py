@@ -58,6 +58,7 @@ class BadLineCounter:
     path: str | Path | None = None
     skipped: int = 0
     first_examples: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.policy not in BAD_LINE_POLICIES:
@@ -75,6 +76,18 @@ class BadLineCounter:
         self.skipped += 1
         if len(self.first_examples) < 3:
             self.first_examples.append(str(DataError(message, path=self.path, line=line, field=field)))
+
+    def warn(self, line: int | None, message: str) -> None:
+        """Print a warning about a record that was kept but looks suspect, naming file and line."""
+        text = str(DataError(message, path=self.path, line=line))
+        self.warnings.append(text)
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+    def reset(self) -> None:
+        """Forget what was counted (a source that starts reading its file again)."""
+        self.skipped = 0
+        self.first_examples.clear()
+        self.warnings.clear()
 
     def report(self, console: Console | None = None) -> None:
         """Print how many records were skipped, with the first few reasons."""

@@ -9,7 +9,9 @@ them so (``sorted_by_user``) is streamed chunk by chunk, any other is sorted in 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -102,6 +104,51 @@ def _time_cutoffs(folder: Path, parts: list[str], split: SplitConfig) -> list[in
     return splits.time_cutoffs(timestamps, split.valid_fraction, split.test_fraction)
 
 
+MARKER_TEXT = (
+    "This folder is a dataset written by terarec (`terarec data prepare` / `terarec data synth`).\n"
+    "`--overwrite` replaces a folder only when it holds this file and nothing but dataset files.\n"
+)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _is_dataset_file(name: str) -> bool:
+    return name in (schema.DATASET_FILE, schema.DATASET_MARKER) or name.endswith(".parquet")
+
+
+def check_replaceable(folder: str | Path) -> None:
+    """Raise FileExistsError unless ``folder`` may be replaced by a new dataset.
+
+    A folder may be replaced when it is empty, or when terarec wrote it (it holds the
+    ``.terarec-dataset`` marker, or, from before the marker, a ``dataset.yaml``) and holds
+    nothing but dataset files (``dataset.yaml``, the marker, ``*.parquet``). Anything else,
+    a file or a folder of the user's, is refused with the reason, so ``--overwrite`` never
+    deletes data terarec did not write.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileExistsError(f"refusing to overwrite {folder}: it is a file, not a dataset folder")
+    entries = sorted(entry.name for entry in folder.iterdir())
+    if not entries:
+        return
+    if schema.DATASET_MARKER not in entries and schema.DATASET_FILE not in entries:
+        raise FileExistsError(
+            f"refusing to overwrite {folder}: it is not a dataset terarec wrote (no {schema.DATASET_MARKER} "
+            f"marker; it holds {entries[:5]}{' ...' if len(entries) > 5 else ''}); choose another --out "
+            "or delete it yourself"
+        )
+    foreign = [name for name in entries if not (_is_dataset_file(name) and (folder / name).is_file())]
+    if foreign:
+        raise FileExistsError(
+            f"refusing to overwrite {folder}: it holds files terarec did not write {foreign[:5]}; "
+            "move them away or choose another --out"
+        )
+
+
 def write_dataset(
     data: SourceData,
     out_dir: str | Path,
@@ -118,7 +165,8 @@ def write_dataset(
         out_dir: the dataset folder to create.
         split: how to assign the split column; defaults to leave-one-out for events and a
             seeded random 80/10/10 split for CTR rows; a source with its own split keeps it.
-        overwrite: replace an existing folder (otherwise that is an error).
+        overwrite: replace an existing folder, only one that is empty or that terarec wrote
+            (see :func:`check_replaceable`); otherwise that is an error.
         progress: show a progress bar.
         derive: columns and series to derive from an events table (``terarec.data.derive``).
 
@@ -150,10 +198,11 @@ def write_dataset(
                         path=data.name)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir(parents=True)
+    if out_dir.exists():
+        check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name of our own: a folder that happens to be called "<out>.tmp" is never touched.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
 
     chunks: Iterable[pa.Table] = _sorted_events(data) if data.kind == "events" else _ctr_chunks(data)
     needs_second_pass = split.method == "time" and not split.cutoffs
@@ -164,6 +213,7 @@ def write_dataset(
     bar = tqdm(desc=f"prepare {data.name}", unit=" rows", unit_scale=True, disable=not progress)
     try:
         for chunk in chunks:
+            schema.check_finite(chunk, [*data.labels, *data.dense], data.name)
             if derive:
                 chunk = derive.add_columns(chunk, data.name)
             if split.method not in ("given",) and not needs_second_pass:
@@ -237,7 +287,10 @@ def write_dataset(
             side_tables=side_tables,
         )
         meta.save(tmp_dir)
+        (tmp_dir / schema.DATASET_MARKER).write_text(MARKER_TEXT)
+        tmp_dir.chmod(0o777 & ~_umask())
         if out_dir.exists():
+            check_replaceable(out_dir)  # again: the folder may have changed while we wrote
             shutil.rmtree(out_dir)
         tmp_dir.rename(out_dir)
     except BaseException:

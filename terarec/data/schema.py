@@ -40,6 +40,8 @@ EVENTS_REQUIRED: dict[str, pa.DataType] = {
     TIMESTAMP: pa.int64(),
 }
 DATASET_FILE = "dataset.yaml"
+# Written into every dataset folder terarec writes: `--overwrite` replaces only such a folder.
+DATASET_MARKER = ".terarec-dataset"
 FORMAT_VERSION = 1
 
 
@@ -150,3 +152,23 @@ def check_events_table(table: pa.Table, path: str | Path | None = None) -> pa.Ta
     for name, column in columns.items():
         table = table.set_column(table.column_names.index(name), name, column)
     return table
+
+
+def check_finite(table: pa.Table, columns: list[str] | tuple[str, ...], path: str | Path | None = None) -> None:
+    """Raise a DataError naming the column and first row of a NaN or infinite value (nulls are allowed).
+
+    Labels and dense features must be finite: training on a NaN fails an epoch later, far from the row.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    for name in columns:
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        if not pa.types.is_floating(column.type):
+            continue
+        bad = pc.fill_null(pc.invert(pc.is_finite(column)), False).to_numpy(zero_copy_only=False)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"expected finite numbers, row {row} has {column[row].as_py()!r}", path=path, field=name)

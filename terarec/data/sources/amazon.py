@@ -7,7 +7,11 @@ Two formats, both whitespace-separated integer ids with no header:
 * **pairs** (SASRec, e.g. ``Video.txt``): one interaction a line, ``uid iid``; each user's
   lines are in time order (a user's lines need not be adjacent).
 
-``format="auto"`` picks *sequence* if any line has more than two tokens, else *pairs*.
+``format="auto"`` looks at the whole file, never at one line: *pairs* when every line has two
+tokens; *sequence* when lines have more and every user id starts one line only; a file that
+is neither (lines of three or more tokens and users on several lines) is an error asking for
+``format=pairs`` or ``format=sequence``, so one stray token never turns a pair file into
+sequences of invented items.
 
 Output: kind ``events`` with ``user_id``, ``item_id`` (int64, the file's ids as they are) and
 ``timestamp`` (int64). These files carry no clock, so **the timestamp is the interaction's
@@ -39,6 +43,23 @@ AMAZON_FORMATS: tuple[str, ...] = ("auto", "sequence", "pairs")
 _LINE = "line"
 
 
+def _detect_format(tokens: pa.ListArray, counts: np.ndarray, blank: np.ndarray, path: Path, line_of) -> str:
+    """pairs or sequence, from every line of the file (see the module docstring)."""
+    if counts.max() <= 2:
+        return "pairs"
+    first_tokens = pc.list_element(pc.fill_null(tokens, pa.scalar([], tokens.type)).filter(pa.array(~blank)), 0)
+    repeated = pc.count_distinct(first_tokens).as_py() != len(first_tokens)
+    if not repeated:
+        return "sequence"
+    long_row = int(np.flatnonzero(counts > 2)[0])
+    raise DataError(
+        f"cannot tell the format: line {int(line_of(long_row))} has {int(counts[long_row])} tokens (a sequence "
+        "'user item1 item2 ...') but user ids repeat across lines (pairs 'user item'); pass -o format=pairs "
+        "or -o format=sequence",
+        path=path,
+    )
+
+
 def load_amazon(
     path: str | Path, *, format: AmazonFormat = "auto", on_bad_line: BadLinePolicy = "error"
 ) -> SourceData:
@@ -63,14 +84,17 @@ def load_amazon(
     counter = BadLineCounter(on_bad_line, path)
     # One string column per line: the unit separator never occurs in these files.
     table, problems = read_delimited(path, counter=counter, columns=[_LINE], types={_LINE: pa.string()}, delimiter="\x1f")
-    lines = table.column(_LINE).combine_chunks()
+    # Trimmed first: Arrow's split makes an empty token of leading or trailing whitespace, and a
+    # line of spaces only is blank.
+    lines = pc.utf8_trim_whitespace(table.column(_LINE).combine_chunks())
+    lines = pc.if_else(pc.equal(lines, ""), pa.scalar(None, pa.string()), lines)
     tokens = pc.utf8_split_whitespace(lines)
     counts = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False)
     blank = counts == 0
     if blank.all():
         raise DataError("empty file (no records)", path=path)
     if format == "auto":
-        format = "sequence" if counts.max() > 2 else "pairs"
+        format = _detect_format(tokens, counts, blank, path, problems.line_map.lines)
     if format == "pairs":
         problems.add_mask(~blank & (counts != 2), lambda row: f"expected 2 tokens 'user item', got {counts[row]}")
     else:

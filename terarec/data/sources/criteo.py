@@ -29,15 +29,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from terarec.data.errors import BadLineCounter, BadLinePolicy
+from terarec.data.errors import BadLineCounter, BadLinePolicy, DataError
 from terarec.data.sources.base import SourceData
 from terarec.data.sources.text import (
     LineMap,
     Problems,
+    TextScan,
     check_not_empty,
     convert_strings,
+    ends_with_newline,
     is_null_mask,
+    no_records,
     require_path,
+    scan_text,
+    warn_unterminated,
 )
 
 LABEL = "label"
@@ -129,6 +134,35 @@ def parse_hex(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _chunks(path: Path, counter: BadLineCounter, chunk_rows: int) -> Iterator[pa.Table]:
+    """The file's chunks; a line longer than a parse block makes it start again with bigger blocks.
+
+    pyarrow.csv cannot parse a line longer than its block. Criteo lines are short, so the
+    file is streamed with a small block, and only when a long line turns up (a malformed
+    one, to be named or skipped) is it measured and read again from the start; the rows
+    already yielded are not yielded twice and the bad-line count starts over.
+    """
+    block_size, yielded = _BLOCK_BYTES, 0
+    while True:
+        counter.reset()
+        already_given = yielded  # rows of the first pass, not to be yielded again
+        try:
+            for table in _chunks_in_blocks(path, counter, chunk_rows, block_size):
+                if already_given >= table.num_rows:
+                    already_given -= table.num_rows
+                    continue
+                table, already_given = table.slice(already_given), 0
+                yielded += table.num_rows
+                yield table
+            if not yielded:
+                raise no_records("impressions", counter)
+            return
+        except pa.ArrowInvalid as error:
+            if "straddling" not in str(error) or block_size > _BLOCK_BYTES:
+                raise DataError(f"cannot parse the file: {error}", path=path) from error
+            block_size = max(block_size, scan_text(path).block_size)
+
+
+def _chunks_in_blocks(path: Path, counter: BadLineCounter, chunk_rows: int, block_size: int) -> Iterator[pa.Table]:
     invalid: list[tuple[int | None, int, str]] = []
 
     def remember(row) -> str:
@@ -138,7 +172,11 @@ def _chunks(path: Path, counter: BadLineCounter, chunk_rows: int) -> Iterator[pa
     reader = pacsv.open_csv(
         str(path),
         # Single-threaded parsing so that pyarrow reports the line number of a wrong-length line.
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK_BYTES, column_names=list(COLUMNS)),
+        # Latin-1 maps every byte to a character: a line of binary garbage is then a malformed
+        # line like any other (named, skippable), where strict UTF-8 would stop the read.
+        read_options=pacsv.ReadOptions(
+            use_threads=False, block_size=block_size, column_names=list(COLUMNS), encoding="latin-1"
+        ),
         parse_options=pacsv.ParseOptions(
             delimiter="\t", quote_char=False, escape_char=False, ignore_empty_lines=False, invalid_row_handler=remember
         ),
@@ -186,6 +224,9 @@ def _chunks(path: Path, counter: BadLineCounter, chunk_rows: int) -> Iterator[pa
     for entry in invalid[state["reported"] :]:
         _report_invalid(problems, *entry)
     problems.apply(pa.table({}))
+    if ends_with_newline(path) is False:
+        lines = state["rows_read"] + raw_rows + len(invalid)
+        warn_unterminated(TextScan(lines, False, 0), counter)
     if pending_rows:
         yield pa.concat_tables(pending).combine_chunks()
 

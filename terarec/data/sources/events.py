@@ -23,15 +23,16 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from terarec.data.errors import BadLineCounter, BadLinePolicy, DataError
-from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table
+from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table, check_finite
 from terarec.data.sources.base import SourceData
+from terarec.data.sources.parquet import parquet_schema, read_parquet
 from terarec.data.sources.text import (
     PARQUET_SUFFIXES,
     convert_strings,
     flag_bad_timestamps,
+    flag_non_finite,
     is_null_mask,
     no_records,
     read_delimited,
@@ -132,6 +133,15 @@ def _ids(column: pa.ChunkedArray, slot: str, path: Path) -> pa.Array | pa.Chunke
     return column
 
 
+def _text_ids(column: pa.ChunkedArray, problems, name: str) -> pa.Array:
+    """A CSV id column: int64 when every value is a whole number written as one, else text (hashed)."""
+    column = column.combine_chunks()
+    written_as_integer = pc.match_substring_regex(column, r"^\s*[+-]?[0-9]+\s*$")
+    if pc.all(pc.fill_null(written_as_integer, True)).as_py():
+        return convert_strings(column, pa.int64(), problems, name, "an integer id from -2**63 to 2**63 - 1 (int64)")
+    return column
+
+
 def _to_seconds(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Date-time columns to whole seconds since the epoch (sub-second parts dropped); others unchanged."""
     if pa.types.is_timestamp(column.type):
@@ -151,18 +161,12 @@ def _read_events_parquet(
     dense: Sequence[str],
     labels: Sequence[str],
 ) -> pa.Table:
-    try:
-        schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"not a readable Parquet file: {error}", path=path) from error
-    missing = [name for name in roles if name not in schema.names]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; the file has {schema.names}", path=path, field=missing[0])
+    schema = parquet_schema(path, roles)
     for name in [*dense, *labels]:
         kind = schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
             raise DataError(f"expected a numeric column, got {kind}", path=path, field=name)
-    table = pq.read_table(path, columns=roles)
+    table = read_parquet(path, roles)
     if table.num_rows == 0:
         raise DataError("empty file (no rows)", path=path)
     for name in [user_column, item_column, time_column, *labels]:
@@ -170,6 +174,7 @@ def _read_events_parquet(
         if column.null_count:
             row = int(np.flatnonzero(is_null_mask(column))[0])
             raise DataError(f"null value in row {row}", path=path, field=name)
+    check_finite(table, [*dense, *labels], path)
     index = table.column_names.index(time_column)
     return table.set_column(index, time_column, _to_seconds(table.column(time_column)))
 
@@ -185,7 +190,9 @@ def _read_events_text(
     dense: Sequence[str],
     labels: Sequence[str],
 ) -> pa.Table:
-    types: dict[str, pa.DataType | None] = {user_column: None, item_column: None, time_column: None}
+    # Ids are read as text: a column of integers becomes int64 (one beyond int64 is a bad line,
+    # named), any other column is hashed; pyarrow's own guess would make 2**63 a float.
+    types: dict[str, pa.DataType | None] = {user_column: pa.string(), item_column: pa.string(), time_column: None}
     types.update({name: None for name in sparse})
     types.update({name: pa.float32() for name in dense})
     types.update({name: pa.float32() for name in labels})
@@ -198,7 +205,9 @@ def _read_events_text(
         quoting=True,
         required=[user_column, item_column, time_column, *labels],
     )
-    for name in [user_column, item_column, time_column, *sparse]:
+    for name in [user_column, item_column]:
+        table = table.set_column(table.column_names.index(name), name, _text_ids(table.column(name), problems, name))
+    for name in [time_column, *sparse]:
         if pa.types.is_null(table.column(name).type):  # no value at all (inferred type null)
             table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.int64()))
     time = _to_seconds(table.column(time_column))
@@ -208,6 +217,7 @@ def _read_events_text(
         raise DataError(f"expected numeric timestamps, got {time.type}", path=path, field=time_column)
     table = table.set_column(table.column_names.index(time_column), time_column, time)
     flag_bad_timestamps(table, time_column, problems)
+    flag_non_finite(table, [*dense, *labels], problems)
     table = problems.apply(table)
     if pa.types.is_floating(table.column(time_column).type):
         table = table.set_column(

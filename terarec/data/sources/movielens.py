@@ -43,14 +43,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from terarec.data.errors import BadLineCounter, BadLinePolicy, DataError
-from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table
+from terarec.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_events_table, check_finite
 from terarec.data.sources.base import SourceData
+from terarec.data.sources.parquet import parquet_schema, read_parquet
 from terarec.data.sources.text import (
+    INT64_LIMIT,
     check_not_empty,
     flag_bad_timestamps,
+    flag_non_finite,
     no_records,
     read_delimited,
     read_header,
@@ -196,6 +198,7 @@ def load_movielens(
 
 def _finish_ratings(table: pa.Table, problems, path: Path) -> pa.Table:
     flag_bad_timestamps(table, TIMESTAMP, problems)
+    flag_non_finite(table, [RATING], problems)
     return problems.apply(table).select([USER_ID, ITEM_ID, TIMESTAMP, RATING])
 
 
@@ -237,16 +240,8 @@ def _csv_ratings(path: Path, counter: BadLineCounter) -> pa.Table:
 def _parquet_ratings(path: Path) -> pa.Table:
     """data.parquet: user_id, movie_id (or item_id), rating, timestamp."""
     check_not_empty(path)
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"not a readable Parquet file: {error}", path=path) from error
-    item = "movie_id" if "movie_id" in schema.names else ITEM_ID
-    wanted = [USER_ID, item, RATING, TIMESTAMP]
-    missing = [name for name in wanted if name not in schema.names]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; the file has {schema.names}", path=path, field=missing[0])
-    table = pq.read_table(path, columns=wanted)
+    item = "movie_id" if "movie_id" in parquet_schema(path).names else ITEM_ID
+    table = read_parquet(path, [USER_ID, item, RATING, TIMESTAMP])
     if table.num_rows == 0:
         raise DataError("empty file (no rows)", path=path)
     rating = table.column(RATING)
@@ -255,6 +250,7 @@ def _parquet_ratings(path: Path) -> pa.Table:
     if rating.null_count:
         row = int(np.flatnonzero(pc.is_null(rating).to_numpy(zero_copy_only=False))[0])
         raise DataError(f"null rating in row {row}", path=path, field=RATING)
+    check_finite(table, [RATING], path)
     return pa.table(
         {
             USER_ID: table.column(USER_ID),
@@ -317,7 +313,7 @@ def _unique_ids(ids: list[int], lines: list[int], counter: BadLineCounter, what:
 def _parse_lines(path: Path, counter: BadLineCounter, split, fields: int, separator: str, parse) -> list[tuple]:
     """Split each non-blank line, check the field count, and parse it; bad lines go to the counter."""
     records = []
-    for number, line in enumerate(text_lines(path), start=1):
+    for number, line in enumerate(text_lines(path, counter), start=1):
         if not line.strip():
             continue
         parts = split(line)
@@ -335,9 +331,12 @@ def _parse_lines(path: Path, counter: BadLineCounter, split, fields: int, separa
 
 def _id_field(text: str, field: str) -> int:
     try:
-        return int(text.strip())
+        value = int(text.strip())
     except ValueError:
         raise ValueError(f"{field} must be an integer, got {text!r}") from None
+    if not -INT64_LIMIT <= value < INT64_LIMIT:
+        raise ValueError(f"{field} must be an integer from -2**63 to 2**63 - 1 (int64), got {text.strip()}")
+    return value
 
 
 def _users_table(
@@ -436,12 +435,17 @@ def _movies_csv(path: Path, counter: BadLineCounter) -> pa.Table:
     if missing:
         raise DataError(f"missing column(s) {missing}; the header has {header}", path=path, field=missing[0])
     position = [header.index(name) for name in expected]
-    lines = text_lines(path)
-    reader = pycsv.reader(lines[1:])
+    lines = text_lines(path, counter)
     records = []
-    for fields in reader:
-        number = reader.line_num + 1
-        if not fields or not "".join(fields).strip():
+    # Line by line: a quoted title may hold commas but not a line end, so an unclosed quote
+    # costs its own line only.
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            fields = next(pycsv.reader([line], strict=True))
+        except pycsv.Error as error:
+            counter.record(number, f"cannot split the line as CSV: {error}")
             continue
         if len(fields) != len(header):
             counter.record(number, f"expected {len(header)} fields separated by commas, got {len(fields)}")
@@ -456,7 +460,7 @@ def _movies_csv(path: Path, counter: BadLineCounter) -> pa.Table:
 
 
 def _parquet_users(path: Path) -> pa.Table:
-    table = pq.read_table(path)
+    table = read_parquet(path)
     if USER_ID not in table.column_names:
         raise DataError(f"missing column '{USER_ID}'; the file has {table.column_names}", path=path, field=USER_ID)
     _check_unique(table.column(USER_ID), path, USER_ID)
@@ -465,7 +469,7 @@ def _parquet_users(path: Path) -> pa.Table:
 
 def _parquet_items(path: Path) -> pa.Table:
     """items.parquet: movie_id, movie_title, ..., one 0/1 column per genre."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     item = "movie_id" if "movie_id" in table.column_names else ITEM_ID
     title = "movie_title" if "movie_title" in table.column_names else "title"
     missing = [name for name in (item, title) if name not in table.column_names]

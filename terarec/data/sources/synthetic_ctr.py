@@ -56,6 +56,17 @@ from terarec.data.sources.base import SourceData
 
 LABEL = "click"
 TRUE_CTR = "true_ctr"
+# Upper bounds that keep a mistyped number from asking for more memory or time than any run has.
+_LIMITS = {"num_rows": 2**53, "num_fields": 4096, "min_cardinality": 2**24, "max_cardinality": 2**24,
+           "num_terms": 2**20, "rows_per_chunk": 2**26}
+_LIMIT_REASONS = {
+    "num_rows": "rows are counted in float64 downstream",
+    "num_fields": "one column per field",
+    "min_cardinality": "the teacher holds a table per field in memory",
+    "max_cardinality": "the teacher holds a table per field in memory",
+    "num_terms": "the teacher holds every term in memory",
+    "rows_per_chunk": "a chunk is generated in memory, about 100 bytes a row",
+}
 _TEACHER, _ROWS = 0, 1
 
 
@@ -98,10 +109,13 @@ class SyntheticCTRConfig:
 
     def validate(self) -> SyntheticCTRConfig:
         """Raise ValueError naming the first bad field; return self."""
-        for name in ("num_rows", "num_fields", "min_cardinality", "num_terms", "rows_per_chunk"):
+        for name, most in _LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SyntheticCTRConfig.{name} must be a positive integer, got {value!r}")
+            if value > most:
+                raise ValueError(f"SyntheticCTRConfig.{name} must be at most {most:,} ({_LIMIT_REASONS[name]}), "
+                                 f"got {value:,}")
         if self.min_cardinality < 2 or self.max_cardinality < self.min_cardinality:
             raise ValueError(f"SyntheticCTRConfig: need 2 <= min_cardinality <= max_cardinality, got "
                              f"{self.min_cardinality} and {self.max_cardinality}")
@@ -199,11 +213,17 @@ def synthetic_ctr_config(path: str | Path | None = None, **options: Any) -> Synt
     ``path`` may be None, ``""`` or ``"-"`` for the defaults. An unknown field is an error
     naming it and the nearest valid one.
     """
-    from terarec.config import from_dict, read_yaml_mapping
+    from terarec.config import ConfigError, from_dict, read_yaml_mapping
 
-    data = {} if path in (None, "", "-") else read_yaml_mapping(path, "synthetic-ctr config")
+    from_file = path not in (None, "", "-")
+    data = read_yaml_mapping(path, "synthetic-ctr config") if from_file else {}
     data.update(options)
-    return from_dict(SyntheticCTRConfig, data, "synthetic-ctr").validate()
+    try:
+        return from_dict(SyntheticCTRConfig, data, "synthetic-ctr").validate()
+    except ValueError as error:
+        if from_file:  # name the file the values came from
+            raise ConfigError(f"{path}: {error}") from error
+        raise
 
 
 def load_synthetic_ctr(path: str | Path | None = "-", on_bad_line: str = "error", **options: Any) -> SourceData:

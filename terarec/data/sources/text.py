@@ -7,7 +7,9 @@ names file and line and ``--on-bad-line skip`` can drop exactly that record.
 
 from __future__ import annotations
 
+import contextlib
 import csv as pycsv
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Mapping, Sequence
@@ -22,8 +24,157 @@ from terarec.data.errors import BadLineCounter, DataError
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _DELIMITER_NAMES = {"\t": "tabs", ",": "commas", " ": "spaces", "|": "'|'", ";": "';'"}
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+_MIN_BLOCK_BYTES = 1 << 20  # pyarrow.csv's own default
+_SCAN_BYTES = 1 << 24
+INT64_LIMIT = 2**63
 
 
+@dataclass
+class TextScan:
+    """What one pass over a text file's bytes tells: its lines and how long the longest is.
+
+    Args:
+        lines: the number of lines (a last line without a line end counts).
+        ends_with_newline: the last byte is a line end (or the file is empty).
+        longest: bytes in the longest line, without its line end.
+    """
+
+    lines: int
+    ends_with_newline: bool
+    longest: int
+
+    @property
+    def block_size(self) -> int:
+        """A pyarrow.csv block size that holds the longest line (one line may not straddle two blocks)."""
+        return max(_MIN_BLOCK_BYTES, 2 * self.longest + 64)
+
+
+def scan_text(path: Path, data: bytes | None = None) -> TextScan:
+    """Count the lines of a text file (decompressed by extension) and measure the longest, in one pass."""
+    newlines = longest = run = total = 0
+    last = b""
+
+    def blocks():
+        if data is not None:
+            yield data
+            return
+        with pa.input_stream(str(path), compression="detect") as stream:
+            while block := stream.read(_SCAN_BYTES):
+                yield block
+
+    for block in blocks():
+        array = np.frombuffer(block, dtype=np.uint8)
+        ends = np.flatnonzero(array == 10)
+        if ends.size:
+            gaps = np.diff(ends) - 1
+            longest = max(longest, run + int(ends[0]), int(gaps.max(initial=0)))
+            run = array.size - int(ends[-1]) - 1
+        else:
+            run += array.size
+        newlines += int(ends.size)
+        total += len(block)
+        last = block[-1:]
+    longest = max(longest, run)
+    ends_with_newline = total == 0 or last == b"\n"
+    return TextScan(newlines + (0 if ends_with_newline else 1), ends_with_newline, longest)
+
+
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".br", ".snappy")
+
+
+def ends_with_newline(path: Path) -> bool | None:
+    """Whether an uncompressed file's last byte is a line end (None for a compressed file: not
+    known without reading it all)."""
+    if path.suffix.lower() in _COMPRESSED_SUFFIXES:
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        return True
+    with open(path, "rb") as file:
+        file.seek(size - 1)
+        return file.read(1) == b"\n"
+
+
+def warn_unterminated(scan: TextScan, counter: BadLineCounter) -> None:
+    """Warn, naming the last line, when a file does not end with a line end (it may have been cut short)."""
+    if not scan.ends_with_newline:
+        counter.warn(
+            scan.lines,
+            "the file does not end with a line end: this last line may have been cut short "
+            "(a copy or download that stopped part way); check it",
+        )
+
+
+@contextlib.contextmanager
+def quiet_decode_errors():
+    """Keep pyarrow.csv's "Exception ignored" reports off the terminal.
+
+    pyarrow decodes an invalid row's text as UTF-8 before calling the invalid-row handler;
+    for bytes that are not UTF-8 that decode fails inside pyarrow, is printed as
+    "Exception ignored ..." and the read then fails with an ArrowInvalid, which the callers
+    turn into a DataError naming the file and line. The report itself is noise.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def unreadable_lines(raw: bytes, quoting: bool) -> list[tuple[int, str]]:
+    """(1-based line, reason) of the lines pyarrow.csv cannot be trusted with: bytes that are
+    not UTF-8, a carriage return inside a line (a line end to pyarrow, not to us) and, in a
+    quoted format, an odd number of quotes (an unclosed quote would swallow the lines after it).
+    """
+    array = np.frombuffer(raw, dtype=np.uint8)
+    line_ends = np.flatnonzero(array == 10)
+    num_lines = int(line_ends.size) + 1
+    reasons: dict[int, str] = {}
+
+    def line_of(positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(line_ends, positions)  # 0-based
+
+    following = np.append(array[1:], 10)  # a \r that ends the file is harmless: as if a \n followed
+    for line in np.unique(line_of(np.flatnonzero((array == 13) & (following != 10)))).tolist():
+        reasons[line] = "a carriage return inside the line (line ends are \\n or \\r\\n)"
+    if quoting:
+        quotes = np.bincount(line_of(np.flatnonzero(array == 34)), minlength=num_lines)
+        for line in np.flatnonzero(quotes % 2).tolist():
+            reasons.setdefault(line, "an unclosed quote (a quoted value may not span lines)")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # Line by line from the first bad byte on: linear however many lines are bad.
+        lines = raw.split(b"\n")
+        for line in range(int(line_of(np.array([error.start]))[0]), len(lines)):
+            try:
+                lines[line].decode("utf-8")
+            except UnicodeDecodeError as bad:
+                reasons.setdefault(line, f"not UTF-8 text (byte {lines[line][bad.start]:#04x} at column "
+                                         f"{bad.start + 1}; a binary file?)")
+    return [(line + 1, reason) for line, reason in sorted(reasons.items())]
+
+
+def blank_lines(raw: bytes, lines: list[int]) -> bytes:
+    """``raw`` with the given 1-based lines emptied (line numbers of the others unchanged)."""
+    if not lines:
+        return raw
+    parts = raw.split(b"\n")
+    for line in lines:
+        parts[line - 1] = b""
+    return b"\n".join(parts)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed by extension."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        return stream.read()
 
 
 def require_path(path: str | Path, what: str) -> Path:
@@ -56,11 +207,16 @@ def read_text(path: Path) -> str:
     return text.removeprefix("\ufeff")
 
 
-def text_lines(path: Path) -> list[str]:
-    """The file's lines, without line ends (only '\\n' and '\\r\\n' end a line; a Latin-1 \\x85 does not)."""
+def text_lines(path: Path, counter: BadLineCounter | None = None) -> list[str]:
+    """The file's lines, without line ends (only '\\n' and '\\r\\n' end a line; a Latin-1 \\x85 does not).
+
+    With a ``counter``, a file whose last line has no line end is warned about through it.
+    """
     lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
+    elif counter is not None:
+        warn_unterminated(TextScan(len(lines), False, 0), counter)
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
@@ -76,10 +232,14 @@ def read_header(path: Path, delimiter: str, quoting: bool) -> list[str]:
     if not head.strip():
         raise DataError("empty file", path=path)
     line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
-    if quoting:
-        names = next(pycsv.reader([line], delimiter=delimiter))
-    else:
-        names = line.split(delimiter)
+    return _split_header(line, delimiter, quoting, path)
+
+
+def _split_header(line: str, delimiter: str, quoting: bool, path: Path) -> list[str]:
+    try:
+        names = next(pycsv.reader([line], delimiter=delimiter, strict=True)) if quoting else line.split(delimiter)
+    except pycsv.Error as error:
+        raise DataError(f"cannot read the header line: {error}", path=path, line=1) from error
     return [name.strip() for name in names]
 
 
@@ -229,7 +389,7 @@ def is_null_mask(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def expected_text(to: pa.DataType) -> str:
     if pa.types.is_integer(to):
-        return "an integer"
+        return "an integer (int64: from -2**63 to 2**63 - 1)" if to == pa.int64() else "an integer"
     if pa.types.is_floating(to):
         return "a number"
     return f"a value of type {to}"
@@ -276,8 +436,9 @@ def read_delimited(
         check_not_empty(path)
     elif not data.strip():
         raise DataError("empty file", path=path)
+    scan = scan_text(path, data)
     if header:
-        names = read_header(path, delimiter, quoting) if data is None else _header_of_bytes(data, delimiter, quoting)
+        names = read_header(path, delimiter, quoting) if data is None else _header_of_bytes(data, delimiter, quoting, path)
         missing = [name for name in types if name not in names]
         if missing:
             raise DataError(
@@ -294,7 +455,8 @@ def read_delimited(
     def options(use_threads: bool, handler, column_types: Mapping[str, pa.DataType]):
         return dict(
             read_options=pacsv.ReadOptions(
-                use_threads=use_threads, column_names=names, skip_rows=1 if header else 0
+                use_threads=use_threads, column_names=names, skip_rows=1 if header else 0,
+                block_size=scan.block_size,
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter,
@@ -322,8 +484,12 @@ def read_delimited(
 
     table: pa.Table | None = None
     try:
-        table = pacsv.read_csv(source(), **options(True, count_invalid, typed))
+        with quiet_decode_errors():
+            table = pacsv.read_csv(source(), **options(True, count_invalid, typed))
     except pa.ArrowInvalid:
+        table = None
+    # Every line is a row or an invalid row; fewer rows means a quote swallowed lines, more a stray \r.
+    if table is not None and table.num_rows + len(invalid_seen) != scan.lines - (first_line - 1):
         table = None
     if table is not None and not invalid_seen:
         problems = Problems(counter, LineMap(first_line))
@@ -337,12 +503,19 @@ def read_delimited(
             return "skip"
 
         as_strings = {name: pa.string() for name in typed}
+        raw = data if data is not None else read_bytes(path)
+        unreadable = unreadable_lines(raw, quoting)
+        if header and unreadable and unreadable[0][0] == 1:
+            raise DataError(f"the header line is unreadable: {unreadable[0][1]}", path=path, line=1)
+        raw = blank_lines(raw, [line for line, _ in unreadable])
         try:
-            table = pacsv.read_csv(source(), **options(False, remember, as_strings))
+            table = pacsv.read_csv(pa.BufferReader(raw), **options(False, remember, as_strings))
         except pa.ArrowInvalid as error:
             raise DataError(f"cannot parse the file: {error}", path=path) from error
         line_map = LineMap(first_line, [number for number, *_ in invalid if number is not None])
         problems = Problems(counter, line_map)
+        for line, reason in unreadable:
+            problems.add_line(line, reason)
         for number, expected, actual, text in invalid:
             if not text.strip():
                 continue  # a line of spaces only: as blank as an empty line
@@ -363,13 +536,13 @@ def read_delimited(
         empty = is_null_mask(table.column(name)) & ~blank
         if empty.any():
             problems.add_mask(empty, "empty value", name)
+    warn_unterminated(scan, counter)
     return table, problems
 
 
-def _header_of_bytes(data: bytes, delimiter: str, quoting: bool) -> list[str]:
+def _header_of_bytes(data: bytes, delimiter: str, quoting: bool, path: Path) -> list[str]:
     line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
-    names = next(pycsv.reader([line], delimiter=delimiter)) if quoting else line.split(delimiter)
-    return [name.strip() for name in names]
+    return _split_header(line, delimiter, quoting, path)
 
 
 def _finish_columns(
@@ -417,5 +590,22 @@ def flag_bad_timestamps(table: pa.Table, column: str, problems: Problems) -> Non
         lambda row: f"timestamps must be non-negative, got {values[row].item()!r}",
         column,
     )
+    if values.dtype.kind in "uf":
+        problems.add_mask(
+            np.isfinite(values) & (values >= INT64_LIMIT),
+            lambda row: f"timestamps must be below 2**63, got {values[row].item()!r}",
+            column,
+        )
+
+
+def flag_non_finite(table: pa.Table, columns: Sequence[str], problems: Problems) -> None:
+    """Flag NaN and infinite values of float columns (labels, dense features): training would
+    fail on them an epoch later, far from the line that held them."""
+    for name in columns:
+        values = numpy_of(table.column(name))
+        if values.dtype.kind == "f":
+            problems.add_mask(
+                ~np.isfinite(values), lambda row, v=values: f"expected a finite number, got {v[row].item()!r}", name
+            )
 
 
