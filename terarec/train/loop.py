@@ -425,7 +425,9 @@ def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any]
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
         write_status(run_dir, "failed", reason)
-        log.error("run failed: %s\n%s", reason, traceback.format_exc())
+        log.error("run failed: %s", reason)
+        with (run_dir / "train.log").open("a") as handle:  # the traceback is for the log file, not the console
+            handle.write(traceback.format_exc())
         raise
     finally:
         logs.close()
