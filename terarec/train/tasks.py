@@ -27,8 +27,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,8 +196,9 @@ class SequentialTask(Task):
         folder = Path(config.data.path)
         meta = DatasetMeta.load(folder)
         sequence_spec(config).check(meta)
-        raw = [pc.unique(pq.read_table(folder / part, columns=[schema.ITEM_ID]).column(0)) for part in meta.parts]
-        raw_ids = np.unique(np.concatenate([np.asarray(ids.to_numpy(), dtype=np.int64) for ids in raw]))
+        # The catalogue is every item of the dataset; its raw ids are kept so answers name real items.
+        raw_ids = vocabulary_ids(folder, [schema.ITEM_ID], split=None, meta=meta, ids_of=lambda table: {
+            schema.ITEM_ID: table.column(schema.ITEM_ID).to_numpy().astype(np.int64)})[schema.ITEM_ID]
         hashed = hash_array(pa.array(raw_ids), schema.ITEM_ID)
         order = np.argsort(hashed, kind="stable")  # the catalogue's row r + 1 holds hashed[order[r]]
         return config, {"item_id": torch.from_numpy(hashed[order]), "item_raw_ids": torch.from_numpy(raw_ids[order])}
