@@ -269,7 +269,8 @@ def predict_command(
                                        "(sequential: user_id, items, scores)."),
     batch_size: int = typer.Option(4096, help="Rows (users) per batch."),
     k: int = typer.Option(10, help="Sequential runs: items recommended per user."),
-    progress: bool = typer.Option(True, help="Show a progress bar (only on a terminal)."),
+    threads: Threads = 0,
+    progress: Progress = None,
 ) -> None:
     """Score a Parquet file with a run's best model, in batches, with no training data at hand."""
     _quiet_libraries()
@@ -277,9 +278,8 @@ def predict_command(
     from terarec.serve.predictor import Predictor
 
     try:
-        predictor = Predictor.from_run(run_dir)
-        rows = predictor.predict_file(input, out, batch_size=batch_size, k=k,
-                                      progress=progress and sys.stderr.isatty())
+        predictor = Predictor.from_run(run_dir, threads=threads)
+        rows = predictor.predict_file(input, out, batch_size=batch_size, k=k, progress=show_progress(progress))
     except (ValueError, FileNotFoundError, DataError) as error:
         _fail(error)
     console.print(f"wrote {rows:,} rows to {out}")

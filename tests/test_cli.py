@@ -26,7 +26,7 @@ def test_every_subcommand_has_help(words: list[str]) -> None:
     assert "Usage" in result.output
 
 
-COMPUTING = [["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"], ["sweep"]]
+COMPUTING = [["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["predict"], ["demo"], ["sweep"]]
 
 
 @pytest.mark.parametrize("words", COMPUTING, ids=" ".join)
