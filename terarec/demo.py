@@ -26,6 +26,9 @@ MARKER = ".terarec-demo"
 HISTORY = 20  # events of history per row / per training window
 
 # (run name, task, model options, extra overrides): a baseline and a learned model per task kind.
+# The demo's click sequences are short (about 8 per user), so an HSTU retrieval epoch takes about
+# a second: it gets ten times the epochs of the other models.
+RETRIEVAL_EPOCHS = 10
 DEMO_RUNS: list[tuple[str, str, str, list[str]]] = [
     ("ctr-popularity", "ctr", "{name: popularity}", []),
     ("ctr-wukong", "ctr", "{name: wukong, embedding_dim: 16, num_layers: 2, fmb_mlp: [64], top_mlp: [64]}",
@@ -91,8 +94,9 @@ def run_demo(out: str | Path, events: int = 150_000, epochs: int = 2, threads: i
     results: dict[str, dict] = {}
     for index, (name, task, model, extra) in enumerate(DEMO_RUNS, start=2):
         console.rule(f"[bold]{index}. {name}")
+        run_epochs = epochs * (RETRIEVAL_EPOCHS if task == "sequential" else 1)
         config = load_config(None, [f"name={name}", f"task={task}", f"model={model}", f"data.path={data_dir}",
-                                    f"run_dir={out / 'runs'}", f"train.epochs={epochs}", f"train.threads={threads}",
+                                    f"run_dir={out / 'runs'}", f"train.epochs={run_epochs}", f"train.threads={threads}",
                                     "train.patience=0", "eval.ks=[10,50,200]", *extra])
         result = train(config, progress=progress)
         results[name] = {"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, "test": result.test}
