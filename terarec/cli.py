@@ -269,6 +269,7 @@ def predict_command(
                                        "(sequential: user_id, items, scores)."),
     batch_size: int = typer.Option(4096, help="Rows (users) per batch."),
     k: int = typer.Option(10, help="Sequential runs: items recommended per user."),
+    tables: str = typer.Option("fp32", help="fp32, or int8: row-wise int8 copies of the pooled tables (CTR models; a quarter of the memory)."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
@@ -278,7 +279,7 @@ def predict_command(
     from terarec.serve.predictor import Predictor
 
     try:
-        predictor = Predictor.from_run(run_dir, threads=threads)
+        predictor = Predictor.from_run(run_dir, threads=threads, tables=tables)
         rows = predictor.predict_file(input, out, batch_size=batch_size, k=k, progress=show_progress(progress))
     except (ValueError, FileNotFoundError, DataError) as error:
         _fail(error)

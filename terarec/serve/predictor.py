@@ -33,6 +33,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from terarec.data import schema
 from terarec.data.batches import SequenceBatch, ctr_batch_from_table
 from terarec.data.ranking import RankingColumns
+from terarec.embedding.collection import PooledEmbeddings
+from terarec.embedding.engine import FusedPooledEmbeddings, quantize_for_inference
 from terarec.features.hashing import hash_array
 from terarec.models.protocols import MultiTask, ScoresCatalogue
 from terarec.train.loop import load_task
@@ -47,16 +49,21 @@ class Predictor:
         task: a task whose model holds trained weights (``load_task``).
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, tables: str = "fp32") -> None:
         self.task = task
         self.model = task.model.eval()
         self.config = task.config
+        if tables not in ("fp32", "int8"):
+            raise ValueError(f"tables: expected 'fp32' or 'int8', got {tables!r}")
+        self.quantized_tables = quantize_pooled_tables(self.model) if tables == "int8" else 0
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, threads: int = 0) -> "Predictor":
-        """The run's best checkpoint; ``threads`` intra-op threads (0 = this process's CPU quota)."""
+    def from_run(cls, run_dir: str | Path, threads: int = 0, tables: str = "fp32") -> "Predictor":
+        """The run's best checkpoint; ``threads`` intra-op threads (0 = this process's CPU quota);
+        ``tables="int8"`` answers from row-wise int8 copies of the pooled tables (a quarter of the
+        memory; see BENCHMARKS.md for its speed and the score error it costs)."""
         set_threads(threads)
-        return cls(load_task(run_dir))
+        return cls(load_task(run_dir), tables=tables)
 
     @property
     def kind(self) -> str:
@@ -228,4 +235,16 @@ class Predictor:
         return table.num_rows
 
 
-__all__ = ["Predictor"]
+def quantize_pooled_tables(model: torch.nn.Module) -> int:
+    """Replace every pooled table module of ``model`` (CTR models' ``sparse_arch``) by its row-wise
+    int8 copy, for inference; returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (FusedPooledEmbeddings, PooledEmbeddings)):
+                setattr(parent, name, quantize_for_inference(child))
+                replaced += 1
+    return replaced
+
+
+__all__ = ["Predictor", "quantize_pooled_tables"]

@@ -163,3 +163,16 @@ def test_eval_from_another_directory_with_the_data_moved(ctr_copy: Path, tmp_pat
     result = CliRunner().invoke(app, ["eval", str(run.run_dir), "--data", str(moved)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["auc"] == pytest.approx(run.test["auc"], abs=1e-9)
+
+
+def test_int8_tables_score_close_to_fp32(ctr_copy: Path, tmp_path: Path) -> None:
+    run = train(_ctr_config(ctr_copy, tmp_path, "train.epochs=1", "model={name: dlrm, embedding_dim: 8}"),
+                progress=False, run_dir=tmp_path / "run")
+    rows = _split_rows(ctr_copy, 2)
+    exact = Predictor.from_run(run.run_dir, threads=1).score(rows)["click"]
+    int8 = Predictor.from_run(run.run_dir, threads=1, tables="int8")
+    assert int8.quantized_tables == 1
+    scores = int8.score(rows)["click"]
+    assert 0 < float(np.abs(scores - exact).max()) < 0.02  # quantised, and close
+    with pytest.raises(ValueError, match="int8"):
+        Predictor.from_run(run.run_dir, tables="int4")
