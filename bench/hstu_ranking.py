@@ -98,7 +98,7 @@ def train_din(folder: Path, runs: Path, data: dict, epochs: int, seed: int) -> d
 
 @torch.no_grad()
 def evaluate_hstu(model, dataset) -> dict:
-    from terarec.eval.metrics import BinaryAccumulator
+    from terarec.eval.binary import BinaryAccumulator
 
     model.eval()
     accumulators = {task: BinaryAccumulator() for task in model.task_names}

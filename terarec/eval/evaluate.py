@@ -9,7 +9,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from terarec.data.batches import CTRBatch, SequenceBatch
-from terarec.eval.metrics import BinaryAccumulator, RankingAccumulator
+from terarec.eval.binary import BinaryAccumulator
+from terarec.eval.ranking import RankingAccumulator
 
 
 @torch.no_grad()
