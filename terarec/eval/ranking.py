@@ -2,8 +2,8 @@
 
 The score matrices are reduced with torch ops on their own device; the ranks are numpy.
 
-* :func:`rank_of_targets` -- 0-based rank of each row's target item among all items, with the
-  user's history excluded and ties counted pessimistically.
+* :func:`rank_of_targets` -- 0-based rank of each row's target item among the row's items,
+  ties counted pessimistically (which items are candidates: ``terarec.eval.protocols``).
 * :func:`hit_rate_at_k`, :func:`ndcg_at_k`, :func:`mrr`, :func:`ranking_metrics` -- metrics
   computed from those ranks.
 * :class:`RankingAccumulator` -- streams batches of score matrices, keeping only the ranks.
@@ -36,25 +36,17 @@ def _as_index_tensor(x: ArrayLike, name: str, device: torch.device) -> torch.Ten
 
 
 @torch.no_grad()
-def rank_of_targets(
-    scores: torch.Tensor | np.ndarray,
-    targets: ArrayLike,
-    exclude_rows: ArrayLike | None = None,
-    exclude_cols: ArrayLike | None = None,
-) -> np.ndarray:
-    """0-based rank of each row's target item among all (non-excluded) items.
+def rank_of_targets(scores: torch.Tensor | np.ndarray, targets: ArrayLike) -> np.ndarray:
+    """0-based rank of each row's target item among all items of the row.
 
-    ``rank = #{items j not excluded, j != target : score_j > score_target}
-           + #{items j not excluded, j != target : score_j == score_target}``
+    ``rank = #{items j != target : score_j > score_target}
+           + #{items j != target : score_j == score_target}``
 
     Ties are counted *pessimistically* (every tied item is ranked above the target), so a
-    constant model gets the worst possible rank rather than a perfect one.
-
-    Excluded items (typically the user's history) are given as COO coordinates: item
-    ``exclude_cols[i]`` is removed from row ``exclude_rows[i]``. Duplicate coordinates are fine.
-    **The target itself is never excluded**: if ``(r, targets[r])`` appears in the exclusion
-    coordinates it is ignored and the target is still ranked (a re-consumed item is a valid
-    target).
+    constant model gets the worst possible rank rather than a perfect one, and an item scored
+    ``-inf`` (not a candidate) never ranks above a finite target. Which items are candidates
+    (the user's history excluded or not, sampled negatives) is an evaluation protocol's
+    decision: see ``terarec.eval.protocols``.
 
     The work is done with torch ops on the device of ``scores`` (a numpy array is wrapped
     without copying); no score matrix is copied or converted to numpy.
@@ -62,8 +54,6 @@ def rank_of_targets(
     Args:
         scores: (B, num_items) scores, torch tensor (any device) or numpy array. NaN is rejected.
         targets: (B,) integer index of each row's target item.
-        exclude_rows: (E,) row indices of items to exclude, or None.
-        exclude_cols: (E,) item indices to exclude, or None (both or neither must be given).
 
     Returns:
         (B,) numpy int64 array of ranks in ``[0, num_items - 1]``; 0 is the best.
@@ -72,7 +62,7 @@ def rank_of_targets(
         >>> s = np.array([[0.9, 0.1, 0.5, 0.7]])
         >>> rank_of_targets(s, [2]).tolist()
         [2]
-        >>> rank_of_targets(s, [2], exclude_rows=[0], exclude_cols=[0]).tolist()
+        >>> rank_of_targets(np.array([[-np.inf, 0.1, 0.5, 0.7]]), [2]).tolist()  # item 0 is no candidate
         [1]
     """
     s = scores.detach() if isinstance(scores, torch.Tensor) else torch.as_tensor(np.asarray(scores))
@@ -96,30 +86,6 @@ def rank_of_targets(
     # Items scored above or tied with the target, minus the target itself (an int32 sum of a
     # bool tensor is ~10x faster on CPU than the default int64 one; num_items < 2^31).
     rank = (s >= target_score).sum(dim=1, dtype=torch.int32).to(torch.int64) - 1
-
-    if (exclude_rows is None) != (exclude_cols is None):
-        raise ValueError("exclude_rows and exclude_cols must be given together")
-    if exclude_rows is not None:
-        r = _as_index_tensor(exclude_rows, "exclude_rows", device)
-        c = _as_index_tensor(exclude_cols, "exclude_cols", device)
-        if r.shape != c.shape:
-            raise ValueError(
-                f"exclude_rows and exclude_cols must have the same length, got {r.shape[0]} and {c.shape[0]}"
-            )
-        if r.numel():
-            if bool(((r < 0) | (r >= batch)).any()):
-                raise ValueError(f"exclude_rows must be in [0, {batch})")
-            if bool(((c < 0) | (c >= num_items)).any()):
-                raise ValueError(f"exclude_cols must be in [0, {num_items})")
-            # Deduplicate coordinates and drop the targets themselves (never excluded).
-            key = torch.unique(r * num_items + c)
-            r, c = key // num_items, key % num_items
-            keep = c != t[r]
-            r, c = r[keep], c[keep]
-            # Excluded items that were counted above the target are taken back out.
-            above = s[r, c] >= target_score[r, 0]
-            rank = rank - torch.bincount(r[above], minlength=batch)
-
     return rank.cpu().numpy().astype(np.int64, copy=False)
 
 
@@ -251,15 +217,13 @@ class RankingAccumulator:
         self.ks = tuple(_check_k(k) for k in ks)
         self._ranks: list[np.ndarray] = []
 
-    def update(
-        self,
-        scores: torch.Tensor | np.ndarray,
-        targets: ArrayLike,
-        exclude_rows: ArrayLike | None = None,
-        exclude_cols: ArrayLike | None = None,
-    ) -> None:
-        """Rank one batch; arguments as in :func:`rank_of_targets` (rows are batch-local)."""
-        self._ranks.append(rank_of_targets(scores, targets, exclude_rows, exclude_cols))
+    def update(self, scores: torch.Tensor | np.ndarray, targets: ArrayLike) -> None:
+        """Rank one batch over its full catalogue; arguments as in :func:`rank_of_targets`."""
+        self.add_ranks(rank_of_targets(scores, targets))
+
+    def add_ranks(self, ranks: ArrayLike) -> None:
+        """Add ranks computed elsewhere (e.g. under an evaluation protocol)."""
+        self._ranks.append(as_1d(ranks, "ranks").astype(np.int64, copy=False))
 
     @property
     def ranks(self) -> np.ndarray:

@@ -101,9 +101,9 @@ def evaluate(task: Task, split: str, progress: bool = False) -> dict[str, float]
     loader = make_loader(task.dataset(split), task.config.data.num_workers)
     if task.config.task == "ctr":
         return evaluate_ctr(task.model, loader, task.inputs.labels, progress=progress)
-    return evaluate_ranking(
-        task.model, loader, task.config.eval.ks, task.config.eval.exclude_history, progress=progress
-    )
+    eval_config = task.config.eval
+    return evaluate_ranking(task.model, loader, eval_config.ks, eval_config.protocol, eval_config.num_sampled,
+                            task.config.train.seed, progress=progress)
 
 
 def _training_loss(task: Task, batch) -> torch.Tensor:

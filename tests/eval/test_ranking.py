@@ -13,11 +13,10 @@ from terarec.eval.ranking import RankingAccumulator, hit_rate_at_k, mrr, ndcg_at
 # ----------------------------------------------------------------------------- ranks
 
 
-def test_rank_hand_example_with_and_without_exclusion() -> None:
+def test_rank_hand_example() -> None:
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.7]])
-    assert rank_of_targets(scores, torch.tensor([2])).tolist() == [2]
-    ranks = rank_of_targets(scores, torch.tensor([2]), exclude_rows=[0], exclude_cols=[0])
-    assert ranks.tolist() == [1]
+    ranks = rank_of_targets(scores, torch.tensor([2]))
+    assert ranks.tolist() == [2]
     assert ranks.dtype == np.int64
 
 
@@ -29,22 +28,7 @@ def test_rank_accepts_numpy_and_multiple_rows() -> None:
             [0.4, 0.3, 0.2, 0.1],
         ]
     )
-    targets = np.array([2, 0, 0])
-    # Exclude items 0 and 3 from row 0, item 3 twice (duplicate) from row 1, nothing from row 2.
-    rows = np.array([0, 0, 1, 1])
-    cols = np.array([0, 3, 3, 3])
-    assert rank_of_targets(scores, targets).tolist() == [2, 3, 0]
-    assert rank_of_targets(scores, targets, rows, cols).tolist() == [0, 2, 0]
-
-
-def test_rank_target_in_exclusion_is_still_ranked() -> None:
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7]])
-    # Target 2 appears in the history together with item 0: only item 0 is removed.
-    ranks = rank_of_targets(scores, torch.tensor([2]), exclude_rows=[0, 0], exclude_cols=[2, 0])
-    assert ranks.tolist() == [1]
-    # Excluding only the target changes nothing.
-    ranks = rank_of_targets(scores, torch.tensor([2]), exclude_rows=[0], exclude_cols=[2])
-    assert ranks.tolist() == [2]
+    assert rank_of_targets(scores, np.array([2, 0, 0])).tolist() == [2, 3, 0]
 
 
 def test_rank_ties_are_pessimistic() -> None:
@@ -53,14 +37,12 @@ def test_rank_ties_are_pessimistic() -> None:
     scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1]])
     # 1 item strictly greater + 2 others tied -> rank 3.
     assert rank_of_targets(scores, torch.tensor([0])).tolist() == [3]
-    # Excluding a tied item removes it from the count.
-    assert rank_of_targets(scores, torch.tensor([0]), [0], [2]).tolist() == [2]
 
 
-def test_rank_infinite_scores_and_exclusion() -> None:
+def test_rank_infinite_scores() -> None:
     scores = torch.tensor([[-math.inf, -math.inf, 0.0, -math.inf]])
-    assert rank_of_targets(scores, torch.tensor([0])).tolist() == [3]
-    assert rank_of_targets(scores, torch.tensor([0]), [0, 0], [1, 3]).tolist() == [1]
+    assert rank_of_targets(scores, torch.tensor([0])).tolist() == [3]  # a -inf target is last
+    assert rank_of_targets(scores, torch.tensor([2])).tolist() == [0]  # -inf items never rank above
 
 
 def test_rank_matches_bruteforce_random() -> None:
@@ -68,18 +50,10 @@ def test_rank_matches_bruteforce_random() -> None:
     b, n = 16, 50
     scores = np.round(rng.random((b, n)), 1)  # many ties
     targets = rng.integers(0, n, b)
-    rows = rng.integers(0, b, 200)
-    cols = rng.integers(0, n, 200)
-    rows = np.concatenate([rows, np.arange(4)])
-    cols = np.concatenate([cols, targets[:4]])  # some targets in the history
-    got = rank_of_targets(torch.from_numpy(scores), torch.from_numpy(targets), rows, cols)
+    got = rank_of_targets(torch.from_numpy(scores), torch.from_numpy(targets))
     for i in range(b):
-        excluded = set(cols[rows == i].tolist()) - {int(targets[i])}
         t = scores[i, targets[i]]
-        expected = sum(
-            1 for j in range(n) if j != targets[i] and j not in excluded and scores[i, j] >= t
-        )
-        assert got[i] == expected, i
+        assert got[i] == sum(1 for j in range(n) if j != targets[i] and scores[i, j] >= t), i
 
 
 def test_rank_input_validation() -> None:
@@ -88,10 +62,6 @@ def test_rank_input_validation() -> None:
         rank_of_targets(scores, torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="one entry per row"):
         rank_of_targets(scores, torch.tensor([0]))
-    with pytest.raises(ValueError, match="together"):
-        rank_of_targets(scores, torch.tensor([0, 1]), exclude_rows=[0])
-    with pytest.raises(ValueError, match="exclude_cols"):
-        rank_of_targets(scores, torch.tensor([0, 1]), [0], [7])
     with pytest.raises(ValueError, match="NaN"):
         rank_of_targets(torch.full((1, 3), float("nan")), torch.tensor([0]))
 
@@ -140,16 +110,13 @@ def test_ranking_accumulator_equals_one_shot() -> None:
     b, n = 12, 300
     scores = torch.from_numpy(np.round(rng.random((b, n)), 2))
     targets = torch.from_numpy(rng.integers(0, n, b))
-    rows = rng.integers(0, b, 100)
-    cols = rng.integers(0, n, 100)
     ks = (1, 10, 50)
-    expected = ranking_metrics(rank_of_targets(scores, targets, rows, cols), ks)
+    expected = ranking_metrics(rank_of_targets(scores, targets), ks)
 
     acc = RankingAccumulator(ks=ks)
     split = 5
-    first = rows < split
-    acc.update(scores[:split], targets[:split], rows[first], cols[first])
-    acc.update(scores[split:], targets[split:], rows[~first] - split, cols[~first])
+    acc.update(scores[:split], targets[:split])
+    acc.add_ranks(rank_of_targets(scores[split:], targets[split:]))
     assert acc.count == b
     got = acc.compute()
     assert list(got) == list(expected)
