@@ -166,6 +166,14 @@ def test_seen_items_are_the_full_history_whatever_max_length(
         assert windows == {u: items[-max_length:] for u, items in expected.items()}, max_length
 
 
+def test_seen_items_travel_with_evaluation_batches_only(repeat_folder: Path) -> None:
+    batch = next(iter(SequenceDataset(repeat_folder, "test", batch_size=8)))
+    moved = batch.to("cpu")
+    assert torch.equal(moved.seen_item_ids.values(), batch.seen_item_ids.values())
+    assert torch.equal(moved.seen_item_ids.lengths(), batch.seen_item_ids.lengths())
+    assert next(iter(SequenceDataset(repeat_folder, "train", batch_size=8))).seen_item_ids is None
+
+
 def test_metrics_do_not_move_with_max_length(repeat_folder: Path) -> None:
     """A model that ignores the window ranks among the same candidates at every max_length."""
     model = UserScores()
