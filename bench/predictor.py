@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.repeats = 50, 2
-    from terarec.eval.metrics import auc
+    from terarec.eval.binary import auc
     from terarec.serve import Predictor
     from terarec.train.experiment import load_config
     from terarec.train.loop import train

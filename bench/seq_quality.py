@@ -4,12 +4,15 @@ Each data set is read from ../shared/datasets (ml-100k with its timestamps; the 
 Beauty and Video Games files, whose timestamps are positions), prepared into a temporary
 folder with a leave-one-out split (last event = test, second to last = validation), and every
 model is trained from ``configs/<dataset>/<model>.yaml`` by the one trainer, keeping the best
-validation NDCG@10 epoch. Test metrics rank the target against the full catalogue with the
-user's history excluded.
+validation NDCG@10 epoch. Test metrics rank the target against the full catalogue under the
+configs' ``eval.protocol`` (``exclude_history`` unless overridden, e.g. ``eval.protocol=allow_repeats``):
+every item of the user's full history is removed and a target that repeats one counts as a miss.
 
 Prints one line per (data set, model), then, as its last line, one JSON object with
-``<dataset>_<model>_{hr10,hr50,ndcg10,ndcg50,mrr,s_per_epoch,best_epoch,minutes_to_best}`` and
-``<dataset>_hstu_over_sasrec_ndcg10``. ``s_per_epoch`` is the median training time of an epoch
+``<dataset>_<model>_{hr10,hr50,ndcg10,ndcg50,mrr,s_per_epoch,best_epoch,minutes_to_best}``,
+``<dataset>_test_targets`` and ``<dataset>_repeated_targets`` (test targets that repeat an item of
+the user's history), ``protocol`` and ``<dataset>_hstu_over_sasrec_ndcg10``. ``s_per_epoch`` is
+the median training time of an epoch
 (validation excluded); ``minutes_to_best`` is wall time from the start of training to the end of
 the best epoch's validation. The Beauty configs of SASRec and HSTU are the speed
 configuration (max length 50, d 64, 2 layers).
@@ -125,6 +128,9 @@ def main() -> None:
             dataset, model = names
             key, test = f"{dataset}_{model}", result["test"]
             out.update({
+                "protocol": test["protocol"],
+                f"{dataset}_test_targets": test["count"],
+                f"{dataset}_repeated_targets": test["repeated_targets"],
                 f"{key}_hr10": round(test["hr@10"], 5),
                 f"{key}_hr50": round(test["hr@50"], 5),
                 f"{key}_ndcg10": round(test["ndcg@10"], 5),
@@ -137,7 +143,8 @@ def main() -> None:
             })  # fmt: skip
             print(
                 f"{dataset} {model}: HR@10 {test['hr@10']:.4f} HR@50 {test['hr@50']:.4f} "
-                f"NDCG@10 {test['ndcg@10']:.4f} NDCG@50 {test['ndcg@50']:.4f} MRR {test['mrr']:.4f} | "
+                f"NDCG@10 {test['ndcg@10']:.4f} NDCG@50 {test['ndcg@50']:.4f} MRR {test['mrr']:.4f} "
+                f"({test['protocol']}, {test['repeated_targets']} of {test['count']} targets repeated) | "
                 f"{result['s_per_epoch']:.1f} s/epoch, best epoch {result['best_epoch']} of {result['epochs_run']}, "
                 f"{result['minutes_to_best']:.1f} min to best, {result['seconds']:.0f} s in all",
                 flush=True,

@@ -184,6 +184,11 @@ def data_prepare(
                   f"split {meta.split['method']} {meta.split['counts']}")
 
 
+def _cell(value: object) -> str:
+    """A metric as a table cell: floats to 4 places; counts and names (the protocol) as they are."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
     keys: list[str] = []
     for _, metrics in rows:
@@ -193,7 +198,7 @@ def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
     for key in keys:
         table.add_column(key, justify="right")
     for name, metrics in rows:
-        table.add_row(name, *[f"{metrics[k]:.4f}" if k in metrics else "" for k in keys])
+        table.add_row(name, *[_cell(metrics.get(k, "")) for k in keys])
     console.print(table)
 
 

@@ -156,17 +156,41 @@ class EmbeddingConfig:
     regularization: float = 0.0
 
 
+EvalProtocol = Literal["exclude_history", "allow_repeats", "sampled"]
+
+
 @dataclass
 class EvalConfig:
     """How to evaluate.
 
     Args:
         ks: cut-offs for HR@K and NDCG@K (sequence tasks).
-        exclude_history: sequence tasks: drop the user's history items from the ranking.
+        protocol: sequence tasks: the candidates a target is ranked against
+            (``terarec.eval.protocols``, docs/data.md): ``exclude_history`` (every item of the
+            user's full history removed; a repeated target counts as a miss), ``allow_repeats``
+            (nothing removed) or ``sampled`` (``num_sampled`` unseen negatives, for comparison
+            with older papers only).
+        num_sampled: ``sampled``: negatives per target, drawn with ``train.seed``.
+        exclude_history: replaced by ``protocol``; kept so that configs written before it still
+            load: ``true`` is the ``exclude_history`` protocol, ``false`` is an error pointing
+            to ``protocol: allow_repeats``.
     """
 
     ks: list[int] = field(default_factory=lambda: [10, 50, 200])
-    exclude_history: bool = True
+    protocol: EvalProtocol = "exclude_history"
+    num_sampled: int = 100
+    exclude_history: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.exclude_history is False:
+            raise ConfigError("eval.exclude_history: false is now 'eval.protocol: allow_repeats' "
+                              "(exclude_history was replaced by eval.protocol)")
+        if self.exclude_history and self.protocol != "exclude_history":
+            raise ConfigError(f"eval.exclude_history: true contradicts eval.protocol: {self.protocol}; "
+                              "drop exclude_history (replaced by eval.protocol)")
+        if self.num_sampled < 1:
+            raise ConfigError(f"eval.num_sampled: expected an integer >= 1, got {self.num_sampled}")
+        self.exclude_history = None  # said by protocol from here on; resolved configs leave it unset
 
 
 @dataclass

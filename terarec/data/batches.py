@@ -73,6 +73,10 @@ class SequenceBatch:
         target_item_ids: (B,) 64-bit id of the item to predict after the history, for
             evaluation batches; None for training batches (every position predicts the next).
         target_timestamps: (B,) time of the target event, or None.
+        seen_item_ids: evaluation batches: KeyedJaggedTensor with the single key ``item_id``
+            holding each user's FULL history before the target (every earlier event, oldest
+            first, however long ``item_ids``' window is): what an evaluation protocol excludes
+            from the candidates (``terarec.eval.protocols``). None for training batches.
     """
 
     user_ids: torch.Tensor
@@ -81,6 +85,7 @@ class SequenceBatch:
     actions: torch.Tensor
     target_item_ids: torch.Tensor | None = None
     target_timestamps: torch.Tensor | None = None
+    seen_item_ids: KeyedJaggedTensor | None = None
 
     def __len__(self) -> int:
         return int(self.user_ids.shape[0])
@@ -98,6 +103,7 @@ class SequenceBatch:
             move(self.actions),
             move(self.target_item_ids),
             move(self.target_timestamps),
+            move(self.seen_item_ids),
         )
 
 
@@ -405,7 +411,8 @@ class SequenceDataset(IterableDataset):
     ``split="valid"`` / ``"test"``: history = the user's events of earlier splits (the last
     ``max_length``), target = the user's first event of that split; users with no such event
     or no history are skipped. Under leave-one-out that is exactly "second to last" /
-    "last"; under a time split it is the first event after the cut-off.
+    "last"; under a time split it is the first event after the cut-off. These batches also
+    carry ``seen_item_ids``, every event before the target whatever ``max_length`` is.
 
     Users are dealt to DataLoader workers by a hash of their id, so every worker reads every
     part but builds batches for its own users only.
@@ -473,6 +480,7 @@ class SequenceDataset(IterableDataset):
             keep = has_target & (hist_end > starts)
             first_kept = np.maximum(starts, hist_end - self.spec.max_length)
             target_pos = target_pos[keep]
+        history_start = starts[keep]
         first_kept, hist_end = first_kept[keep], hist_end[keep]
         order = np.arange(first_kept.size)
         if rng is not None:
@@ -503,6 +511,12 @@ class SequenceDataset(IterableDataset):
                 targets = target_pos[chosen]
                 batch.target_item_ids = torch.from_numpy(item_ids[targets])
                 batch.target_timestamps = torch.from_numpy(timestamps[targets].astype(np.int64))
+                seen_start = history_start[chosen]
+                batch.seen_item_ids = KeyedJaggedTensor.from_lengths_sync(
+                    keys=[schema.ITEM_ID],
+                    values=torch.from_numpy(item_ids[_gather_ranges(seen_start, seg_end)]),
+                    lengths=torch.from_numpy(seg_end - seen_start),
+                )
             yield batch
 
     def __iter__(self) -> Iterator[SequenceBatch]:

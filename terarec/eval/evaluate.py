@@ -1,4 +1,4 @@
-"""Runs a model over one split and computes its metrics (AUC / LogLoss / gAUC or HR / NDCG / MRR)."""
+"""Runs a model over one split and computes its metrics (AUC / LogLoss / gAUC, or HR / NDCG / MRR under a protocol)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from terarec.data.batches import CTRBatch, SequenceBatch
-from terarec.eval.metrics import BinaryAccumulator, RankingAccumulator, auc, logloss
+from terarec.eval.binary import BinaryAccumulator, auc, logloss
+from terarec.eval.protocols import rank_targets
+from terarec.eval.ranking import RankingAccumulator
 
 
 @torch.no_grad()
@@ -39,22 +41,46 @@ def evaluate_ranking(
     model: nn.Module,
     batches: Iterable[SequenceBatch],
     ks: list[int],
-    exclude_history: bool = True,
+    protocol: str = "exclude_history",
+    num_sampled: int = 100,
+    seed: int = 0,
     progress: bool = False,
-) -> dict[str, float]:
-    """HR@K, NDCG@K and MRR of each batch's target over the full catalogue (history excluded)."""
+) -> dict[str, float | int | str]:
+    """HR@K, NDCG@K and MRR of each batch's target over the catalogue under an evaluation protocol.
+
+    Args:
+        model: a next-item model (``score_catalogue(batch)`` and ``item_rows(ids)``).
+        batches: evaluation batches, each carrying ``target_item_ids`` and the users' full
+            histories in ``seen_item_ids``.
+        ks: cut-offs.
+        protocol: ``exclude_history``, ``allow_repeats`` or ``sampled``
+            (``terarec.eval.protocols``).
+        num_sampled, seed: the ``sampled`` protocol's negatives per target and their seed.
+
+    Returns:
+        The metrics, ``count`` (targets ranked), ``repeated_targets`` (targets that repeat an
+        item of the user's history) and ``protocol``.
+    """
     model.eval()
     accumulator = RankingAccumulator(ks=tuple(ks))
+    repeated_targets = 0
     for batch in tqdm(batches, desc="eval", leave=False, disable=not progress):
-        scores = model.score_catalogue(batch)
-        targets = model.item_rows(batch.target_item_ids)
-        exclude_rows = exclude_cols = None
-        if exclude_history:
-            exclude_rows = torch.repeat_interleave(torch.arange(len(batch)), batch.lengths).numpy()
-            exclude_cols = model.item_rows(batch.item_ids.values()).numpy()
-        accumulator.update(scores, targets.numpy(), exclude_rows, exclude_cols)
-    metrics = accumulator.compute()
-    metrics["count"] = accumulator.count
+        if batch.target_item_ids is None or batch.seen_item_ids is None:
+            raise ValueError("evaluation batches need target_item_ids and seen_item_ids (a valid / test split)")
+        ranks, repeated = rank_targets(
+            model.score_catalogue(batch),
+            model.item_rows(batch.target_item_ids),
+            model.item_rows(batch.seen_item_ids.values()),
+            batch.seen_item_ids.lengths(),
+            protocol,
+            user_ids=batch.user_ids,
+            num_sampled=num_sampled,
+            seed=seed,
+        )
+        accumulator.add_ranks(ranks)
+        repeated_targets += int(repeated.sum())
+    metrics: dict[str, float | int | str] = dict(accumulator.compute())
+    metrics.update(count=accumulator.count, repeated_targets=repeated_targets, protocol=protocol)
     return metrics
 
 

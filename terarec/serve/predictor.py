@@ -35,6 +35,7 @@ from terarec.data.batches import SequenceBatch, ctr_batch_from_table
 from terarec.data.ranking import RankingColumns
 from terarec.embedding.collection import PooledEmbeddings
 from terarec.embedding.engine import FusedPooledEmbeddings, quantize_for_inference
+from terarec.eval.protocols import exclude_seen as remove_seen
 from terarec.features.hashing import hash_array
 from terarec.models.protocols import MultiTask, ScoresCatalogue
 from terarec.train.loop import load_task
@@ -162,11 +163,10 @@ class Predictor:
             target_timestamps=torch.tensor(query, dtype=torch.int64),
         )
         scores = self.model.score_catalogue(batch)
-        if exclude_seen:
+        if exclude_seen:  # the evaluation's exclude_history rule: every item of the whole history
             seen = hash_array(pa.array(np.concatenate(raw)), schema.ITEM_ID)
             rows = self.model.item_rows(torch.from_numpy(seen))
-            users = torch.repeat_interleave(torch.arange(len(raw)), torch.tensor([h.size for h in raw]))
-            scores[users, rows] = -torch.inf
+            scores = remove_seen(scores, rows, torch.tensor([h.size for h in raw]))
         scores[:, 0] = -torch.inf  # the default row of unknown ids is never an answer
         k = min(k, scores.shape[1] - 1)
         top_scores, top_rows = torch.topk(scores, k, dim=1)

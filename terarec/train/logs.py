@@ -175,7 +175,8 @@ class RunLogs:
         x = int(entry.get("global_step", self._last_step or entry["epoch"]))
         writer = self._tensorboard(x)
         for name, value in entry.get("valid", {}).items():
-            writer.add_scalar(f"valid/{name}", value, x)
+            if _is_number(value):  # metrics also carry labels, e.g. the evaluation protocol
+                writer.add_scalar(f"valid/{name}", value, x)
         for name in ("train_loss", "examples_per_s"):
             if name in entry:
                 writer.add_scalar(f"epoch/{name}", entry[name], x)
@@ -201,8 +202,19 @@ class RunLogs:
         self.close()
 
 
+def _is_number(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _numbers(rows: list[dict[str, str]], x: str, y: str) -> tuple[list[float], list[float]]:
-    pairs = [(float(row[x]), float(row[y])) for row in rows if row.get(x) and row.get(y)]
+    pairs = [(float(row[x]), float(row[y])) for row in rows
+             if row.get(x) and row.get(y) and _is_number(row[x]) and _is_number(row[y])]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 

@@ -220,8 +220,9 @@ class SequentialTask(Task):
         if split == "train":
             raise ValueError("a sequential task is evaluated on the next item after a history: valid or test "
                              "(the train split has no held-out targets)")
-        return evaluate_ranking(self.model, self.loader(split), self.config.eval.ks, self.config.eval.exclude_history,
-                                progress=progress)
+        options = self.config.eval
+        return evaluate_ranking(self.model, self.loader(split), options.ks, options.protocol, options.num_sampled,
+                                self.config.train.seed, progress=progress)
 
     def default_monitor(self) -> str:
         return f"ndcg@{self.config.eval.ks[0]}"

@@ -19,7 +19,7 @@ from terarec.data.prepare import write_dataset
 from terarec.data.ranking import synthetic_ranking_source
 from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
 from terarec.data.splits import SplitConfig
-from terarec.eval.metrics import auc
+from terarec.eval.binary import auc
 from terarec.features.hashing import hash_array
 from terarec.serve import Predictor
 from terarec.train.experiment import load_config

@@ -1,4 +1,4 @@
-"""Tests for terarec.eval.metrics: binary CTR metrics, gAUC and full-catalogue ranking metrics."""
+"""Tests for terarec.eval.binary: AUC, log loss, gAUC and their accumulator."""
 
 from __future__ import annotations
 
@@ -9,19 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from terarec.eval.metrics import (
-    BinaryAccumulator,
-    RankingAccumulator,
-    auc,
-    gauc,
-    gauc_with_count,
-    hit_rate_at_k,
-    logloss,
-    mrr,
-    ndcg_at_k,
-    rank_of_targets,
-    ranking_metrics,
-)
+from terarec.eval.binary import BinaryAccumulator, auc, gauc, gauc_with_count, logloss
 
 # ----------------------------------------------------------------------------- AUC
 
@@ -193,154 +181,7 @@ def test_gauc_matches_per_user_sklearn(seed: int) -> None:
     assert gauc(users[perm], labels[perm], scores[perm]) == pytest.approx(expected, abs=1e-12)
 
 
-# ----------------------------------------------------------------------------- ranks
-
-
-def test_rank_hand_example_with_and_without_exclusion() -> None:
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7]])
-    assert rank_of_targets(scores, torch.tensor([2])).tolist() == [2]
-    ranks = rank_of_targets(scores, torch.tensor([2]), exclude_rows=[0], exclude_cols=[0])
-    assert ranks.tolist() == [1]
-    assert ranks.dtype == np.int64
-
-
-def test_rank_accepts_numpy_and_multiple_rows() -> None:
-    scores = np.array(
-        [
-            [0.9, 0.1, 0.5, 0.7],
-            [0.1, 0.2, 0.3, 0.4],
-            [0.4, 0.3, 0.2, 0.1],
-        ]
-    )
-    targets = np.array([2, 0, 0])
-    # Exclude items 0 and 3 from row 0, item 3 twice (duplicate) from row 1, nothing from row 2.
-    rows = np.array([0, 0, 1, 1])
-    cols = np.array([0, 3, 3, 3])
-    assert rank_of_targets(scores, targets).tolist() == [2, 3, 0]
-    assert rank_of_targets(scores, targets, rows, cols).tolist() == [0, 2, 0]
-
-
-def test_rank_target_in_exclusion_is_still_ranked() -> None:
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7]])
-    # Target 2 appears in the history together with item 0: only item 0 is removed.
-    ranks = rank_of_targets(scores, torch.tensor([2]), exclude_rows=[0, 0], exclude_cols=[2, 0])
-    assert ranks.tolist() == [1]
-    # Excluding only the target changes nothing.
-    ranks = rank_of_targets(scores, torch.tensor([2]), exclude_rows=[0], exclude_cols=[2])
-    assert ranks.tolist() == [2]
-
-
-def test_rank_ties_are_pessimistic() -> None:
-    scores = torch.zeros(2, 5)  # constant model
-    assert rank_of_targets(scores, torch.tensor([0, 3])).tolist() == [4, 4]
-    scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1]])
-    # 1 item strictly greater + 2 others tied -> rank 3.
-    assert rank_of_targets(scores, torch.tensor([0])).tolist() == [3]
-    # Excluding a tied item removes it from the count.
-    assert rank_of_targets(scores, torch.tensor([0]), [0], [2]).tolist() == [2]
-
-
-def test_rank_infinite_scores_and_exclusion() -> None:
-    scores = torch.tensor([[-math.inf, -math.inf, 0.0, -math.inf]])
-    assert rank_of_targets(scores, torch.tensor([0])).tolist() == [3]
-    assert rank_of_targets(scores, torch.tensor([0]), [0, 0], [1, 3]).tolist() == [1]
-
-
-def test_rank_matches_bruteforce_random() -> None:
-    rng = np.random.default_rng(0)
-    b, n = 16, 50
-    scores = np.round(rng.random((b, n)), 1)  # many ties
-    targets = rng.integers(0, n, b)
-    rows = rng.integers(0, b, 200)
-    cols = rng.integers(0, n, 200)
-    rows = np.concatenate([rows, np.arange(4)])
-    cols = np.concatenate([cols, targets[:4]])  # some targets in the history
-    got = rank_of_targets(torch.from_numpy(scores), torch.from_numpy(targets), rows, cols)
-    for i in range(b):
-        excluded = set(cols[rows == i].tolist()) - {int(targets[i])}
-        t = scores[i, targets[i]]
-        expected = sum(
-            1 for j in range(n) if j != targets[i] and j not in excluded and scores[i, j] >= t
-        )
-        assert got[i] == expected, i
-
-
-def test_rank_input_validation() -> None:
-    scores = torch.rand(2, 4)
-    with pytest.raises(ValueError, match="targets"):
-        rank_of_targets(scores, torch.tensor([0, 4]))
-    with pytest.raises(ValueError, match="one entry per row"):
-        rank_of_targets(scores, torch.tensor([0]))
-    with pytest.raises(ValueError, match="together"):
-        rank_of_targets(scores, torch.tensor([0, 1]), exclude_rows=[0])
-    with pytest.raises(ValueError, match="exclude_cols"):
-        rank_of_targets(scores, torch.tensor([0, 1]), [0], [7])
-    with pytest.raises(ValueError, match="NaN"):
-        rank_of_targets(torch.full((1, 3), float("nan")), torch.tensor([0]))
-
-
-# ----------------------------------------------------------------------------- HR / NDCG / MRR
-
-
-def test_hr_ndcg_mrr_hand_values() -> None:
-    ranks = np.array([0, 3, 20])
-    assert hit_rate_at_k(ranks, 10) == pytest.approx(2 / 3)
-    assert ndcg_at_k(ranks, 10) == pytest.approx((1 + 1 / math.log2(5)) / 3)
-    assert mrr(ranks) == pytest.approx((1 + 1 / 4 + 1 / 21) / 3)
-    assert mrr(ranks, k=10) == pytest.approx((1 + 1 / 4) / 3)
-    # Cutoff boundary: rank k-1 counts, rank k does not.
-    assert hit_rate_at_k([3, 4], 4) == pytest.approx(0.5)
-    assert ndcg_at_k([4], 4) == 0.0
-
-
-def test_ranking_metrics_keys_and_values() -> None:
-    ranks = [0, 3, 20]
-    out = ranking_metrics(ranks, ks=(10, 50))
-    assert list(out) == ["hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"]
-    assert out["hr@10"] == pytest.approx(2 / 3)
-    assert out["hr@50"] == pytest.approx(1.0)
-    assert out["ndcg@50"] == pytest.approx((1 + 1 / math.log2(5) + 1 / math.log2(22)) / 3)
-    assert out["mrr"] == pytest.approx((1 + 1 / 4 + 1 / 21) / 3)
-    assert set(ranking_metrics(ranks)) == {
-        "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr",
-    }
-
-
-def test_ranking_metric_validation() -> None:
-    with pytest.raises(ValueError, match="empty"):
-        hit_rate_at_k([], 10)
-    with pytest.raises(ValueError, match="non-negative"):
-        mrr([-1, 2])
-    with pytest.raises(ValueError, match="k"):
-        ndcg_at_k([1], 0)
-
-
-# ----------------------------------------------------------------------------- accumulators
-
-
-def test_ranking_accumulator_equals_one_shot() -> None:
-    rng = np.random.default_rng(1)
-    b, n = 12, 300
-    scores = torch.from_numpy(np.round(rng.random((b, n)), 2))
-    targets = torch.from_numpy(rng.integers(0, n, b))
-    rows = rng.integers(0, b, 100)
-    cols = rng.integers(0, n, 100)
-    ks = (1, 10, 50)
-    expected = ranking_metrics(rank_of_targets(scores, targets, rows, cols), ks)
-
-    acc = RankingAccumulator(ks=ks)
-    split = 5
-    first = rows < split
-    acc.update(scores[:split], targets[:split], rows[first], cols[first])
-    acc.update(scores[split:], targets[split:], rows[~first] - split, cols[~first])
-    assert acc.count == b
-    got = acc.compute()
-    assert list(got) == list(expected)
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value, abs=1e-12), key
-    acc.reset()
-    with pytest.raises(ValueError):
-        acc.compute()
+# ----------------------------------------------------------------------------- accumulator
 
 
 def test_binary_accumulator_equals_one_shot() -> None:
