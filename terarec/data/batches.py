@@ -447,6 +447,33 @@ class SequenceDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def target_users(self) -> tuple[int, int]:
+        """valid / test: (users whose target has an earlier event, users whose target has none).
+
+        A user's first event may fall in this split (a user new after a time split's cut-off):
+        with no history there is nothing to predict from, so such users are left out of the
+        batches; this counts them, so evaluation can say how many (one pass over two columns).
+        """
+        if self.split_code == 0:
+            raise ValueError("target_users: the train split has no held-out targets")
+        columns = [schema.USER_ID, schema.SPLIT] + ([self.spec.keep_if] if self.spec.keep_if else [])
+        evaluated = without_history = 0
+        for part in self.meta.parts:
+            table = pq.read_table(self.folder / part, columns=columns)
+            if self.spec.keep_if:
+                table = table.filter(pc.greater(table.column(self.spec.keep_if), 0))
+            split = table.column(schema.SPLIT).to_numpy()
+            users = table.column(schema.USER_ID).to_numpy()[split <= self.split_code]
+            split = split[split <= self.split_code]
+            starts, _ = _segment_bounds(users)
+            if starts.size == 0:
+                continue
+            has_target = np.maximum.reduceat(split == self.split_code, starts)
+            has_history = split[starts] < self.split_code  # earlier splits' rows come first
+            evaluated += int((has_target & has_history).sum())
+            without_history += int((has_target & ~has_history).sum())
+        return evaluated, without_history
+
     def _user_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[SequenceBatch]:
         if self.spec.keep_if:
             table = table.filter(pc.greater(table.column(self.spec.keep_if), 0))

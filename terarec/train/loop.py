@@ -305,6 +305,8 @@ class Trainer:
         model, config = self.task.model, self.config
         log.info("run %s: model %s, %s parameters, %d threads", self.run_dir, config.model["name"],
                  f"{self.record['parameters']:,}", torch.get_num_threads())
+        if self.epoch == 0 and self.step_in_epoch == 0:
+            self.task.check()
         if not self.trainable:
             model.fit_statistics(self.task.loader("train"))
             self.best_valid, self.best_epoch = self.task.evaluate("valid"), 0

@@ -104,6 +104,9 @@ class Task(ABC):
     def loader(self, split: str, shuffle: bool = False):
         return make_loader(self.dataset(split, shuffle), self.config.data.num_workers)
 
+    def check(self) -> None:
+        """Refuse, before any training, data the task cannot evaluate (a clear error)."""
+
     def loss(self, batch: Any) -> torch.Tensor:
         """The training loss of a batch: the model's own ``loss`` when it has one."""
         if isinstance(self.model, HasLoss):
@@ -220,9 +223,28 @@ class SequentialTask(Task):
         if split == "train":
             raise ValueError("a sequential task is evaluated on the next item after a history: valid or test "
                              "(the train split has no held-out targets)")
+        dataset = self.dataset(split)
+        evaluated, without_history = self._target_users(dataset)
         options = self.config.eval
-        return evaluate_ranking(self.model, self.loader(split), options.ks, options.protocol, options.num_sampled,
-                                self.config.train.seed, progress=progress)
+        metrics = evaluate_ranking(self.model, make_loader(dataset, self.config.data.num_workers), options.ks,
+                                   options.protocol, options.num_sampled, self.config.train.seed, progress=progress)
+        # Users first seen in this split have no history to rank from: counted and left out.
+        metrics["users_without_history"] = without_history
+        return metrics
+
+    def check(self) -> None:
+        for split in ("valid", "test"):
+            self._target_users(self.dataset(split))
+
+    def _target_users(self, dataset: SequenceDataset) -> tuple[int, int]:
+        evaluated, without_history = dataset.target_users()
+        if evaluated == 0:
+            split = dataset.split
+            raise DataError(f"the {split} split has no user with an event before their {split} target "
+                            f"({without_history} users have only {split} events), so there is nothing to rank "
+                            "from; use a split that keeps each user's earlier events in train (leave_one_out), "
+                            "or a time split whose users appear before the cut-off", path=self.folder)
+        return evaluated, without_history
 
     def default_monitor(self) -> str:
         return f"ndcg@{self.config.eval.ks[0]}"

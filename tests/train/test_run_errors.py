@@ -77,3 +77,56 @@ def test_a_failed_run_is_marked_failed_with_its_reason(ctr_data: Path, tmp_path:
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "failed" and "no_such_metric" in status["reason"]
     assert "Traceback" in (tmp_path / "run" / "train.log").read_text()  # the details are kept for the log
+
+
+def _events_with_new_users(folder: Path, old_users_in_test: bool) -> Path:
+    """50 users with a history (last event valid, or valid then test); 20 users whose only events
+    are in test (new after the cut-off), written with that split as given."""
+    import numpy as np
+    import pyarrow as pa
+
+    from terarec.data.prepare import write_dataset
+    from terarec.data.sources.base import SourceData
+
+    rng = np.random.default_rng(0)
+    users, items, times, splits = [], [], [], []
+    for user in range(50):
+        codes = [0] * 8 + [1] + ([2] if old_users_in_test else [0])
+        for t, code in enumerate(codes):
+            users.append(user), items.append(int(rng.integers(0, 30))), times.append(t), splits.append(code)
+    for user in range(100, 120):
+        for t in range(3):
+            users.append(user), items.append(int(rng.integers(0, 30))), times.append(100 + t), splits.append(2)
+    table = pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                      "timestamp": pa.array(times, pa.int64()), "split": pa.array(splits, pa.int8())})
+    write_dataset(SourceData("new-users", "test", "events", [table], has_split=True), folder, progress=False)
+    return folder
+
+
+def _sasrec(folder: Path, tmp_path: Path):
+    return load_config(None, ["task=sequential", f"data.path={folder}", f"run_dir={tmp_path}",
+                              "model={name: sasrec, embedding_dim: 8, num_layers: 1, max_length: 10}",
+                              "train.epochs=1", "train.threads=1", "eval.ks=[5]"])
+
+
+def test_users_first_seen_in_test_are_counted_and_left_out(tmp_path: Path) -> None:
+    folder = _events_with_new_users(tmp_path / "data", old_users_in_test=True)
+    run = train(_sasrec(folder, tmp_path), progress=False, run_dir=tmp_path / "run")
+    assert run.test["users_without_history"] == 20
+    assert run.test["count"] == 50  # every user with a history, and only those, is ranked
+
+
+def test_a_split_with_no_user_to_rank_fails_before_training(tmp_path: Path) -> None:
+    folder = _events_with_new_users(tmp_path / "data", old_users_in_test=False)
+    config = tmp_path / "sasrec.yaml"
+    config.write_text(f"task: sequential\ndata: {{path: {folder}}}\nrun_dir: {tmp_path}\n"
+                      "model: {name: sasrec, embedding_dim: 8, num_layers: 1, max_length: 10}\n"
+                      "train: {epochs: 1}\neval: {ks: [5]}\n")
+    result = CliRunner().invoke(app, ["train", "--no-progress", "--threads", "1", str(config)])
+    said = _said(result)
+    assert result.exit_code == 2 and "no user with an event before their test target" in said
+    assert "Traceback" not in result.output
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("experiment-")]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "20 users have only test events" in status["reason"]
+    assert not (run_dir / "state.pt").exists()  # it stopped before training
