@@ -34,6 +34,7 @@ import math
 import random
 import time
 import traceback
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -342,7 +343,7 @@ class Trainer:
         train_set = self.task.dataset("train", shuffle=True)
         train_set.set_epoch(self.epoch)
         limit = self.config.train.max_steps_per_epoch
-        total = len(train_set) if hasattr(train_set, "__len__") else None
+        total = len(train_set) if isinstance(train_set, Sized) else None
         if limit and total:
             total = min(total, limit)
         loader = iter(make_loader(train_set, self.config.data.num_workers))
