@@ -64,7 +64,7 @@ def main() -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.quick:
         lengths, args.repeats, args.warmup = [t for t in lengths if t <= 1024], 2, 1
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     torch.set_num_threads(threads)
 
     from terarec.layers.hstu import AttentionLayout, HSTULayer
