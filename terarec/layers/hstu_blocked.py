@@ -37,56 +37,65 @@ def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
 
     Gaps of 0 and 1 s share bucket 0; the last bucket, ``num_buckets - 1``, holds every longer gap.
     """
-    seconds = gaps.abs().clamp(min=1).to(torch.float32)
-    return (torch.log(seconds) / TIME_BUCKET_WIDTH).long().clamp(max=num_buckets - 1)
+    seconds = gaps.abs().clamp_(min=1).to(torch.float32)
+    return seconds.log_().div_(TIME_BUCKET_WIDTH).long().clamp_(max=num_buckets - 1)
 
 
 class _Tile:
     """One query tile x key tile: ``rows`` leading rows, queries [q0, q1), keys [k0, k1), and the
-    indexes of its bias (positions, time buckets) and its mask, shared by forward and backward."""
+    indexes of its bias (positions, time buckets) and its mask, shared by forward and backward.
+
+    Plain causal calls share one position pattern between all rows, and between all tiles of
+    the same shape and offset ``q0 - k0`` (``position_key``): its bias and its gradient are
+    kept per key for the whole call (``PositionTiles``) rather than gathered and scattered per tile.
+    """
 
     def __init__(self, layout: AttentionLayout, rows: int, q0: int, q1: int, k0: int, k1: int, num_buckets: int):
-        self.rows, self.q0, self.q1, self.k0, self.k1 = rows, q0, q1, k0, k1
+        self.layout, self.rows, self.q0, self.q1, self.k0, self.k1 = layout, rows, q0, q1, k0, k1
         device = layout.lengths.device
         queries = torch.arange(q0, q1, device=device)
         keys = torch.arange(k0, k1, device=device)
-        n = layout.max_length
-        if layout.causal_only:  # one (Tq, Tk) pattern for every row
-            self.position_index = (queries.unsqueeze(1) - keys + n - 1).clamp(0, 2 * n - 2)  # (bq, bk)
-            self.hidden = (keys > queries.unsqueeze(1)) if k1 > q0 + 1 else None
+        self.position_key = (q0 - k0, q1 - q0, k1 - k0) if layout.causal_only else None
+        if layout.causal_only:
+            self.hidden = (keys > queries.unsqueeze(1)) if k1 > q0 + 1 else None  # (bq, bk) crosses the diagonal
         else:
-            query_keys = layout.row_cached[:rows, None] + queries  # (r, bq): each query's own key index
+            self.query_keys = layout.row_cached[:rows, None] + queries  # (r, bq): each query's own key index
             first = layout.row_first_candidate[:rows, None]
-            relative = query_keys.clamp(max=first).unsqueeze(2) - keys.expand(rows, -1).clamp(max=first).unsqueeze(1)
-            self.position_index = (relative + n - 1).clamp(0, 2 * n - 2)  # (r, bq, bk)
             key_is_candidate = (keys >= first) & (keys < layout.row_total[:rows, None])  # (r, bk)
-            self.hidden = (keys > query_keys.unsqueeze(2)) | (
-                key_is_candidate.unsqueeze(1) & (keys != query_keys.unsqueeze(2))
+            self.hidden = (keys > self.query_keys.unsqueeze(2)) | (
+                key_is_candidate.unsqueeze(1) & (keys != self.query_keys.unsqueeze(2))
             )
         self.buckets = None
         if layout.query_times is not None and num_buckets > 0:
             gaps = layout.query_times[:rows, q0:q1, None] - layout.key_times[:rows, None, k0:k1]
             self.buckets = time_buckets(gaps, num_buckets)  # (r, bq, bk)
 
-    def bias(self, position_weights: torch.Tensor | None, time_weights: torch.Tensor | None) -> torch.Tensor | None:
+    def position_index(self) -> torch.Tensor:
+        """(bq, bk) (plain causal) or (r, bq, bk) index into the position table."""
+        n, device = self.layout.max_length, self.layout.lengths.device
+        queries = torch.arange(self.q0, self.q1, device=device)
+        keys = torch.arange(self.k0, self.k1, device=device)
+        if self.position_key is not None:
+            relative = queries.unsqueeze(1) - keys
+        else:
+            first = self.layout.row_first_candidate[: self.rows, None]
+            relative = self.query_keys.clamp(max=first).unsqueeze(2) - keys.expand(self.rows, -1).clamp(max=first).unsqueeze(1)
+        return (relative + n - 1).clamp(0, 2 * n - 2)
+
+    def bias(self, positions: PositionTiles, time_weights: torch.Tensor | None) -> torch.Tensor | None:
         """(r or 1, 1, bq, bk) bias of the tile, broadcast over heads."""
-        bias = None
-        if position_weights is not None:
-            bias = lookup(position_weights, self.position_index)
+        bias = positions.bias(self)
         if time_weights is not None and self.buckets is not None:
             time_bias = lookup(time_weights, self.buckets)
-            bias = time_bias if bias is None else bias + time_bias
+            bias = time_bias if bias is None else time_bias.add_(bias)
         if bias is not None and bias.dim() == 2:
             bias = bias.unsqueeze(0)
         return None if bias is None else bias.unsqueeze(1)
 
-    def add_bias_grad(self, grad_logits: torch.Tensor, position_grad: torch.Tensor | None,
-                      time_grad: torch.Tensor | None) -> None:
+    def add_bias_grad(self, grad_logits: torch.Tensor, positions: PositionTiles, time_grad: torch.Tensor | None) -> None:
         """Scatter the tile's (r, H, bq, bk) logit gradient into the two tables' gradients."""
         per_row = grad_logits.sum(1)  # (r, bq, bk): the bias is shared by the heads
-        if position_grad is not None:
-            grad = per_row.sum(0) if self.position_index.dim() == 2 else per_row
-            position_grad.index_add_(0, self.position_index.reshape(-1), grad.reshape(-1))
+        positions.add_grad(self, per_row)
         if time_grad is not None and self.buckets is not None:
             time_grad.index_add_(0, self.buckets.reshape(-1), per_row.reshape(-1))
 
@@ -96,6 +105,41 @@ class _Tile:
             return values
         hidden = self.hidden.unsqueeze(0) if self.hidden.dim() == 2 else self.hidden
         return values.masked_fill_(hidden.unsqueeze(1), fill)
+
+
+class PositionTiles:
+    """The relative position bias of one call's tiles, and its gradient, gathered and scattered
+    once per tile pattern (see ``_Tile``)."""
+
+    def __init__(self, weights: torch.Tensor | None) -> None:
+        self.weights = weights
+        self.grad = None if weights is None else torch.zeros_like(weights)
+        self.biases: dict[tuple, torch.Tensor] = {}
+        self.grads: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def bias(self, tile: _Tile) -> torch.Tensor | None:
+        if self.weights is None:
+            return None
+        if tile.position_key is None:
+            return lookup(self.weights, tile.position_index())
+        if tile.position_key not in self.biases:
+            self.biases[tile.position_key] = lookup(self.weights, tile.position_index())
+        return self.biases[tile.position_key]
+
+    def add_grad(self, tile: _Tile, per_row: torch.Tensor) -> None:
+        if self.grad is None:
+            return
+        if tile.position_key is None:
+            self.grad.index_add_(0, tile.position_index().reshape(-1), per_row.reshape(-1))
+        elif tile.position_key in self.grads:
+            self.grads[tile.position_key][1].add_(per_row.sum(0))
+        else:
+            self.grads[tile.position_key] = (tile.position_index(), per_row.sum(0))
+
+    def finish_grad(self) -> torch.Tensor | None:
+        for index, grad in self.grads.values():
+            self.grad.index_add_(0, index.reshape(-1), grad.reshape(-1))
+        return self.grad
 
 
 def lookup(weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -138,12 +182,13 @@ class BlockedHSTUAttention(torch.autograd.Function):
         num_buckets = 0 if time_weights is None else time_weights.shape[0]
         out = queries.new_zeros(queries.shape[:3] + values.shape[3:])
         scale = 1.0 / math.sqrt(queries.shape[-1])
+        positions = PositionTiles(position_weights)
         for tile in _tiles(layout, queries.shape[1], softmax, num_buckets, tile_elements):
             r, q, k = slice(0, tile.rows), slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
             logits = queries[r, :, q] @ keys[r, :, k].transpose(-1, -2)  # (r, H, bq, bk)
             if softmax:
                 logits.mul_(scale)
-            bias = tile.bias(position_weights, time_weights)
+            bias = tile.bias(positions, time_weights)
             if bias is not None:
                 logits.add_(bias)
             if softmax:
@@ -163,7 +208,7 @@ class BlockedHSTUAttention(torch.autograd.Function):
         softmax, layout = ctx.softmax, ctx.layout
         grad_out = grad_out.contiguous() if softmax else grad_out / ctx.scale_length
         grad_q, grad_k, grad_v = torch.zeros_like(queries), torch.zeros_like(keys), torch.zeros_like(values)
-        position_grad = None if position_weights is None else torch.zeros_like(position_weights)
+        positions = PositionTiles(position_weights)
         time_grad = None if time_weights is None else torch.zeros_like(time_weights)
         num_buckets = 0 if time_weights is None else time_weights.shape[0]
         scale = 1.0 / math.sqrt(queries.shape[-1])
@@ -173,7 +218,7 @@ class BlockedHSTUAttention(torch.autograd.Function):
             logits = tile_q @ tile_k.transpose(-1, -2)
             if softmax:
                 logits.mul_(scale)
-            bias = tile.bias(position_weights, time_weights)
+            bias = tile.bias(positions, time_weights)
             if bias is not None:
                 logits.add_(bias)
             grad_weights = tile_grad_out @ tile_v.transpose(-1, -2)
@@ -186,11 +231,11 @@ class BlockedHSTUAttention(torch.autograd.Function):
             grad_v[r, :, k] += weights.transpose(-1, -2) @ tile_grad_out
             grad_q[r, :, q] += grad_logits @ tile_k
             grad_k[r, :, k] += grad_logits.transpose(-1, -2) @ tile_q
-            tile.add_bias_grad(grad_logits, position_grad, time_grad)
+            tile.add_bias_grad(grad_logits, positions, time_grad)
         if softmax:
             grad_q.mul_(scale)
             grad_k.mul_(scale)
-        return grad_q, grad_k, grad_v, position_grad, time_grad, None, None, None, None
+        return grad_q, grad_k, grad_v, positions.finish_grad(), time_grad, None, None, None, None
 
 
 def blocked_hstu_attention(
