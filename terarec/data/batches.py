@@ -398,6 +398,21 @@ def _gather_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offsets
 
 
+def _length_buckets(
+    order: np.ndarray, lengths: np.ndarray, batch_size: int, window: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[int]]:
+    """Users of ``order`` sorted by length (longest first) within windows of ``window`` batches,
+    and the start of every batch, the batches of each window in random order."""
+    span = batch_size * window
+    sorted_order, starts = [], []
+    for window_start in range(0, order.size, span):
+        users = order[window_start : window_start + span]
+        sorted_order.append(users[np.argsort(-lengths[users], kind="stable")])
+        window_batches = np.arange(window_start, window_start + users.size, batch_size)
+        starts.extend(window_batches[rng.permutation(window_batches.size)].tolist())
+    return (np.concatenate(sorted_order) if sorted_order else order), starts
+
+
 class SequenceDataset(IterableDataset):
     """Streams SequenceBatches of user histories from an events dataset.
 
@@ -409,6 +424,11 @@ class SequenceDataset(IterableDataset):
 
     Users are dealt to DataLoader workers by a hash of their id, so every worker reads every
     part but builds batches for its own users only.
+
+    With ``shuffle`` and ``bucket_window`` > 0, the shuffled users are sorted by history length
+    within each window of ``bucket_window`` batches, cut into batches, and the window's batches
+    shuffled: a batch holds users of similar length (attention pads to its longest), and the
+    order stays random and fixed by the seed and epoch.
     """
 
     def __init__(
@@ -419,6 +439,7 @@ class SequenceDataset(IterableDataset):
         batch_size: int = 256,
         shuffle: bool = False,
         seed: int = 0,
+        bucket_window: int = 0,
     ) -> None:
         self.folder = Path(folder)
         self.meta = DatasetMeta.load(self.folder)
@@ -431,6 +452,9 @@ class SequenceDataset(IterableDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        if bucket_window < 0:
+            raise ValueError(f"bucket_window must be >= 0, got {bucket_window}")
+        self.bucket_window = bucket_window
         self.epoch = 0
         extra = ([self.spec.keep_if] if self.spec.keep_if else []) + list(self.spec.actions)
         self.columns = list(
@@ -477,6 +501,9 @@ class SequenceDataset(IterableDataset):
         order = np.arange(first_kept.size)
         if rng is not None:
             order = rng.permutation(order)
+        batch_starts = range(0, order.size, self.batch_size)
+        if rng is not None and self.bucket_window > 0:
+            order, batch_starts = _length_buckets(order, hist_end - first_kept, self.batch_size, self.bucket_window, rng)
         item_ids = hash_array(table.column(schema.ITEM_ID), schema.ITEM_ID)
         timestamps = table.column(schema.TIMESTAMP).to_numpy()
         user_col = table.column(schema.USER_ID).to_numpy()
@@ -485,7 +512,7 @@ class SequenceDataset(IterableDataset):
             if self.spec.actions
             else np.zeros((table.num_rows, 0), np.float32)
         )
-        for start in range(0, order.size, self.batch_size):
+        for start in batch_starts:
             chosen = order[start : start + self.batch_size]
             seg_start, seg_end = first_kept[chosen], hist_end[chosen]
             rows = _gather_ranges(seg_start, seg_end)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from terarec.layers.hstu import AttentionLayout
 
 TIME_BUCKET_WIDTH = 0.301  # ln-seconds per time bucket, as in the paper's reference code
-TILE_ELEMENTS = 1 << 17  # logits per tile (rows x heads x queries x keys): a few tiles stay in L2 cache
+TILE_ELEMENTS = 1 << 18  # logits per tile (rows x heads x queries x keys): a few tiles stay in L2 cache
 
 
 def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:

@@ -405,6 +405,28 @@ def test_sequence_shuffle_is_seeded(many_users_folder: Path) -> None:
     assert sorted(order(0, 1)) == plain
 
 
+def test_sequence_length_buckets_are_seeded_and_cut_batches_of_similar_length(many_users_folder: Path) -> None:
+    def batches(seed: int, window: int, epoch: int = 0) -> list[list[tuple[int, int]]]:
+        ds = SequenceDataset(many_users_folder, "train", batch_size=5, shuffle=True, seed=seed, bucket_window=window)
+        ds.set_epoch(epoch)
+        return [list(zip(b.user_ids.tolist(), b.lengths.tolist(), strict=True)) for b in ds]
+
+    def padding(all_batches) -> int:  # padded slots of the attention rectangles
+        return sum(len(b) * max(n for _, n in b) - sum(n for _, n in b) for b in all_batches)
+
+    bucketed, shuffled = batches(0, window=4), batches(0, window=0)
+    assert bucketed == batches(0, window=4)
+    assert bucketed != batches(1, window=4) and bucketed != batches(0, window=4, epoch=1)
+    users = [u for b in bucketed for u, _ in b]
+    assert sorted(users) == sorted(u for b in shuffled for u, _ in b) and len(set(users)) == len(users)
+    assert padding(bucketed) < padding(shuffled)  # (parts of 60 rows here: windows of a dozen users)
+    windows = [bucketed[i : i + 4] for i in range(0, len(bucketed), 4)]
+    assert any([max(n for _, n in b) for b in w] != sorted([max(n for _, n in b) for b in w], reverse=True)
+               for w in windows)  # a window's batches are not served longest first
+    with pytest.raises(ValueError, match="bucket_window"):
+        SequenceDataset(many_users_folder, "train", bucket_window=-1)
+
+
 def test_user_column_names_the_user_for_gauc() -> None:
     table = pa.table({"user": pa.array([7, 8, None], pa.int64()), "item": [1, 2, 3], "label": [1.0, 0.0, 1.0]})
     spec = FeatureSpec(sparse=["item"], labels=["label"], user_column="user")
