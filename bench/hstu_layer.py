@@ -14,8 +14,9 @@ default: 4096 tokens, 8192 at 8192); the attention layout (sorted rows, padded t
 computed once outside the timed step (a stack shares it between its layers), the bias lookup
 is inside. Each side is timed as forward, sum of the output, backward, after warm-up; the
 median of the repeats is reported. Peak memory of one step at ``--memory-length`` (4096) is
-measured in a fresh child process per side: its peak resident set during the step minus its
-resident set just before (inputs and weights built). Threads: OMP_NUM_THREADS if set, else
+measured in a fresh child process per side after one warm-up step: the peak resident set
+during a second step (Linux VmHWM, reset through /proc/self/clear_refs) minus the resident set
+just before it. Threads: OMP_NUM_THREADS if set, else
 the CPUs this process may use. Last line JSON: ``ratio_<T>`` = HSTU time / Transformer time,
 the times and their spreads, ``peak_mib_<side>_<T>``.
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -78,19 +78,27 @@ def _build(side: str, length: int, tokens: int, d: int, heads: int, attention: s
     return partial(_transformer_step, transformer, x_padded, src_mask)
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _peak_step_memory(args) -> None:
-    """Child process: one step of one side; prints the peak resident bytes above the start."""
+    """Child process: one side's step, warmed up once (lazy allocations of the libraries), then
+    timed for memory: prints the peak resident bytes of the second step above its start."""
     torch.set_num_threads(1)
     side, length = args.peak_memory_of.split(":")
     step = _build(side, int(length), args.tokens, args.dim, args.heads, args.attention)
-    before = _resident_bytes()
     step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets the peak resident set (VmHWM) to the current one
+    before = _status_bytes("VmRSS")
+    step()
+    print(_status_bytes("VmHWM") - before)
 
 
 def main() -> None:
