@@ -10,9 +10,8 @@ weights: 3d^2 attention in, d^2 out, 8d^2 feed-forward) with a causal mask and
 Same d, H and length on both sides; both in float32, training mode with dropout 0.
 
 Lengths 256, 1024, 4096 and 8192 with a fixed number of tokens per step (batch 16, 4, 1, 1 by
-default: 4096 tokens, 8192 at 8192); the attention layout (sorted rows, padded timestamps) is
-computed once outside the timed step (a stack shares it between its layers), the bias lookup
-is inside. Each side is timed as forward, sum of the output, backward, after warm-up; the
+default: 4096 tokens, 8192 at 8192); the HSTU step builds its attention layout (sorted rows,
+padded timestamps; a stack shares it between its layers), so nothing carries over between steps. Each side is timed as forward, sum of the output, backward, after warm-up; the
 median of the repeats is reported. Peak memory of one step at ``--memory-length`` (4096) is
 measured in a fresh child process per side after one warm-up step: the peak resident set
 during a second step (Linux VmHWM, reset through /proc/self/clear_refs) minus the resident set
@@ -39,8 +38,10 @@ import torch
 from torch import nn
 
 
-def _hstu_step(layer, x, layout) -> None:
-    layer(x, layout)[0].sum().backward()
+def _hstu_step(layer, x, layout_args) -> None:
+    from terarec.layers.hstu import AttentionLayout
+
+    layer(x, AttentionLayout(*layout_args))[0].sum().backward()
 
 
 def _transformer_step(layer, x, src_mask) -> None:
@@ -60,7 +61,7 @@ def _timed(step, warmup: int, repeats: int) -> list[float]:
 
 def _build(side: str, length: int, tokens: int, d: int, heads: int, attention: str):
     """The step of one side at one length, ready to call."""
-    from terarec.layers.hstu import AttentionLayout, HSTULayer
+    from terarec.layers.hstu import HSTULayer
 
     torch.manual_seed(0)
     batch = max(1, tokens // length)
@@ -69,8 +70,8 @@ def _build(side: str, length: int, tokens: int, d: int, heads: int, attention: s
                          attention=attention)
         x = torch.randn(batch * length, d, requires_grad=True)
         times = torch.cumsum(torch.randint(1, 3600, (batch, length)), 1)
-        layout = AttentionLayout(torch.full((batch,), length), length, times.reshape(-1), num_buckets=128)
-        return partial(_hstu_step, hstu, x, layout)
+        layout_args = (torch.full((batch,), length), length, times.reshape(-1), None, 128)
+        return partial(_hstu_step, hstu, x, layout_args)
     transformer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True,
                                              norm_first=True)
     src_mask = nn.Transformer.generate_square_subsequent_mask(length)

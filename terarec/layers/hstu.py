@@ -48,7 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from terarec.layers.hstu_blocked import TIME_BUCKET_WIDTH, lookup, blocked_hstu_attention, time_buckets
+from terarec.layers.hstu_blocked import (
+    BUCKET_CACHE_ELEMENTS,
+    TIME_BUCKET_WIDTH,
+    blocked_hstu_attention,
+    lookup,
+    time_buckets,
+)
 from terarec.layers.jagged import offsets_of, padded_index, positions, to_jagged, to_padded
 
 __all__ = ["TIME_BUCKET_WIDTH", "AttentionLayout", "HSTULayer", "HSTUStack", "HistoryCache", "RelativeBias",
@@ -225,6 +231,9 @@ class AttentionLayout:
             self.new_key_index, self.cached_key_index = key_index[self.new_flat], key_index[self.cached_flat]
 
         self.query_times = self.key_times = None  # (B, Tq) and (B, Tk) padded, when there is a time bias
+        # The blocked attention's time buckets per tile, shared by the layers when small enough.
+        small = batch * self.query_length * self.key_length <= BUCKET_CACHE_ELEMENTS
+        self.tile_buckets: dict[tuple, torch.Tensor] | None = {} if small else None
         if timestamps is not None and num_buckets > 0:
             if cached_lengths is not None and cached_timestamps is None:
                 if bool((cached > 0).any()):
@@ -281,7 +290,7 @@ class AttentionLayout:
         if self.cached_key_index is None:
             return self.queries(values)
         flat = values.new_zeros((self.batch * self.key_length,) + tuple(values.shape[1:]))
-        flat = flat.index_copy(0, self.cached_key_index, cached).index_copy(0, self.new_key_index, values)
+        flat = flat.index_copy_(0, self.cached_key_index, cached).index_copy_(0, self.new_key_index, values)
         return flat.view((self.batch, self.key_length) + tuple(values.shape[1:]))
 
     def appended(self, values: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
@@ -289,7 +298,7 @@ class AttentionLayout:
         if self.new_flat is None:
             return values
         flat = values.new_zeros((int(self.total_lengths.sum()),) + tuple(values.shape[1:]))
-        return flat.index_copy(0, self.cached_flat, cached).index_copy(0, self.new_flat, values)
+        return flat.index_copy_(0, self.cached_flat, cached).index_copy_(0, self.new_flat, values)
 
 
 class HSTULayer(nn.Module):

@@ -9,7 +9,9 @@ no T x T tensor ever exists:
 * a key tile that lies wholly after a query tile (causal) is skipped; only tiles that cross
   the diagonal, or hold candidates (M-FALCON), build a mask;
 * the relative bias of a tile is gathered from the position and time-bucket tables with
-  indexes computed for that tile from positions and timestamps;
+  indexes computed for that tile from positions and timestamps; a small call (at most
+  ``BUCKET_CACHE_ELEMENTS`` query-key pairs, 16 MiB of int32) keeps its tiles' time buckets in
+  its layout for every layer, forward and backward, a large one recomputes them per tile;
 * backward recomputes each tile's logits instead of storing the weights (as FlashAttention
   does), and scatters the bias gradient into the two tables.
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from terarec.layers.hstu import AttentionLayout
 
 TIME_BUCKET_WIDTH = 0.301  # ln-seconds per time bucket, as in the paper's reference code
+BUCKET_CACHE_ELEMENTS = 1 << 22  # calls with at most this many query x key pairs keep their time buckets
 TILE_ELEMENTS = 1 << 18  # logits per tile (rows x heads x queries x keys): a few tiles stay in L2 cache
 
 
@@ -67,8 +70,15 @@ class _Tile:
             )
         self.buckets = None
         if layout.query_times is not None and num_buckets > 0:
-            gaps = layout.query_times[:rows, q0:q1, None] - layout.key_times[:rows, None, k0:k1]
-            self.buckets = time_buckets(gaps, num_buckets)  # (r, bq, bk)
+            cache = layout.tile_buckets
+            key = (rows, q0, q1, k0, k1, num_buckets)
+            if cache is not None and key in cache:
+                self.buckets = cache[key]
+            else:
+                gaps = layout.query_times[:rows, q0:q1, None] - layout.key_times[:rows, None, k0:k1]
+                self.buckets = time_buckets(gaps, num_buckets).int()  # (r, bq, bk)
+                if cache is not None:
+                    cache[key] = self.buckets
 
     def position_index(self) -> torch.Tensor:
         """(bq, bk) (plain causal) or (r, bq, bk) index into the position table."""
