@@ -40,7 +40,8 @@ def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
 
     Gaps of 0 and 1 s share bucket 0; the last bucket, ``num_buckets - 1``, holds every longer gap.
     """
-    seconds = gaps.abs().clamp_(min=1).to(torch.float32)
+    # |float32(gap)| == float32(|gap|): converting first halves the bytes of the passes after it.
+    seconds = gaps.to(torch.float32).abs_().clamp_(min=1)
     return seconds.log_().div_(TIME_BUCKET_WIDTH).long().clamp_(max=num_buckets - 1)
 
 
@@ -177,6 +178,14 @@ def _tiles(layout: AttentionLayout, heads: int, softmax: bool, num_buckets: int,
             yield _Tile(layout, rows, q0, q1, k0, min(k0 + key_tile, key_end), num_buckets)
 
 
+def _logits(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor | None, softmax: bool) -> torch.Tensor:
+    """(r, H, bq, bk) Q K^T (/ sqrt(d_qk) in softmax mode) + bias."""
+    logits = queries @ keys.transpose(-1, -2)
+    if softmax:
+        logits.mul_(1.0 / math.sqrt(queries.shape[-1]))
+    return logits if bias is None else logits.add_(bias)
+
+
 class BlockedHSTUAttention(torch.autograd.Function):
     """Tiled eq. (2) with a hand-written backward that recomputes each tile (see the module docstring).
 
@@ -191,16 +200,10 @@ class BlockedHSTUAttention(torch.autograd.Function):
         queries, keys, values = queries.contiguous(), keys.contiguous(), values.contiguous()
         num_buckets = 0 if time_weights is None else time_weights.shape[0]
         out = queries.new_zeros(queries.shape[:3] + values.shape[3:])
-        scale = 1.0 / math.sqrt(queries.shape[-1])
         positions = PositionTiles(position_weights)
         for tile in _tiles(layout, queries.shape[1], softmax, num_buckets, tile_elements):
             r, q, k = slice(0, tile.rows), slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
-            logits = queries[r, :, q] @ keys[r, :, k].transpose(-1, -2)  # (r, H, bq, bk)
-            if softmax:
-                logits.mul_(scale)
-            bias = tile.bias(positions, time_weights)
-            if bias is not None:
-                logits.add_(bias)
+            logits = _logits(queries[r, :, q], keys[r, :, k], tile.bias(positions, time_weights), softmax)
             if softmax:
                 weights = torch.softmax(tile.mask(logits, -math.inf), dim=-1)
             else:
@@ -208,13 +211,13 @@ class BlockedHSTUAttention(torch.autograd.Function):
             out[r, :, q] += weights @ values[r, :, k]
         if not softmax:
             out.div_(scale_length)
-        ctx.save_for_backward(queries, keys, values, position_weights, time_weights, out if softmax else None)
+        ctx.save_for_backward(queries, keys, values, position_weights, time_weights)
         ctx.layout, ctx.scale_length, ctx.softmax, ctx.tile_elements = layout, scale_length, softmax, tile_elements
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        queries, keys, values, position_weights, time_weights, out = ctx.saved_tensors
+        queries, keys, values, position_weights, time_weights = ctx.saved_tensors
         softmax, layout = ctx.softmax, ctx.layout
         grad_out = grad_out.contiguous() if softmax else grad_out / ctx.scale_length
         grad_q, grad_k, grad_v = torch.zeros_like(queries), torch.zeros_like(keys), torch.zeros_like(values)
@@ -225,12 +228,7 @@ class BlockedHSTUAttention(torch.autograd.Function):
         for tile in _tiles(layout, queries.shape[1], softmax, num_buckets, ctx.tile_elements):
             r, q, k = slice(0, tile.rows), slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
             tile_q, tile_k, tile_v, tile_grad_out = queries[r, :, q], keys[r, :, k], values[r, :, k], grad_out[r, :, q]
-            logits = tile_q @ tile_k.transpose(-1, -2)
-            if softmax:
-                logits.mul_(scale)
-            bias = tile.bias(positions, time_weights)
-            if bias is not None:
-                logits.add_(bias)
+            logits = _logits(tile_q, tile_k, tile.bias(positions, time_weights), softmax)
             grad_weights = tile_grad_out @ tile_v.transpose(-1, -2)
             if softmax:
                 weights = torch.softmax(tile.mask(logits, -math.inf), dim=-1)
