@@ -46,8 +46,9 @@ class DataConfig:
         keep_if: sequence tasks: only events where this column is > 0 form histories.
         actions: sequence tasks: action columns carried per event.
         bucket_window: sequence tasks: shuffled training users are sorted by history length
-            within windows of this many batches before batches are cut, so a batch pads to a
-            length near its own (0: no bucketing).
+            within windows of this many batches and cut into batches of about equal event
+            counts, so a batch pads to a length near its own; batch_size is then the
+            average number of users per batch (0: no bucketing).
         crosses: CTR tasks: declared feature crosses, each a mapping with ``name``, ``kind``,
             ``columns`` (and ``buckets``, ...) as in ``terarec.features.crosses.CrossSpec``.
         user_column: CTR tasks: the column naming the user, for gAUC.

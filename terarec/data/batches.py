@@ -400,17 +400,22 @@ def _gather_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 def _length_buckets(
     order: np.ndarray, lengths: np.ndarray, batch_size: int, window: int, rng: np.random.Generator
-) -> tuple[np.ndarray, list[int]]:
-    """Users of ``order`` sorted by length (longest first) within windows of ``window`` batches,
-    and the start of every batch, the batches of each window in random order."""
-    span = batch_size * window
-    sorted_order, starts = [], []
-    for window_start in range(0, order.size, span):
-        users = order[window_start : window_start + span]
-        sorted_order.append(users[np.argsort(-lengths[users], kind="stable")])
-        window_batches = np.arange(window_start, window_start + users.size, batch_size)
-        starts.extend(window_batches[rng.permutation(window_batches.size)].tolist())
-    return (np.concatenate(sorted_order) if sorted_order else order), starts
+) -> list[np.ndarray]:
+    """The users of ``order`` as batches of similar length: within each window of ``window``
+    batches, users sorted by length (longest first) and cut into as many batches as the window
+    would have had, each with about the same number of events (a batch of short histories holds
+    more users), so that every event weighs in the loss as it does under a plain shuffle; the
+    window's batches in random order."""
+    batches = []
+    for window_start in range(0, order.size, batch_size * window):
+        users = order[window_start : window_start + batch_size * window]
+        users = users[np.argsort(-lengths[users], kind="stable")]
+        count = -(-users.size // batch_size)
+        events = np.cumsum(lengths[users])
+        cuts = np.searchsorted(events, events[-1] * np.arange(1, count) / count, side="right")
+        window_batches = [b for b in np.split(users, cuts) if b.size]
+        batches.extend(window_batches[i] for i in rng.permutation(len(window_batches)))
+    return batches
 
 
 class SequenceDataset(IterableDataset):
@@ -426,9 +431,11 @@ class SequenceDataset(IterableDataset):
     part but builds batches for its own users only.
 
     With ``shuffle`` and ``bucket_window`` > 0, the shuffled users are sorted by history length
-    within each window of ``bucket_window`` batches, cut into batches, and the window's batches
-    shuffled: a batch holds users of similar length (attention pads to its longest), and the
-    order stays random and fixed by the seed and epoch.
+    within each window of ``bucket_window`` batches and cut into the same number of batches of
+    about equal event counts (so a batch of short histories holds more users, and each event
+    weighs in a per-event mean loss as under a plain shuffle), the window's batches shuffled: a
+    batch holds users of similar length (attention pads to its longest), and the order stays
+    random and fixed by the seed and epoch.
     """
 
     def __init__(
@@ -501,9 +508,10 @@ class SequenceDataset(IterableDataset):
         order = np.arange(first_kept.size)
         if rng is not None:
             order = rng.permutation(order)
-        batch_starts = range(0, order.size, self.batch_size)
         if rng is not None and self.bucket_window > 0:
-            order, batch_starts = _length_buckets(order, hist_end - first_kept, self.batch_size, self.bucket_window, rng)
+            batches = _length_buckets(order, hist_end - first_kept, self.batch_size, self.bucket_window, rng)
+        else:
+            batches = [order[start : start + self.batch_size] for start in range(0, order.size, self.batch_size)]
         item_ids = hash_array(table.column(schema.ITEM_ID), schema.ITEM_ID)
         timestamps = table.column(schema.TIMESTAMP).to_numpy()
         user_col = table.column(schema.USER_ID).to_numpy()
@@ -512,8 +520,7 @@ class SequenceDataset(IterableDataset):
             if self.spec.actions
             else np.zeros((table.num_rows, 0), np.float32)
         )
-        for start in batch_starts:
-            chosen = order[start : start + self.batch_size]
+        for chosen in batches:
             seg_start, seg_end = first_kept[chosen], hist_end[chosen]
             rows = _gather_ranges(seg_start, seg_end)
             batch = SequenceBatch(
