@@ -15,7 +15,7 @@ padded timestamps; a stack shares it between its layers), so nothing carries ove
 median of the repeats is reported. Peak memory of one step at ``--memory-length`` (4096) is
 measured in a fresh child process per side after one warm-up step: the peak resident set
 during a second step (Linux VmHWM, reset through /proc/self/clear_refs) minus the resident set
-just before it. Threads: OMP_NUM_THREADS if set, else
+just before it, under a fixed glibc mmap threshold (128 KiB) so that freed blocks leave. Threads: OMP_NUM_THREADS if set, else
 the CPUs this process may use. Last line JSON: ``ratio_<T>`` = HSTU time / Transformer time,
 the times and their spreads, ``peak_mib_<side>_<T>``.
 
@@ -153,7 +153,11 @@ def main() -> None:
             command = [sys.executable, __file__, "--peak-memory-of", f"{side}:{args.memory_length}",
                        "--tokens", str(args.tokens), "--dim", str(d), "--heads", str(heads),
                        "--attention", args.attention]
-            peak = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+            # A fixed mmap threshold: glibc's moving one keeps freed large blocks resident, so the
+            # peak would depend on the order of frees rather than on what was alive.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+            run = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            peak = int(run.stdout.split()[-1])
             out[f"peak_mib_{side}_{args.memory_length}"] = round(peak / 2**20, 1)
         print(f"peak memory of a step at {args.memory_length}: HSTU {out[f'peak_mib_hstu_{args.memory_length}']} MiB, "
               f"Transformer {out[f'peak_mib_transformer_{args.memory_length}']} MiB", flush=True)

@@ -367,25 +367,28 @@ class HSTULayer(nn.Module):
         def heads(t: torch.Tensor, width: int) -> torch.Tensor:  # (B, T, H*w) -> (B, H, T, w)
             return t.view(t.shape[0], t.shape[1], h, width).transpose(1, 2)
 
-        queries = heads(layout.queries(q), self.attention_dim)
-        keys = heads(layout.keys(k, cached_keys), self.attention_dim)
-        values = heads(layout.keys(v, cached_values), self.linear_dim)
+        queries, keys, values = layout.queries(q), layout.keys(k, cached_keys), layout.keys(v, cached_values)
         dropout = self.attention_dropout if self.training else 0.0
         if self.attention == "blocked" and dropout == 0.0:
             attended = blocked_hstu_attention(
-                queries, keys, values, layout, self.bias.position_weights, self.bias.time_weights,
+                queries.view(*queries.shape[:2], h, self.attention_dim),
+                keys.view(*keys.shape[:2], h, self.attention_dim),
+                values.view(*values.shape[:2], h, self.linear_dim),
+                layout, self.bias.position_weights, self.bias.time_weights,
                 scale_length=self.max_length, softmax=self.softmax,
-            )
+            )  # (B, Tq, H, d_v)
         else:
             attended = hstu_attention(
-                queries, keys, values,
+                heads(queries, self.attention_dim),
+                heads(keys, self.attention_dim),
+                heads(values, self.linear_dim),
                 layout.mask.unsqueeze(1),
                 self.bias(layout.relative, layout.buckets),
                 scale_length=self.max_length,
                 softmax=self.softmax,
                 dropout=dropout,
-            )  # (B, H, Tq, d_v)
-        attended = attended.transpose(1, 2).reshape(layout.batch, layout.query_length, h * self.linear_dim)
+            ).transpose(1, 2)  # (B, Tq, H, d_v)
+        attended = attended.reshape(layout.batch, layout.query_length, h * self.linear_dim)
         attended = to_jagged(attended, layout.query_index)  # (N, H * d_v)
         y = x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
         return y, (k, v)

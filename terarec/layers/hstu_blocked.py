@@ -49,9 +49,8 @@ class _Tile:
     """One query tile x key tile: ``rows`` leading rows, queries [q0, q1), keys [k0, k1), and the
     indexes of its bias (positions, time buckets) and its mask, shared by forward and backward.
 
-    Plain causal calls share one position pattern between all rows, and between all tiles of
-    the same shape and offset ``q0 - k0`` (``position_key``): its bias and its gradient are
-    kept per key for the whole call (``PositionTiles``) rather than gathered and scattered per tile.
+    Plain causal calls (``causal``) share one position pattern between all rows:
+    ``PositionTiles`` reads it as a strided view of the table.
     """
 
     def __init__(self, layout: AttentionLayout, rows: int, q0: int, q1: int, k0: int, k1: int, num_buckets: int):
@@ -59,7 +58,7 @@ class _Tile:
         device = layout.lengths.device
         queries = torch.arange(q0, q1, device=device)
         keys = torch.arange(k0, k1, device=device)
-        self.position_key = (q0 - k0, q1 - q0, k1 - k0) if layout.causal_only else None
+        self.causal = layout.causal_only
         if layout.causal_only:
             self.hidden = (keys > queries.unsqueeze(1)) if k1 > q0 + 1 else None  # (bq, bk) crosses the diagonal
         else:
@@ -82,15 +81,11 @@ class _Tile:
                     cache[key] = self.buckets
 
     def position_index(self) -> torch.Tensor:
-        """(bq, bk) (plain causal) or (r, bq, bk) index into the position table."""
+        """(r, bq, bk) index into the position table (tiles with a cache or candidates)."""
         n, device = self.layout.max_length, self.layout.lengths.device
-        queries = torch.arange(self.q0, self.q1, device=device)
         keys = torch.arange(self.k0, self.k1, device=device)
-        if self.position_key is not None:
-            relative = queries.unsqueeze(1) - keys
-        else:
-            first = self.layout.row_first_candidate[: self.rows, None]
-            relative = self.query_keys.clamp(max=first).unsqueeze(2) - keys.expand(self.rows, -1).clamp(max=first).unsqueeze(1)
+        first = self.layout.row_first_candidate[: self.rows, None]
+        relative = self.query_keys.clamp(max=first).unsqueeze(2) - keys.expand(self.rows, -1).clamp(max=first).unsqueeze(1)
         return (relative + n - 1).clamp(0, 2 * n - 2)
 
     def bias(self, positions: PositionTiles, time_weights: torch.Tensor | None) -> torch.Tensor | None:
@@ -119,38 +114,48 @@ class _Tile:
 
 
 class PositionTiles:
-    """The relative position bias of one call's tiles, and its gradient, gathered and scattered
-    once per tile pattern (see ``_Tile``)."""
+    """The relative position bias of one call's tiles, and its gradient.
 
-    def __init__(self, weights: torch.Tensor | None) -> None:
-        self.weights = weights
-        self.grad = None if weights is None else torch.zeros_like(weights)
-        self.biases: dict[tuple, torch.Tensor] = {}
-        self.grads: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    In a plain causal tile the bias is Toeplitz, ``w[q0 - k0 + i - j + n - 1]``: it is read as a
+    strided (Hankel) view of the zero-padded table with its columns flipped, and its gradient
+    summed along the tile's diagonals through the same view, with no index tensors and nothing
+    kept between tiles. Other tiles gather and scatter with the tile's index.
+    """
+
+    def __init__(self, weights: torch.Tensor | None, layout: AttentionLayout) -> None:
+        self.weights, self.n = weights, layout.max_length
+        self.pad = layout.query_length + layout.key_length  # >= any tile's bq + bk
+        self.padded = None if weights is None else F.pad(weights, (self.pad, self.pad))
+        self.padded_grad = None if weights is None else torch.zeros_like(self.padded)
+
+    def _first(self, tile: _Tile) -> int:
+        """Index in the padded table of the bias of the tile's query 0 and key bk - 1."""
+        return tile.q0 - tile.k0 + self.n - 1 + self.pad - (tile.k1 - tile.k0 - 1)
 
     def bias(self, tile: _Tile) -> torch.Tensor | None:
         if self.weights is None:
             return None
-        if tile.position_key is None:
+        if not tile.causal:
             return lookup(self.weights, tile.position_index())
-        if tile.position_key not in self.biases:
-            self.biases[tile.position_key] = lookup(self.weights, tile.position_index())
-        return self.biases[tile.position_key]
+        shape = (tile.q1 - tile.q0, tile.k1 - tile.k0)
+        return self.padded.as_strided(shape, (1, 1), self._first(tile)).flip(1)
 
     def add_grad(self, tile: _Tile, per_row: torch.Tensor) -> None:
-        if self.grad is None:
+        if self.weights is None:
             return
-        if tile.position_key is None:
-            self.grad.index_add_(0, tile.position_index().reshape(-1), per_row.reshape(-1))
-        elif tile.position_key in self.grads:
-            self.grads[tile.position_key][1].add_(per_row.sum(0))
-        else:
-            self.grads[tile.position_key] = (tile.position_index(), per_row.sum(0))
+        if not tile.causal:
+            index = tile.position_index().reshape(-1) + self.pad
+            self.padded_grad.index_add_(0, index, per_row.reshape(-1))
+            return
+        bq, bk = per_row.shape[1:]
+        width = bq + bk - 1
+        skewed = per_row.new_zeros(bq * width)  # row i holds the tile's row i, flipped, from column i
+        skewed.as_strided((bq, bk), (width + 1, 1)).copy_(per_row.sum(0).flip(1))
+        first = self._first(tile)
+        self.padded_grad[first : first + width] += skewed.view(bq, width).sum(0)
 
-    def finish_grad(self) -> torch.Tensor | None:
-        for index, grad in self.grads.values():
-            self.grad.index_add_(0, index.reshape(-1), grad.reshape(-1))
-        return self.grad
+    def grad(self) -> torch.Tensor | None:
+        return None if self.weights is None else self.padded_grad[self.pad : self.pad + self.weights.shape[0]]
 
 
 def lookup(weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -178,6 +183,11 @@ def _tiles(layout: AttentionLayout, heads: int, softmax: bool, num_buckets: int,
             yield _Tile(layout, rows, q0, q1, k0, min(k0 + key_tile, key_end), num_buckets)
 
 
+def _heads(tokens: torch.Tensor, rows: slice, span: slice) -> torch.Tensor:
+    """(r, H, b, w) view of the ``rows`` x ``span`` block of a token-major (B, T, H, w) tensor."""
+    return tokens[rows, span].transpose(1, 2)
+
+
 def _logits(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor | None, softmax: bool) -> torch.Tensor:
     """(r, H, bq, bk) Q K^T (/ sqrt(d_qk) in softmax mode) + bias."""
     logits = queries @ keys.transpose(-1, -2)
@@ -189,26 +199,31 @@ def _logits(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor | None
 class BlockedHSTUAttention(torch.autograd.Function):
     """Tiled eq. (2) with a hand-written backward that recomputes each tile (see the module docstring).
 
-    Inputs: padded, rows in the layout's (sorted) order: queries (B, H, Tq, d_qk), keys
-    (B, H, Tk, d_qk), values (B, H, Tk, d_v); the bias tables (or None); the layout; n; softmax.
-    Output: (B, H, Tq, d_v), zeros on queries past a row's length.
+    Inputs: padded, token-major (the layer's projections need no transposed copy), rows in the
+    layout's (sorted) order: queries (B, Tq, H, d_qk), keys (B, Tk, H, d_qk), values (B, Tk, H,
+    d_v); the bias tables (or None); the layout; n; softmax.
+    Output: (B, Tq, H, d_v), zeros on queries past a row's length.
     """
 
     @staticmethod
     def forward(ctx, queries, keys, values, position_weights, time_weights, layout, scale_length, softmax,
                 tile_elements=TILE_ELEMENTS):
+        if queries.shape[1] != layout.query_length or keys.shape[1] != layout.key_length:
+            raise ValueError(f"blocked_hstu_attention takes token-major (B, T, H, w) tensors: queries {tuple(queries.shape)} "
+                             f"and keys {tuple(keys.shape)} do not hold the layout's {layout.query_length} queries "
+                             f"and {layout.key_length} keys in dimension 1")
         queries, keys, values = queries.contiguous(), keys.contiguous(), values.contiguous()
         num_buckets = 0 if time_weights is None else time_weights.shape[0]
         out = queries.new_zeros(queries.shape[:3] + values.shape[3:])
-        positions = PositionTiles(position_weights)
-        for tile in _tiles(layout, queries.shape[1], softmax, num_buckets, tile_elements):
+        positions = PositionTiles(position_weights, layout)
+        for tile in _tiles(layout, queries.shape[2], softmax, num_buckets, tile_elements):
             r, q, k = slice(0, tile.rows), slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
-            logits = _logits(queries[r, :, q], keys[r, :, k], tile.bias(positions, time_weights), softmax)
+            logits = _logits(_heads(queries, r, q), _heads(keys, r, k), tile.bias(positions, time_weights), softmax)
             if softmax:
                 weights = torch.softmax(tile.mask(logits, -math.inf), dim=-1)
             else:
                 weights = tile.mask(F.silu(logits, inplace=True), 0.0)
-            out[r, :, q] += weights @ values[r, :, k]
+            _heads(out, r, q).add_(weights @ _heads(values, r, k))
         if not softmax:
             out.div_(scale_length)
         ctx.save_for_backward(queries, keys, values, position_weights, time_weights)
@@ -221,13 +236,14 @@ class BlockedHSTUAttention(torch.autograd.Function):
         softmax, layout = ctx.softmax, ctx.layout
         grad_out = grad_out.contiguous() if softmax else grad_out / ctx.scale_length
         grad_q, grad_k, grad_v = torch.zeros_like(queries), torch.zeros_like(keys), torch.zeros_like(values)
-        positions = PositionTiles(position_weights)
+        positions = PositionTiles(position_weights, layout)
         time_grad = None if time_weights is None else torch.zeros_like(time_weights)
         num_buckets = 0 if time_weights is None else time_weights.shape[0]
         scale = 1.0 / math.sqrt(queries.shape[-1])
-        for tile in _tiles(layout, queries.shape[1], softmax, num_buckets, ctx.tile_elements):
+        for tile in _tiles(layout, queries.shape[2], softmax, num_buckets, ctx.tile_elements):
             r, q, k = slice(0, tile.rows), slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
-            tile_q, tile_k, tile_v, tile_grad_out = queries[r, :, q], keys[r, :, k], values[r, :, k], grad_out[r, :, q]
+            tile_q, tile_k, tile_v = _heads(queries, r, q), _heads(keys, r, k), _heads(values, r, k)
+            tile_grad_out = _heads(grad_out, r, q)
             logits = _logits(tile_q, tile_k, tile.bias(positions, time_weights), softmax)
             grad_weights = tile_grad_out @ tile_v.transpose(-1, -2)
             if softmax:
@@ -236,14 +252,14 @@ class BlockedHSTUAttention(torch.autograd.Function):
             else:
                 weights = tile.mask(F.silu(logits), 0.0)
                 grad_logits = tile.mask(torch.ops.aten.silu_backward(grad_weights, logits), 0.0)
-            grad_v[r, :, k] += weights.transpose(-1, -2) @ tile_grad_out
-            grad_q[r, :, q] += grad_logits @ tile_k
-            grad_k[r, :, k] += grad_logits.transpose(-1, -2) @ tile_q
+            _heads(grad_v, r, k).add_(weights.transpose(-1, -2) @ tile_grad_out)
+            _heads(grad_q, r, q).add_(grad_logits @ tile_k)
+            _heads(grad_k, r, k).add_(grad_logits.transpose(-1, -2) @ tile_q)
             tile.add_bias_grad(grad_logits, positions, time_grad)
         if softmax:
             grad_q.mul_(scale)
             grad_k.mul_(scale)
-        return grad_q, grad_k, grad_v, positions.finish_grad(), time_grad, None, None, None, None
+        return grad_q, grad_k, grad_v, positions.grad(), time_grad, None, None, None, None
 
 
 def blocked_hstu_attention(
@@ -261,7 +277,8 @@ def blocked_hstu_attention(
     the bias of ``RelativeBias`` tables, without T x T tensors.
 
     Args:
-        queries, keys, values: (B, H, Tq or Tk, width), padded as ``layout.queries`` / ``layout.keys`` put them.
+        queries, keys, values: (B, Tq or Tk, H, width), padded as ``layout.queries`` / ``layout.keys``
+            put them (token-major, unlike ``hstu_attention``).
         layout: the call's ``AttentionLayout``.
         position_weights: (2n - 1,) relative position table, or None.
         time_weights: (num_buckets,) time-bucket table, or None (no time bias).
@@ -270,7 +287,7 @@ def blocked_hstu_attention(
         tile_elements: logits per tile (rows x heads x queries x keys), a memory / speed trade.
 
     Returns:
-        (B, H, Tq, d_v).
+        (B, Tq, H, d_v).
     """
     return BlockedHSTUAttention.apply(
         queries, keys, values, position_weights, time_weights, layout, scale_length, softmax, tile_elements

@@ -45,9 +45,10 @@ def _both(layout, softmax, with_position, tile_elements, seed=0):
     results = []
     for blocked in (False, True):
         inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        if blocked:
-            out = blocked_hstu_attention(*inputs, layout, bias.position_weights, bias.time_weights, 7,
-                                         softmax=softmax, tile_elements=tile_elements)
+        if blocked:  # token-major (B, T, H, w) in and out
+            token_major = [t.transpose(1, 2) for t in inputs]
+            out = blocked_hstu_attention(*token_major, layout, bias.position_weights, bias.time_weights, 7,
+                                         softmax=softmax, tile_elements=tile_elements).transpose(1, 2)
         else:
             out = hstu_attention(*inputs, layout.mask.unsqueeze(1), bias(layout.relative, layout.buckets),
                                  scale_length=7, softmax=softmax)
@@ -92,14 +93,14 @@ def test_without_position_bias_and_without_any_bias() -> None:
 def test_gradcheck_on_a_small_ragged_batch() -> None:
     generator = torch.Generator().manual_seed(5)
     layout = _layout([4, 2], 6, with_times=True, generator=generator)
-    q = torch.randn(2, 1, 4, 2, dtype=torch.float64, generator=generator, requires_grad=True)
-    k = torch.randn(2, 1, 4, 2, dtype=torch.float64, generator=generator, requires_grad=True)
-    v = torch.randn(2, 1, 4, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    q = torch.randn(2, 4, 1, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    k = torch.randn(2, 4, 1, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    v = torch.randn(2, 4, 1, 2, dtype=torch.float64, generator=generator, requires_grad=True)
     position = torch.randn(11, dtype=torch.float64, generator=generator, requires_grad=True)
     time = torch.randn(16, dtype=torch.float64, generator=generator, requires_grad=True)
-    real = torch.tensor([1.0, 1, 1, 1, 1, 1, 0, 0], dtype=torch.float64).view(2, 1, 4, 1)
+    real = torch.tensor([1.0, 1, 1, 1, 1, 1, 0, 0], dtype=torch.float64).view(2, 4, 1, 1)
 
-    def attention(q, k, v, position, time):
+    def attention(q, k, v, position, time):  # (B, T, H, w) in and out
         return blocked_hstu_attention(q, k, v, layout, position, time, 6, tile_elements=1) * real
 
     assert torch.autograd.gradcheck(attention, (q, k, v, position, time))
