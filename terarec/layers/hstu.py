@@ -16,7 +16,10 @@ bucket spans a factor e^0.301 ~ 1.35 of seconds. With ``softmax=True`` (2) becom
 ``softmax((Q K^T) / sqrt(d_qk) + rab)`` for comparison.
 
 Pointwise work (norms, f1, f2) runs on the flat values of the jagged batch; only attention
-pads, to the batch's longest sequence.
+pads, to the batch's longest sequence. ``hstu_attention`` is eq. (2) as written (dense (B, H,
+T, T) weights), the readable reference; layers run ``blocked_hstu_attention``
+(``terarec.layers.hstu_blocked``: tiles, no T x T tensor, no work past a sequence's end) unless
+``attention="reference"``; tests hold the two equal.
 
 One attention op serves training and inference (``AttentionLayout``): the tokens of a call
 are appended to a cached history (its keys and values from an earlier call, ``HistoryCache``;
