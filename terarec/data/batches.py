@@ -404,6 +404,26 @@ def _gather_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offsets
 
 
+def _length_buckets(
+    order: np.ndarray, lengths: np.ndarray, batch_size: int, window: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The users of ``order`` as batches of similar length: within each window of ``window``
+    batches, users sorted by length (longest first) and cut into as many batches as the window
+    would have had, each with about the same number of events (a batch of short histories holds
+    more users), so that every event weighs in the loss as it does under a plain shuffle; the
+    window's batches in random order."""
+    batches = []
+    for window_start in range(0, order.size, batch_size * window):
+        users = order[window_start : window_start + batch_size * window]
+        users = users[np.argsort(-lengths[users], kind="stable")]
+        count = -(-users.size // batch_size)
+        events = np.cumsum(lengths[users])
+        cuts = np.searchsorted(events, events[-1] * np.arange(1, count) / count, side="right")
+        window_batches = [b for b in np.split(users, cuts) if b.size]
+        batches.extend(window_batches[i] for i in rng.permutation(len(window_batches)))
+    return batches
+
+
 class SequenceDataset(IterableDataset):
     """Streams SequenceBatches of user histories from an events dataset.
 
@@ -416,6 +436,13 @@ class SequenceDataset(IterableDataset):
 
     Users are dealt to DataLoader workers by a hash of their id, so every worker reads every
     part but builds batches for its own users only.
+
+    With ``shuffle`` and ``bucket_window`` > 0, the shuffled users are sorted by history length
+    within each window of ``bucket_window`` batches and cut into the same number of batches of
+    about equal event counts (so a batch of short histories holds more users, and each event
+    weighs in a per-event mean loss as under a plain shuffle), the window's batches shuffled: a
+    batch holds users of similar length (attention pads to its longest), and the order stays
+    random and fixed by the seed and epoch.
     """
 
     def __init__(
@@ -426,6 +453,7 @@ class SequenceDataset(IterableDataset):
         batch_size: int = 256,
         shuffle: bool = False,
         seed: int = 0,
+        bucket_window: int = 0,
     ) -> None:
         self.folder = Path(folder)
         self.meta = DatasetMeta.load(self.folder)
@@ -438,6 +466,9 @@ class SequenceDataset(IterableDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        if bucket_window < 0:
+            raise ValueError(f"bucket_window must be >= 0, got {bucket_window}")
+        self.bucket_window = bucket_window
         self.epoch = 0
         extra = ([self.spec.keep_if] if self.spec.keep_if else []) + list(self.spec.actions)
         self.columns = list(
@@ -512,6 +543,10 @@ class SequenceDataset(IterableDataset):
         order = np.arange(first_kept.size)
         if rng is not None:
             order = rng.permutation(order)
+        if rng is not None and self.bucket_window > 0:
+            batches = _length_buckets(order, hist_end - first_kept, self.batch_size, self.bucket_window, rng)
+        else:
+            batches = [order[start : start + self.batch_size] for start in range(0, order.size, self.batch_size)]
         item_ids = hash_array(table.column(schema.ITEM_ID), schema.ITEM_ID)
         timestamps = table.column(schema.TIMESTAMP).to_numpy()
         user_col = table.column(schema.USER_ID).to_numpy()
@@ -520,8 +555,7 @@ class SequenceDataset(IterableDataset):
             if self.spec.actions
             else np.zeros((table.num_rows, 0), np.float32)
         )
-        for start in range(0, order.size, self.batch_size):
-            chosen = order[start : start + self.batch_size]
+        for chosen in batches:
             seg_start, seg_end = first_kept[chosen], hist_end[chosen]
             rows = _gather_ranges(seg_start, seg_end)
             batch = SequenceBatch(

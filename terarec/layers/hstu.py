@@ -16,7 +16,10 @@ bucket spans a factor e^0.301 ~ 1.35 of seconds. With ``softmax=True`` (2) becom
 ``softmax((Q K^T) / sqrt(d_qk) + rab)`` for comparison.
 
 Pointwise work (norms, f1, f2) runs on the flat values of the jagged batch; only attention
-pads, to the batch's longest sequence.
+pads, to the batch's longest sequence. ``hstu_attention`` is eq. (2) as written (dense (B, H,
+T, T) weights), the readable reference; layers run ``blocked_hstu_attention``
+(``terarec.layers.hstu_blocked``: tiles, no T x T tensor, no work past a sequence's end) unless
+``attention="reference"``; tests hold the two equal.
 
 One attention op serves training and inference (``AttentionLayout``): the tokens of a call
 are appended to a cached history (its keys and values from an earlier call, ``HistoryCache``;
@@ -42,23 +45,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from terarec.layers.hstu_blocked import (
+    BUCKET_CACHE_ELEMENTS,
+    TIME_BUCKET_WIDTH,
+    blocked_hstu_attention,
+    lookup,
+    time_buckets,
+)
 from terarec.layers.jagged import offsets_of, padded_index, positions, to_jagged, to_padded
 
-TIME_BUCKET_WIDTH = 0.301  # ln-seconds per time bucket, as in the paper's reference code
+__all__ = ["TIME_BUCKET_WIDTH", "AttentionLayout", "HSTULayer", "HSTUStack", "HistoryCache", "RelativeBias",
+           "blocked_hstu_attention", "causal_mask", "hstu_attention", "time_buckets"]
 
-
-def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
-    """Log-scale bucket of each time gap in seconds: ``floor(ln(max(|gap|, 1)) / 0.301)``, capped.
-
-    Gaps of 0 and 1 s share bucket 0; the last bucket, ``num_buckets - 1``, holds every longer gap.
-    """
-    seconds = gaps.abs().clamp(min=1).to(torch.float32)
-    return (torch.log(seconds) / TIME_BUCKET_WIDTH).long().clamp(max=num_buckets - 1)
+ATTENTION_KINDS = ("blocked", "reference")
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
@@ -133,16 +138,11 @@ class RelativeBias(nn.Module):
         bias = None
         if self.position_weights is not None:
             index = (relative + self.max_length - 1).clamp(0, 2 * self.max_length - 2)
-            bias = _gather(self.position_weights, index)
+            bias = lookup(self.position_weights, index)
         if self.time_weights is not None and buckets is not None:
-            time_bias = _gather(self.time_weights, buckets)
+            time_bias = lookup(self.time_weights, buckets)
             bias = time_bias if bias is None else bias + time_bias
         return None if bias is None else bias.unsqueeze(1)
-
-
-def _gather(weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``weights[index]`` for a 1-D ``weights``; index_select on the flat index is ~3x faster on CPU."""
-    return weights.index_select(0, index.reshape(-1)).view(index.shape)
 
 
 @dataclass
@@ -171,6 +171,10 @@ class AttentionLayout:
     another candidate. Every candidate of a sequence sits at the position of its first one.
     Computed once per call and shared by the layers.
 
+    The padded rows are sorted by the number of tokens, longest first (``row_of_sequence``), so
+    that the blocked attention can leave finished rows out of later query tiles. The dense
+    ``mask``, ``relative`` and ``buckets`` of the reference attention are built on first use.
+
     Args:
         lengths: (B,) tokens per sequence in this call.
         max_length: n of the stack: the last position used must be below it.
@@ -194,9 +198,14 @@ class AttentionLayout:
         cached_timestamps: torch.Tensor | None = None,
     ) -> None:
         device = lengths.device
+        self.lengths, self.max_length, self.num_buckets = lengths, max_length, num_buckets
         self.batch = batch = lengths.numel()
         self.query_length = int(lengths.max()) if batch else 0
-        self.query_index = padded_index(lengths, self.query_length)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        self.row_of_sequence = torch.empty_like(order)
+        self.row_of_sequence[order] = torch.arange(batch, device=device)
+        self.sorted_query_lengths = lengths[order].tolist()
+        self.query_index = padded_index(lengths, self.query_length, self.row_of_sequence)
         cached = torch.zeros_like(lengths) if cached_lengths is None else cached_lengths
         candidates = torch.zeros_like(lengths) if num_candidates is None else num_candidates
         if bool((candidates < 0).any()) or bool((candidates > lengths).any()):
@@ -210,41 +219,70 @@ class AttentionLayout:
             )
         self.key_length = int(total.max()) if batch else 0
         self.total_lengths = total
+        # Per padded row (sorted order): cached keys, first candidate key, keys in all.
+        self.row_cached, self.row_total = cached[order], total[order]
+        self.row_first_candidate = (total - candidates)[order]
+        self.max_row_cached = int(cached.max()) if batch else 0
+        self.causal_only = cached_lengths is None and num_candidates is None
         if cached_lengths is None:
             self.new_flat = self.cached_flat = self.new_key_index = self.cached_key_index = None
         else:  # where the history and the tokens go in the jagged and the padded keys
             starts = offsets_of(total)
             self.new_flat = torch.repeat_interleave(starts + cached, lengths) + positions(lengths)
             self.cached_flat = torch.repeat_interleave(starts, cached) + positions(cached)
-            key_index = padded_index(total, self.key_length)
+            key_index = padded_index(total, self.key_length, self.row_of_sequence)
             self.new_key_index, self.cached_key_index = key_index[self.new_flat], key_index[self.cached_flat]
 
-        if cached_lengths is None and num_candidates is None:  # plain causal: one (1, T, T) for all
-            index = torch.arange(self.query_length, device=device)
-            self.mask = causal_mask(self.query_length, device).unsqueeze(0)
-            self.relative = (index.unsqueeze(1) - index.unsqueeze(0)).unsqueeze(0)
-        else:
-            query = cached.unsqueeze(1) + torch.arange(self.query_length, device=device)  # (B, Tq) key index
-            key = torch.arange(self.key_length, device=device).expand(batch, -1)  # (B, Tk)
-            first_candidate = (total - candidates).unsqueeze(1)
-            key_is_candidate = (key >= first_candidate) & (key < total.unsqueeze(1)) & (candidates > 0).unsqueeze(1)
-            self.mask = (key.unsqueeze(1) <= query.unsqueeze(2)) & (
-                ~key_is_candidate.unsqueeze(1) | (key.unsqueeze(1) == query.unsqueeze(2))
-            )
-            self.relative = query.clamp(max=first_candidate).unsqueeze(2) - key.clamp(max=first_candidate).unsqueeze(1)
-
-        self.buckets = None
+        self.query_times = self.key_times = None  # (B, Tq) and (B, Tk) padded, when there is a time bias
+        # The blocked attention's time buckets per tile, shared by the layers when small enough.
+        small = batch * self.query_length * self.key_length <= BUCKET_CACHE_ELEMENTS
+        self.tile_buckets: dict[tuple, torch.Tensor] | None = {} if small else None
         if timestamps is not None and num_buckets > 0:
             if cached_lengths is not None and cached_timestamps is None:
                 if bool((cached > 0).any()):
                     raise ValueError("these tokens have timestamps but the cached history has none")
                 cached_timestamps = timestamps[:0]
             query_timestamps = timestamps if query_timestamps is None else query_timestamps
-            query_times = to_padded(query_timestamps, self.query_index, batch, self.query_length)
-            key_times = self.keys(timestamps, cached_timestamps)
-            self.buckets = time_buckets(query_times.unsqueeze(2) - key_times.unsqueeze(1), num_buckets)
+            self.query_times = to_padded(query_timestamps, self.query_index, batch, self.query_length)
+            self.key_times = self.keys(timestamps, cached_timestamps)
         elif cached_timestamps is not None and num_buckets > 0 and bool((cached > 0).any()):
             raise ValueError("the cached history has timestamps: give these tokens' timestamps too")
+
+    @cached_property
+    def _query_and_key_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Tq) the key index of each query and (B, Tk) of each key (rows in sorted order)."""
+        device = self.lengths.device
+        query = self.row_cached.unsqueeze(1) + torch.arange(self.query_length, device=device)
+        return query, torch.arange(self.key_length, device=device).expand(self.batch, -1)
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """(B or 1, Tq, Tk) True where a query may see a key (reference attention)."""
+        if self.causal_only:  # plain causal: one (1, T, T) for all
+            return causal_mask(self.query_length, self.lengths.device).unsqueeze(0)
+        query, key = self._query_and_key_positions
+        first_candidate = self.row_first_candidate.unsqueeze(1)
+        key_is_candidate = (key >= first_candidate) & (key < self.row_total.unsqueeze(1))
+        return (key.unsqueeze(1) <= query.unsqueeze(2)) & (
+            ~key_is_candidate.unsqueeze(1) | (key.unsqueeze(1) == query.unsqueeze(2))
+        )
+
+    @cached_property
+    def relative(self) -> torch.Tensor:
+        """(B or 1, Tq, Tk) query position minus key position (reference attention)."""
+        if self.causal_only:
+            index = torch.arange(self.query_length, device=self.lengths.device)
+            return (index.unsqueeze(1) - index.unsqueeze(0)).unsqueeze(0)
+        query, key = self._query_and_key_positions
+        first_candidate = self.row_first_candidate.unsqueeze(1)
+        return query.clamp(max=first_candidate).unsqueeze(2) - key.clamp(max=first_candidate).unsqueeze(1)
+
+    @cached_property
+    def buckets(self) -> torch.Tensor | None:
+        """(B, Tq, Tk) time bucket of each query-key gap, or None (reference attention)."""
+        if self.query_times is None:
+            return None
+        return time_buckets(self.query_times.unsqueeze(2) - self.key_times.unsqueeze(1), self.num_buckets)
 
     def queries(self, values: torch.Tensor) -> torch.Tensor:
         """(N, ...) the tokens' values -> (B, Tq, ...) padded."""
@@ -255,7 +293,7 @@ class AttentionLayout:
         if self.cached_key_index is None:
             return self.queries(values)
         flat = values.new_zeros((self.batch * self.key_length,) + tuple(values.shape[1:]))
-        flat = flat.index_copy(0, self.cached_key_index, cached).index_copy(0, self.new_key_index, values)
+        flat = flat.index_copy_(0, self.cached_key_index, cached).index_copy_(0, self.new_key_index, values)
         return flat.view((self.batch, self.key_length) + tuple(values.shape[1:]))
 
     def appended(self, values: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
@@ -263,7 +301,7 @@ class AttentionLayout:
         if self.new_flat is None:
             return values
         flat = values.new_zeros((int(self.total_lengths.sum()),) + tuple(values.shape[1:]))
-        return flat.index_copy(0, self.cached_flat, cached).index_copy(0, self.new_flat, values)
+        return flat.index_copy_(0, self.cached_flat, cached).index_copy_(0, self.new_flat, values)
 
 
 class HSTULayer(nn.Module):
@@ -280,6 +318,9 @@ class HSTULayer(nn.Module):
         position_bias: learn the relative position part of the bias.
         softmax: softmax attention instead of pointwise SiLU (for comparison).
         attention_dropout: dropout on the attention weights.
+        attention: "blocked" (``blocked_hstu_attention``, tiled, no T x T tensors) or
+            "reference" (``hstu_attention``, dense); the reference also serves attention dropout
+            in training, which the blocked op does not do.
     """
 
     def __init__(
@@ -294,8 +335,12 @@ class HSTULayer(nn.Module):
         position_bias: bool = True,
         softmax: bool = False,
         attention_dropout: float = 0.0,
+        attention: str = "blocked",
     ) -> None:
         super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        self.attention = attention
         self.num_heads, self.attention_dim, self.linear_dim = num_heads, attention_dim, linear_dim
         self.max_length, self.softmax = max_length, softmax
         self.dropout, self.attention_dropout = dropout, attention_dropout
@@ -325,17 +370,28 @@ class HSTULayer(nn.Module):
         def heads(t: torch.Tensor, width: int) -> torch.Tensor:  # (B, T, H*w) -> (B, H, T, w)
             return t.view(t.shape[0], t.shape[1], h, width).transpose(1, 2)
 
-        attended = hstu_attention(
-            heads(layout.queries(q), self.attention_dim),
-            heads(layout.keys(k, cached_keys), self.attention_dim),
-            heads(layout.keys(v, cached_values), self.linear_dim),
-            layout.mask.unsqueeze(1),
-            self.bias(layout.relative, layout.buckets),
-            scale_length=self.max_length,
-            softmax=self.softmax,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )  # (B, H, Tq, d_v)
-        attended = attended.transpose(1, 2).reshape(layout.batch, layout.query_length, h * self.linear_dim)
+        queries, keys, values = layout.queries(q), layout.keys(k, cached_keys), layout.keys(v, cached_values)
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.attention == "blocked" and dropout == 0.0:
+            attended = blocked_hstu_attention(
+                queries.view(*queries.shape[:2], h, self.attention_dim),
+                keys.view(*keys.shape[:2], h, self.attention_dim),
+                values.view(*values.shape[:2], h, self.linear_dim),
+                layout, self.bias.position_weights, self.bias.time_weights,
+                scale_length=self.max_length, softmax=self.softmax,
+            )  # (B, Tq, H, d_v)
+        else:
+            attended = hstu_attention(
+                heads(queries, self.attention_dim),
+                heads(keys, self.attention_dim),
+                heads(values, self.linear_dim),
+                layout.mask.unsqueeze(1),
+                self.bias(layout.relative, layout.buckets),
+                scale_length=self.max_length,
+                softmax=self.softmax,
+                dropout=dropout,
+            ).transpose(1, 2)  # (B, Tq, H, d_v)
+        attended = attended.reshape(layout.batch, layout.query_length, h * self.linear_dim)
         attended = to_jagged(attended, layout.query_index)  # (N, H * d_v)
         y = x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
         return y, (k, v)
@@ -346,8 +402,8 @@ class HSTUStack(nn.Module):
 
     Args (Options):
         embedding_dim, num_layers, num_heads, attention_dim, linear_dim (0: embedding_dim),
-        dropout, attention_dropout, max_length, num_buckets, position_bias, softmax: as in
-        ``HSTULayer``.
+        dropout, attention_dropout, max_length, num_buckets, position_bias, softmax, attention:
+        as in ``HSTULayer``.
     """
 
     @dataclass
@@ -363,6 +419,7 @@ class HSTUStack(nn.Module):
         num_buckets: int = 128
         position_bias: bool = True
         softmax: bool = False
+        attention: str = "blocked"
 
     def __init__(self, options: Options) -> None:
         super().__init__()
@@ -380,6 +437,7 @@ class HSTUStack(nn.Module):
                 options.position_bias,
                 options.softmax,
                 options.attention_dropout,
+                options.attention,
             )
             for _ in range(options.num_layers)
         )

@@ -216,7 +216,8 @@ class SequentialTask(Task):
 
     def dataset(self, split: str, shuffle: bool = False) -> SequenceDataset:
         return SequenceDataset(self.folder, split, sequence_spec(self.config), batch_size=self.batch_size(split),
-                               shuffle=shuffle, seed=self.config.train.seed)
+                               shuffle=shuffle, seed=self.config.train.seed,
+                               bucket_window=self.config.data.bucket_window if split == "train" else 0)
 
     def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
         _check_split(split)

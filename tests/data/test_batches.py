@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from terarec.data.batches import (
     CTRDataset,
     FeatureSpec,
     SequenceDataset,
+    _length_buckets,
     SequenceSpec,
     ctr_batch_from_table,
     make_loader,
@@ -403,6 +405,45 @@ def test_sequence_shuffle_is_seeded(many_users_folder: Path) -> None:
     assert order(0, 0) == order(0, 0) != plain
     assert order(0, 1) != order(0, 0)
     assert sorted(order(0, 1)) == plain
+
+
+def test_sequence_length_buckets_are_seeded_and_cut_batches_of_similar_length(many_users_folder: Path) -> None:
+    def batches(seed: int, window: int, epoch: int = 0) -> list[list[tuple[int, int]]]:
+        ds = SequenceDataset(many_users_folder, "train", batch_size=5, shuffle=True, seed=seed, bucket_window=window)
+        ds.set_epoch(epoch)
+        return [list(zip(b.user_ids.tolist(), b.lengths.tolist(), strict=True)) for b in ds]
+
+    def padding(all_batches) -> int:  # padded slots of the attention rectangles
+        return sum(len(b) * max(n for _, n in b) - sum(n for _, n in b) for b in all_batches)
+
+    bucketed, shuffled = batches(0, window=4), batches(0, window=0)
+    assert bucketed == batches(0, window=4)
+    assert bucketed != batches(1, window=4) and bucketed != batches(0, window=4, epoch=1)
+    users = [u for b in bucketed for u, _ in b]
+    assert sorted(users) == sorted(u for b in shuffled for u, _ in b) and len(set(users)) == len(users)
+    assert padding(bucketed) < padding(shuffled)  # (parts of 60 rows here: windows of a dozen users)
+    windows = [bucketed[i : i + 4] for i in range(0, len(bucketed), 4)]
+    assert any([max(n for _, n in b) for b in w] != sorted([max(n for _, n in b) for b in w], reverse=True)
+               for w in windows)  # a window's batches are not served longest first
+    with pytest.raises(ValueError, match="bucket_window"):
+        SequenceDataset(many_users_folder, "train", bucket_window=-1)
+
+
+def test_length_buckets_cut_equal_event_counts_per_window() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, 1000)
+    order = rng.permutation(1000)
+    batches = _length_buckets(order, lengths, batch_size=32, window=8, rng=np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert len(batches) == 4 * 8  # windows of 256, 256, 256 and 232 users: 8 batches each
+    for start in range(0, 1000, 256):
+        window = [b for b in batches if set(b.tolist()) <= set(order[start : start + 256].tolist())]
+        events = [int(lengths[b].sum()) for b in window]
+        assert max(events) - min(events) <= 2 * 50  # equal up to a user or two
+        spans = sorted((int(lengths[b].min()), int(lengths[b].max())) for b in window)
+        assert all(high <= next_low for (_, high), (next_low, _) in pairwise(spans))  # sorted, not interleaved
+    again = _length_buckets(order, lengths, batch_size=32, window=8, rng=np.random.default_rng(1))
+    assert [b.tolist() for b in batches] == [b.tolist() for b in again]
 
 
 def test_user_column_names_the_user_for_gauc() -> None:
