@@ -51,7 +51,9 @@ def main() -> None:
     events = args.events or (1_000_000 if args.quick else 10_000_000)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
-    from terarec.data.batches import CTRDataset, SequenceDataset, SequenceSpec, make_loader
+    from terarec.data.batches import make_loader
+    from terarec.data.ctr_dataset import CTRDataset
+    from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec
     from terarec.data.prepare import write_dataset
     from terarec.data.sources.synthetic import SyntheticConfig, load_synthetic
     from terarec.data.splits import SplitConfig

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from terarec.data import schema
-from terarec.data.batches import HISTORY_PREFIX, _gather_ranges
+from terarec.data.batches import gather_ranges
+from terarec.data.ctr_dataset import HISTORY_PREFIX
 from terarec.data.errors import DataError
 
 
@@ -96,7 +97,7 @@ def add_history(
     offsets = np.concatenate([[0], np.cumsum(ends - starts)])
     list_type = pa.ListArray if offsets[-1] < 2**31 else pa.LargeListArray
     offsets = pa.array(offsets, pa.int32() if list_type is pa.ListArray else pa.int64())
-    rows = pa.array(order[_gather_ranges(starts, ends)])  # row of every history entry, row by row
+    rows = pa.array(order[gather_ranges(starts, ends)])  # row of every history entry, row by row
     for name, values in columns.items():
         values = table.column(name) if values is None else values
         if len(values) != table.num_rows:

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from terarec.data import schema
-from terarec.data.batches import _gather_ranges, _segment_bounds, _split_code
+from terarec.data.batches import gather_ranges, segment_bounds, split_code
 from terarec.data.errors import DataError
 from terarec.data.history import add_history, history_column
 from terarec.data.schema import DatasetMeta
@@ -186,7 +186,7 @@ class RankingDataset(IterableDataset):
     ) -> None:
         self.folder = Path(folder)
         self.meta = DatasetMeta.load(self.folder)
-        self.split, self.split_code = split, _split_code(split)
+        self.split, self.split_code = split, split_code(split)
         self.labels = list(labels)
         self.actions, self.item_features, self.user_features = list(actions), list(item_features), list(user_features)
         self.columns_spec = RankingColumns(self.actions, self.item_features, self.user_features, self.labels)
@@ -209,7 +209,7 @@ class RankingDataset(IterableDataset):
     def _train_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[RankingBatch]:
         table = table.filter(pc.equal(table.column(schema.SPLIT), 0))
         users = table.column(schema.USER_ID).to_numpy()
-        starts, ends = _segment_bounds(users)
+        starts, ends = segment_bounds(users)
         # Windows of max_events, the last ending at the user's last training event.
         counts = -(-(ends - starts) // self.max_events)
         user_of = np.repeat(np.arange(starts.size), counts)
@@ -221,7 +221,7 @@ class RankingDataset(IterableDataset):
         order = np.arange(window_start.size) if rng is None else rng.permutation(window_start.size)
         for start in range(0, order.size, self.batch_size):
             chosen = order[start : start + self.batch_size]
-            rows = _gather_ranges(window_start[chosen], window_end[chosen])
+            rows = gather_ranges(window_start[chosen], window_end[chosen])
             yield RankingBatch(
                 user_ids=torch.from_numpy(users[window_start[chosen]].astype(np.int64)),
                 lengths=torch.from_numpy(window_end[chosen] - window_start[chosen]),

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
-from terarec.data.batches import SequenceBatch, ctr_batch_from_table
+from terarec.data.batches import SequenceBatch
+from terarec.data.ctr_dataset import ctr_batch_from_table
 from terarec.data.ranking import RankingColumns
 from terarec.embedding.collection import PooledEmbeddings
 from terarec.embedding.engine import FusedPooledEmbeddings, quantize_for_inference

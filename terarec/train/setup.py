@@ -12,7 +12,8 @@ from torch import nn
 
 from terarec.config import ExperimentConfig
 from terarec.data import schema
-from terarec.data.batches import FeatureSpec, SequenceSpec, ctr_batch_from_table
+from terarec.data.ctr_dataset import FeatureSpec, ctr_batch_from_table
+from terarec.data.sequence_dataset import SequenceSpec
 from terarec.data.schema import DatasetMeta
 from terarec.data.vocabularies import vocabulary_ids
 from terarec.embedding.exact_vocabulary import ExactVocabulary

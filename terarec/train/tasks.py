@@ -34,7 +34,9 @@ from torch.utils.data import IterableDataset
 
 from terarec.config import ConfigError, ExperimentConfig
 from terarec.data import schema
-from terarec.data.batches import CTRDataset, SequenceDataset, make_loader
+from terarec.data.batches import make_loader
+from terarec.data.ctr_dataset import CTRDataset
+from terarec.data.sequence_dataset import SequenceDataset
 from terarec.data.errors import DataError
 from terarec.data.ranking import RankingDataset
 from terarec.data.schema import DatasetMeta

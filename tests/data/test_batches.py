@@ -14,15 +14,9 @@ import pytest
 import torch
 
 import terarec.data.prepare as prepare
-from terarec.data.batches import (
-    CTRDataset,
-    FeatureSpec,
-    SequenceDataset,
-    _length_buckets,
-    SequenceSpec,
-    ctr_batch_from_table,
-    make_loader,
-)
+from terarec.data.batches import make_loader
+from terarec.data.ctr_dataset import CTRDataset, FeatureSpec, ctr_batch_from_table
+from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec, _length_buckets
 from terarec.data.errors import DataError
 from terarec.data.prepare import write_dataset
 from terarec.data.schema import DatasetMeta

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from terarec.data.batches import FeatureSpec, ctr_batch_from_table, id_slot
+from terarec.data.ctr_dataset import FeatureSpec, ctr_batch_from_table, id_slot
 from terarec.data.history import add_history, history_ranges
 from terarec.data.sources.movielens import load_movielens
 from tests.data.test_sources import ml100k

@@ -17,7 +17,7 @@ import torch
 import terarec.eval.protocols as protocols
 from terarec.config import ConfigError, EvalConfig
 from terarec.train.experiment import load_config
-from terarec.data.batches import SequenceDataset, SequenceSpec
+from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
 from terarec.eval.evaluate import evaluate_ranking

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from terarec.config import ConfigError
-from terarec.data.batches import FeatureSpec, ctr_batch_from_table
+from terarec.data.ctr_dataset import FeatureSpec, ctr_batch_from_table
 from terarec.features.crosses import CrossSpec, apply_crosses, crosses_from_config
 from terarec.features.hashing import hash_array, hash_ints, null_id
 from terarec.features.mixing import fold_ids

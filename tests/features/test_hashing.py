@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from terarec.data.batches import FeatureSpec, ctr_batch_from_table
+from terarec.data.ctr_dataset import FeatureSpec, ctr_batch_from_table
 from terarec.features.hashing import hash_array, hash_ints, hash_strings, null_id
 from terarec.features.mixing import slot_seed, splitmix64
 

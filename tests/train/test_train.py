@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from terarec.data.batches import CTRDataset, FeatureSpec, SequenceBatch, make_loader
+from terarec.data.batches import SequenceBatch, make_loader
+from terarec.data.ctr_dataset import CTRDataset, FeatureSpec
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
 from terarec.embedding.collection import PooledEmbeddings, SequenceEmbeddings, remap
