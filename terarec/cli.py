@@ -285,6 +285,33 @@ def predict_command(
     console.print(f"wrote {rows:,} rows to {out}")
 
 
+@app.command("export")
+def export_command(
+    runs: list[Path] = typer.Argument(..., help="Run folders: one sequential run (retrieval) and / or one CTR or "
+                                                "ranking run (ranking)."),
+    out: Path = typer.Option(..., help="The bundle folder to write."),
+    index: str = typer.Option("auto", help="Retrieval index: auto (HNSW for large catalogues), exact or hnsw."),
+    data: Optional[Path] = typer.Option(None, help="The ranking run's dataset, read for item features "
+                                                   "(default: the run's data.path)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
+    threads: Threads = 0,
+) -> None:
+    """Export trained runs as a serving bundle (safetensors, faiss index, checksummed manifest)."""
+    _quiet_libraries()
+    from terarec.data.errors import DataError
+    from terarec.serve.bundle import export_bundle, load_bundle
+
+    try:
+        path = export_bundle(runs, out, index=index, data_path=data, overwrite=overwrite, threads=threads)
+        bundle = load_bundle(path, threads=threads)
+    except (ValueError, FileNotFoundError, FileExistsError, DataError) as error:
+        _fail(error)
+    parts = ", ".join(f"{role}: {part.predictor.config.model['name']}" for role, part in bundle.parts.items())
+    console.print(f"wrote bundle {path} ({parts}; version {bundle.version})")
+    if bundle.index_info:
+        console.print(f"retrieval index: {bundle.index_info}")
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), help="The demo's own folder (new, empty, or an earlier demo's)."),
