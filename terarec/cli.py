@@ -312,6 +312,31 @@ def export_command(
         console.print(f"retrieval index: {bundle.index_info}")
 
 
+@app.command("serve")
+def serve_command(
+    bundle: Path = typer.Argument(..., help="A bundle folder written by `terarec export`."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    workers: int = typer.Option(1, min=1, help="Server processes, each with the bundle loaded."),
+    max_batch: int = typer.Option(32, min=1, help="Queries answered together (1: no batching)."),
+    max_wait_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for more queries."),
+    queue_size: int = typer.Option(256, min=1, help="Queries waiting at most; beyond, 503 with Retry-After."),
+    num_candidates: int = typer.Option(256, min=1, help="Items retrieved for ranking."),
+    threads: Threads = 0,
+) -> None:
+    """Serve a bundle over HTTP: /v1/recommend, /v1/score, /healthz, /readyz, /metrics, /admin/reload."""
+    _quiet_libraries()
+    from terarec.serve.bundle import BundleError
+    from terarec.serve.server import ServerSettings, serve
+
+    settings = ServerSettings(bundle=bundle, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                              num_candidates=num_candidates, threads=threads)
+    try:
+        serve(settings, host=host, port=port, workers=workers)
+    except (BundleError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), help="The demo's own folder (new, empty, or an earlier demo's)."),

@@ -46,6 +46,7 @@ import terarec
 from terarec.config import to_yaml
 from terarec.data import schema
 from terarec.data.schema import DatasetMeta
+from terarec.models import check_model_options
 from terarec.serve.predictor import Predictor
 from terarec.train.loop import load_task, task_from_saved
 from terarec.train.setup import feature_spec, set_threads
@@ -202,7 +203,8 @@ def _part_schema(task: Task) -> dict[str, Any]:
     elif task.kind == "ranking":
         item_features, user_features = RankingTask._feature_columns(config)
         described.update(actions=list(config.data.actions), item_features=item_features,
-                         user_features=user_features, max_events=int(config.model.get("max_events", config.data.max_length)))
+                         user_features=user_features,
+                         max_events=int(getattr(check_model_options(config), "max_events", config.data.max_length)))
     else:
         described.update(max_length=int(config.data.max_length), items=int(task.record["item_raw_ids"].numel()))
     return described
