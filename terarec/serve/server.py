@@ -32,10 +32,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import pyarrow as pa
@@ -461,6 +461,36 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, w
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
+@contextmanager
+def running_server(settings: ServerSettings, host: str = "127.0.0.1", port: int = 0,
+                   start_seconds: float = 120.0) -> Iterator[str]:
+    """The server on a thread of this process for the duration of a ``with`` block; yields its URL.
+
+    ``port`` 0 picks a free one. The block's end stops the server (uvicorn's graceful exit)."""
+    import socket
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="terarec-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_seconds
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 SETTINGS_ENV = "TERAREC_SERVE_SETTINGS"
 
 
@@ -479,4 +509,4 @@ def app_from_environment() -> FastAPI:
     return create_app(ServerSettings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
-__all__ = ["Batcher", "Metrics", "ServerSettings", "create_app", "serve"]
+__all__ = ["Batcher", "Metrics", "ServerSettings", "create_app", "running_server", "serve"]

@@ -217,3 +217,14 @@ def test_sighup_reloads_the_served_bundle(bundles: dict[str, Path]) -> None:
         return reloads.labels("ok")._value.get()
 
     assert asyncio.run(hang_up()) == 2  # the start-up load, then the reload
+
+
+def test_a_real_server_on_loopback_answers_and_stops(bundles: dict[str, Path], user: dict) -> None:
+    from terarec.serve.server import running_server
+
+    with running_server(ServerSettings(bundle=bundles["hstu"], threads=1)) as url:
+        assert url.startswith("http://127.0.0.1:")
+        answer = httpx.post(f"{url}/v1/recommend", json={**user, "k": 3}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=5)
