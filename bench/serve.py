@@ -18,7 +18,8 @@ subprocess bound to 127.0.0.1 and is stopped after each pair of loops.
     python bench/serve.py --quick    # 20k items; 60 requests or 5 s per loop
 
 Targets (issue 14): (b) p99 <= 80 ms at 8 clients; batching >= 2x the QPS of no batching at 64
-clients; 0 errors. Prints progress, then one JSON object as its last line.
+clients; 0 errors. Last, a burst of twice the queue's capacity (queue 32: 503s counted, server RSS
+before and after) and a reload in the middle of a loop at 8 clients (0 failed requests). Prints progress, then one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -94,13 +95,13 @@ def free_port() -> int:
 class Server:
     """`terarec serve BUNDLE` on 127.0.0.1 in a subprocess, stopped on exit (killed if it lingers)."""
 
-    def __init__(self, bundle: Path, max_batch: int, log: Path) -> None:
+    def __init__(self, bundle: Path, max_batch: int, log: Path, queue_size: int = 512) -> None:
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.log = open(log, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "terarec.cli", "serve", str(bundle), "--host", "127.0.0.1",
-             "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", "2", "--queue-size", "512"],
+             "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", "2", "--queue-size", str(queue_size)],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -161,6 +162,36 @@ async def load_loop(url: str, bodies: list[dict], clients: int, requests: int, s
             "errors": errors}
 
 
+async def burst_and_reload(server: Server, bundle: Path, bodies: list[dict], queue_size: int) -> dict:
+    """A burst of twice the queue's capacity (503s counted, the server's RSS before and after), then a
+    reload of the bundle in the middle of a loop at 8 clients (failed requests counted)."""
+    import httpx
+    import psutil
+
+    process = psutil.Process(server.process.pid)
+    rss_before = process.memory_info().rss
+    limits = httpx.Limits(max_connections=2 * queue_size)
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+        responses = await asyncio.gather(*[client.post("/v1/recommend", json=bodies[i % len(bodies)])
+                                           for i in range(2 * queue_size)])
+        statuses = [r.status_code for r in responses]
+        rss_after = process.memory_info().rss
+        loop = asyncio.create_task(load_loop(server.url, bodies, 8, 200, 30.0))
+        await asyncio.sleep(0.5)
+        reload = await client.post("/admin/reload", json={"path": str(bundle)})
+        figures = await loop
+        metrics = (await client.get("/metrics")).text
+    alive = httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    return {"burst_requests": len(statuses), "burst_200": statuses.count(200), "burst_503": statuses.count(503),
+            "burst_other": len(statuses) - statuses.count(200) - statuses.count(503),
+            "rss_mb_before": round(rss_before / 2**20), "rss_mb_after_burst": round(rss_after / 2**20),
+            "reload_status": reload.status_code, "requests_during_reload": figures["requests"],
+            "failed_during_reload": figures["errors"], "healthy_after": alive,
+            "metrics_503": next((line.split()[-1] for line in metrics.splitlines()
+                                 if line.startswith('terarec_requests_total{endpoint="/v1/recommend",status="503"}')),
+                                "0")}
+
+
 def request_bodies(bundle: Path, count: int, seed: int = 0) -> list[dict]:
     """Requests of 200-event histories drawn from the catalogue, with actions and a user profile."""
     from safetensors.numpy import load_file
@@ -212,6 +243,12 @@ def main() -> None:
                         results.setdefault(scenario, {}).setdefault(batching, {})[str(clients)] = figures
                         errors += figures["errors"]
                         print(f"{scenario:13s} {batching:11s} {clients:3d} clients: {figures}", flush=True)
+        queue_size = 32
+        with Server(bundles["hstu_ranking"], 32, folder / "server.log", queue_size=queue_size) as server:
+            faults = asyncio.run(burst_and_reload(server, bundles["hstu_ranking"],
+                                                  request_bodies(bundles["hstu_ranking"], 64), queue_size))
+        print(f"burst and reload: {faults}", flush=True)
+        errors += faults["failed_during_reload"] + faults["burst_other"]
     hstu = results["hstu_ranking"]
     speedups = {scenario: round(r["batching"]["64"]["qps"] / max(r["no_batching"]["64"]["qps"], 1e-9), 2)
                 for scenario, r in results.items()}
@@ -219,7 +256,7 @@ def main() -> None:
                "history": HISTORY, "candidates": 256, "threads": threads, "requests_per_loop": requests,
                "seconds_per_loop": seconds, "results": results, "errors": errors,
                "hstu_ranking_p99_ms_8_clients": hstu["batching"]["8"]["p99_ms"],
-               "batching_speedup_64_clients": speedups,
+               "batching_speedup_64_clients": speedups, "faults": faults,
                "targets": {"hstu_ranking_p99_ms_8_clients_max": 80, "batching_speedup_min": 2.0, "errors": 0}}
     print(json.dumps(summary))
 
