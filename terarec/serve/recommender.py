@@ -2,8 +2,8 @@
 
 Stage 1 (retrieval part): the sequence model's unit user vectors for every query of the batch at
 once, searched in the bundle's faiss index. Stage 2 (ranking part): an HSTU ranking model scores a
-query's candidates with M-FALCON over its history (``HSTURanking.score_candidates``: the history's
-keys and values computed once, candidates appended in micro-batches), or a CTR model (Wukong...)
+batch's candidates with M-FALCON over their histories (``HSTURanking.score_candidates``: the
+histories' keys and values computed once, each user's candidates appended in micro-batches), or a CTR model (Wukong...)
 scores one row per user x candidate, the rows of the whole batch in one call.
 
 Rules for ids the bundle does not know (each counted in ``unknown``):
@@ -93,7 +93,8 @@ class Recommender:
         bundle: a loaded bundle (``load_bundle``).
         num_candidates: items retrieved for stage 2 (with a ranking part).
         rank_by: the ranking part's output ordering the answer (default its first label).
-        micro_batch: M-FALCON candidates per micro-batch.
+        micro_batch: M-FALCON candidate tokens per call, shared by the users of a batch (at least
+            16 each): larger calls only grow the (users, heads, b, n + b) attention tensors.
     """
 
     def __init__(self, bundle: Bundle, num_candidates: int = 256, rank_by: str | None = None,
@@ -135,10 +136,8 @@ class Recommender:
             answers = [Answer(c[:q.k].tolist(), s[:q.k].tolist()) for q, c, s in zip(queries, candidates, retrieval_scores)]
         else:
             candidates = [self._known_to_ranker(c) for c in candidates]
-            if ranking.predictor.kind == "ranking":
-                task_scores = [self._rank_hstu(q, c) for q, c in zip(queries, candidates)]
-            else:
-                task_scores = self._rank_ctr(queries, candidates)
+            rank = self._rank_hstu if ranking.predictor.kind == "ranking" else self._rank_ctr
+            task_scores = rank(queries, candidates)
             answers = [self._top(q, c, s) for q, c, s in zip(queries, candidates, task_scores)]
         finished = time.perf_counter()
         stage_ms = {"retrieval": round((retrieved - started) * 1e3, 3), "ranking": round((finished - retrieved) * 1e3, 3)}
@@ -245,7 +244,7 @@ class Recommender:
         where = np.searchsorted(sorted_ids, item_ids).clip(max=max(sorted_ids.size - 1, 0))
         found = sorted_ids[where] == item_ids if sorted_ids.size else np.zeros(item_ids.size, bool)
         rows = pa.array(order[where], mask=~found)
-        return {name: catalogue.column(name).take(rows) if name in catalogue.column_names
+        return {name: catalogue.column(name).take(rows).combine_chunks() if name in catalogue.column_names
                 else pa.nulls(item_ids.size, pa.int64()) for name in names}
 
     def ranking_rows(self, query: Query, candidates: np.ndarray) -> pa.Table:
@@ -286,25 +285,38 @@ class Recommender:
         value = query.context.get(name)
         return pa.array([value] * count) if value is not None else pa.nulls(count, pa.int64())
 
-    def _rank_hstu(self, query: Query, candidates: np.ndarray) -> dict[str, np.ndarray]:
+    def _rank_hstu(self, queries: list[Query], candidates: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """M-FALCON for the whole batch: every user's history cached in one pass, then every user's
+        candidates appended, a micro-batch of each user per call."""
         predictor = self.bundle.ranking.predictor
-        if candidates.size == 0:
-            return {name: np.zeros(0, np.float32) for name in self.outputs}
         item_features, user_features = RankingTask._feature_columns(predictor.config)
         columns = RankingColumns(list(predictor.config.data.actions), item_features, user_features)
-        history = self._history_columns(query, item_features)
-        piece = {schema.USER_ID: pa.array([query.user_id or -1], pa.int64())}
-        piece.update({history_column(name): pa.array([values], pa.list_(values.type)) for name, values in history.items()})
-        piece.update({name: self._context_column(query, name, 1) for name in user_features})
+        answered = [i for i, items in enumerate(candidates) if items.size]
+        results = [{name: np.zeros(0, np.float32) for name in self.outputs} for _ in queries]
+        if not answered:
+            return results
+        histories = [self._history_columns(queries[i], item_features) for i in answered]
+        piece = {schema.USER_ID: pa.array([queries[i].user_id or -1 for i in answered], pa.int64())}
+        offsets = pa.array(np.cumsum([0, *[len(h[schema.ITEM_ID]) for h in histories]]), pa.int32())
+        for name in histories[0]:
+            piece[history_column(name)] = pa.ListArray.from_arrays(offsets, pa.concat_arrays([h[name] for h in histories]))
+        for name in user_features:
+            piece[name] = pa.concat_arrays([self._context_column(queries[i], name, 1) for i in answered])
+        flat = np.concatenate([candidates[i] for i in answered])
+        counts = torch.tensor([candidates[i].size for i in answered])
         candidate_features = {name: torch.from_numpy(hash_array(values, name))
-                              for name, values in self.item_features(candidates, item_features).items()}
-        hashed = torch.from_numpy(hash_array(pa.array(candidates, pa.int64()), schema.ITEM_ID))
-        times = torch.full((candidates.size,), self._request_time(query), dtype=torch.int64)
+                              for name, values in self.item_features(flat, item_features).items()}
+        hashed = torch.from_numpy(hash_array(pa.array(flat, pa.int64()), schema.ITEM_ID))
+        times = torch.repeat_interleave(torch.tensor([self._request_time(queries[i]) for i in answered]), counts)
         with torch.no_grad():
             outputs = predictor.model.score_candidates(columns.history_batch(pa.table(piece)), hashed,
-                                                       candidate_features, times, micro_batch=self.micro_batch)
-            scores = predictor.model.predict(outputs)
-        return {name: scores[:, index].numpy() for index, name in enumerate(self.outputs)}
+                                                       candidate_features, times, num_candidates=counts,
+                                                       micro_batch=max(16, self.micro_batch // len(answered)))
+            scores = predictor.model.predict(outputs).numpy()
+        bounds = np.cumsum([0, *counts.tolist()])
+        for i, start, end in zip(answered, bounds, bounds[1:]):
+            results[i] = {name: scores[start:end, index] for index, name in enumerate(self.outputs)}
+        return results
 
     def _rank_ctr(self, queries: list[Query], candidates: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         predictor = self.bundle.ranking.predictor

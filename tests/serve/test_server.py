@@ -228,3 +228,17 @@ def test_a_real_server_on_loopback_answers_and_stops(bundles: dict[str, Path], u
         assert answer.status_code == 200 and len(answer.json()["items"]) == 3
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=5)
+
+
+def test_a_batch_of_queries_answers_as_each_query_alone(bundles: dict[str, Path], user: dict) -> None:
+    for name in ("hstu", "ctr"):
+        recommender = Recommender(load_bundle(bundles[name], threads=1))
+        history = user["history"]
+        queries = [Query(items=np.array(history["items"][cut:]), timestamps=np.array(history["timestamps"][cut:]),
+                         actions={k: v[cut:] for k, v in history["actions"].items()}, user_id=user["user_id"],
+                         context=user["context"], k=7 + cut) for cut in (0, 2, 5)]
+        together = recommender.recommend(queries)
+        for query, answer in zip(queries, together):
+            alone = recommender.recommend([query])[0]
+            assert answer.items == alone.items and len(answer.items) == query.k
+            np.testing.assert_allclose(answer.scores, alone.scores, atol=1e-5)
