@@ -119,11 +119,6 @@ class Recommender:
                    for part in self.bundle.parts.values()]
         return max([w for w in windows if w > 0], default=1000)
 
-    @property
-    def num_items(self) -> int:
-        retrieval = self.bundle.retrieval
-        return int(retrieval.item_raw_ids.size) if retrieval else 0
-
     # ---- answering
 
     def recommend(self, queries: list[Query]) -> list[Answer]:
