@@ -113,3 +113,24 @@ def test_export_command_writes_a_loadable_bundle(serve_runs: dict[str, Path], tm
     assert "wrote bundle" in result.output and "'kind': 'exact'" in result.output
     again = CliRunner().invoke(app, ["export", str(serve_runs["retrieval"]), "--out", str(tmp_path / "b")])
     assert again.exit_code != 0 and "exists" in again.output
+
+
+def test_a_managed_vocabulary_run_scores_the_same_from_its_bundle(serve_runs: dict[str, Path], tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from terarec.train.experiment import load_config
+    from terarec.train.loop import train
+
+    data = serve_runs["data"]
+    config = load_config(None, ["name=managed", "task=ctr", f"data.path={data}", f"run_dir={tmp_path}",
+                                "model={name: embedding_mlp, embedding_dim: 8, hidden: [16]}",
+                                "data.sparse=[user_id, item_id, category]", "data.labels=[click]",
+                                "embedding.vocabulary=managed", "embedding.optimizer=rowwise_adagrad", "train.epochs=1", "train.threads=1"])
+    run = train(config, progress=False, run_dir=tmp_path / "run").run_dir
+    bundle = load_bundle(export_bundle([run], tmp_path / "bundle"), threads=1)
+    rows = pq.read_table(sorted(data.glob("part-*.parquet"))[0]).slice(0, 200)
+    expected = Predictor.from_run(run, threads=1).score(rows)["click"]
+    np.testing.assert_array_equal(bundle.ranking.predictor.score(pa.Table.from_batches(rows.to_batches()))["click"],
+                                  expected)
+    names = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["files"]
+    assert "ranking/weights.safetensors" in names
