@@ -270,6 +270,7 @@ class Served:
                 for (i, _), answer in zip(queries, recommender.recommend([q for _, q in queries])):
                     results[i] = answer
             except Exception:  # one bad query must not fail the others: answer them one by one
+                recommender.unknown.update(before)  # and count their unknown ids once
                 for i, query in queries:
                     results[i] = _guarded(lambda q=query: recommender.recommend([q])[0])
             for name, count in recommender.unknown.items():
@@ -333,7 +334,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         log.info("serving bundle %s (version %s)", served.path, recommender.bundle.version)
         return recommender
 
-    app = FastAPI(title="terarec", lifespan=lifespan)
+    # FastAPI answers 413 to a body over the limit, whether announced by Content-Length or streamed.
+    app = FastAPI(title="terarec", lifespan=lifespan, max_body_size=settings.max_body_bytes)
     app.state.served = served
 
     @app.middleware("http")
@@ -341,16 +343,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            response: Response = _invalid([], f"body of {length} bytes exceeds the limit of "
-                                              f"{settings.max_body_bytes} bytes", status=413)
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:
-                log.exception("request %s failed", request_id)
-                response = JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
+        try:
+            response: Response = await call_next(request)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            response = JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
         response.headers["x-request-id"] = request_id
         metrics.requests.labels(request.url.path, str(response.status_code)).inc()
         if request.url.path.startswith("/v1/"):

@@ -126,11 +126,14 @@ def test_malformed_json_oversized_body_and_bad_rows(bundles: dict[str, Path]) ->
         assert bad_json.status_code == 422 and "json" in bad_json.text.lower()
         big = client.post("/v1/recommend", json={"history": {"items": [1] * 2000}})
         assert big.status_code == 413
+        streamed = client.post("/v1/recommend", content=(b"[1, " * 100 for _ in range(20)),
+                               headers={"content-type": "application/json"})  # chunked: no Content-Length
+        assert streamed.status_code == 413
         rows = client.post("/v1/score", json={"rows": [{"item_id": 1}]})
         assert rows.status_code == 422 and "rows" in rows.text and "hist_" in rows.text
         assert client.get("/healthz").status_code == 200
         metrics = client.get("/metrics").text
-        assert 'terarec_requests_total{endpoint="/v1/recommend",status="413"} 1.0' in metrics
+        assert 'terarec_requests_total{endpoint="/v1/recommend",status="413"} 2.0' in metrics
         assert "terarec_bundle_info" in metrics
 
 
