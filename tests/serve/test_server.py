@@ -245,3 +245,19 @@ def test_a_batch_of_queries_answers_as_each_query_alone(bundles: dict[str, Path]
             alone = recommender.recommend([query])[0]
             assert answer.items == alone.items and len(answer.items) == query.k
             np.testing.assert_allclose(answer.scores, alone.scores, atol=1e-5)
+
+
+def test_unknown_ids_follow_the_documented_rule_and_are_counted(bundles: dict[str, Path], user: dict) -> None:
+    known = [int(i) for i in load_bundle(bundles["hstu"]).retrieval.item_raw_ids[:4]]
+    unknown = [10**12, 10**12 + 1]
+    with _client(bundles["hstu"]) as client:
+        counter = client.app.state.served.metrics.unknown
+        history = {"items": [*user["history"]["items"][:-1], unknown[0]]}
+        assert client.post("/v1/recommend", json={"history": history, "k": 3}).status_code == 200
+        assert counter.labels("history")._value.get() == 1  # kept, read as the default row
+        dropped = counter.labels("candidates")._value.get()  # retrieved items the ranker never saw
+        answer = client.post("/v1/recommend", json={"history": {"items": known[:1]}, "candidates": known + unknown,
+                                                    "k": 10, "exclude_seen": False}).json()
+        assert sorted(answer["items"]) == sorted(known)  # unknown candidates dropped, known ones all ranked
+        assert counter.labels("candidates")._value.get() == dropped + 2
+        assert 'terarec_unknown_ids_total{field="history"} 1.0' in client.get("/metrics").text
