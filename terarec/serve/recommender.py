@@ -172,11 +172,10 @@ class Recommender:
             if part is None:
                 raise QueryError("candidates", "this bundle has no retrieval model: give the candidates to rank")
             self._count_unknown_history(part, wanted)
-            vectors = part.predictor.user_vectors([q.items for q in wanted],
-                                                  None if any(q.timestamps is None for q in wanted)
-                                                  else [q.timestamps for q in wanted],
+            times = [np.arange(q.items.size) if q.timestamps is None else q.timestamps for q in wanted]
+            vectors = part.predictor.user_vectors([q.items for q in wanted], times,
                                                   [self._request_time(q) for q in wanted])
-            depth = max(q.k if self.bundle.ranking is None else self.num_candidates for q in wanted)
+            depth = max(self._depth(q) for q in wanted)
             seen = max((np.unique(q.items).size for q in wanted if q.exclude_seen), default=0)
             scores, positions = part.index.search(vectors, min(depth + seen, part.item_raw_ids.size))
             for query, row_scores, row_positions in zip(wanted, scores, positions):
@@ -185,8 +184,7 @@ class Recommender:
                 if query.exclude_seen:
                     fresh = ~np.isin(ids, query.items)
                     ids, values = ids[fresh], values[fresh]
-                limit = query.k if self.bundle.ranking is None else self.num_candidates
-                found[id(query)] = (ids[:limit], values[:limit])
+                found[id(query)] = (ids[:self._depth(query)], values[:self._depth(query)])
         candidates, scores = [], []
         for query in queries:
             if query.candidates is not None:
@@ -199,6 +197,10 @@ class Recommender:
                 candidates.append(found[id(query)][0])
                 scores.append(found[id(query)][1])
         return candidates, scores
+
+    def _depth(self, query: Query) -> int:
+        """Items retrieved for ``query``: its k, or with a ranking part at least ``num_candidates``."""
+        return query.k if self.bundle.ranking is None else max(query.k, self.num_candidates)
 
     def _count_unknown_history(self, part: BundlePart, queries: list[Query]) -> None:
         hashed = hash_array(pa.array(np.concatenate([q.items for q in queries])), schema.ITEM_ID)

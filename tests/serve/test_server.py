@@ -237,10 +237,17 @@ def test_a_batch_of_queries_answers_as_each_query_alone(bundles: dict[str, Path]
     for name in ("hstu", "ctr"):
         recommender = Recommender(load_bundle(bundles[name], threads=1))
         history = user["history"]
-        queries = [Query(items=np.array(history["items"][cut:]), timestamps=np.array(history["timestamps"][cut:]),
+        # the last query has no timestamps: its default (0, 1, ...) must not change the others'
+        queries = [Query(items=np.array(history["items"][cut:]),
+                         timestamps=None if cut == 5 else np.array(history["timestamps"][cut:]),
                          actions={k: v[cut:] for k, v in history["actions"].items()}, user_id=user["user_id"],
                          context=user["context"], k=7 + cut) for cut in (0, 2, 5)]
         together = recommender.recommend(queries)
+        retrieved, retrieval_scores = recommender._retrieve(queries)
+        for index, query in enumerate(queries):
+            alone_ids, alone_scores = recommender._retrieve([query])
+            np.testing.assert_array_equal(retrieved[index], alone_ids[0])
+            np.testing.assert_allclose(retrieval_scores[index], alone_scores[0], atol=1e-5)
         for query, answer in zip(queries, together):
             alone = recommender.recommend([query])[0]
             assert answer.items == alone.items and len(answer.items) == query.k
