@@ -276,9 +276,20 @@ class Served:
             for name, count in recommender.unknown.items():
                 if count > before.get(name, 0):
                     self.metrics.unknown.labels(name).inc(count - before.get(name, 0))
+        groups: dict[pa.Schema, list[int]] = {}  # score jobs of the same columns are scored in one call
         for i, (kind, payload) in enumerate(jobs):
             if kind == "score":
-                results[i] = _guarded(lambda rows=payload: recommender.score(rows))
+                groups.setdefault(payload.schema, []).append(i)
+        for members in groups.values():
+            tables = [jobs[i][1] for i in members]
+            scored = _guarded(lambda: recommender.score(pa.concat_tables(tables)))
+            if isinstance(scored, Exception):  # answer each alone, so one bad job fails only itself
+                for i in members:
+                    results[i] = _guarded(lambda rows=jobs[i][1]: recommender.score(rows))
+                continue
+            bounds = np.cumsum([0, *[table.num_rows for table in tables]])
+            for i, start, end in zip(members, bounds, bounds[1:]):
+                results[i] = {name: values[start:end] for name, values in scored.items()}
         for answer in results:
             if isinstance(answer, Answer):
                 for stage, ms in answer.stage_ms.items():

@@ -268,3 +268,26 @@ def test_unknown_ids_follow_the_documented_rule_and_are_counted(bundles: dict[st
         assert sorted(answer["items"]) == sorted(known)  # unknown candidates dropped, known ones all ranked
         assert counter.labels("candidates")._value.get() == dropped + 2
         assert 'terarec_unknown_ids_total{field="history"} 1.0' in client.get("/metrics").text
+
+
+def test_score_requests_batched_together_answer_as_alone(bundles: dict[str, Path], serve_runs: dict[str, Path]) -> None:
+    import pyarrow as pa
+
+    table = pq.read_table(sorted(serve_runs["data"].glob("part-*.parquet"))[0]).slice(0, 30)
+    rows = [{k: v for k, v in row.items() if k in ("user_id", "item_id", "category", "hour", "device", "age_bucket",
+                                                   "gender", "price")} for row in table.to_pylist()]
+    app = create_app(ServerSettings(bundle=bundles["ctr"], threads=1, max_batch=8, max_wait_ms=50))
+    offline = Predictor.from_run(serve_runs["ctr"], threads=1)
+
+    async def together() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=LOOPBACK)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                bodies = [{"rows": rows[i:i + 10]} for i in range(0, 30, 10)] + [{"rows": [{"item_id": 1}]}]
+                return await asyncio.gather(*[client.post("/v1/score", json=body) for body in bodies])
+
+    responses = asyncio.run(together())
+    assert [r.status_code for r in responses] == [200, 200, 200, 422]  # the bad one fails alone
+    for index, response in enumerate(responses[:3]):
+        expected = offline.score(pa.Table.from_pylist(rows[index * 10:index * 10 + 10]))["click"]
+        np.testing.assert_allclose(response.json()["scores"]["click"], expected, atol=1e-6)
