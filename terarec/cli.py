@@ -312,6 +312,24 @@ def export_command(
         console.print(f"retrieval index: {bundle.index_info}")
 
 
+@app.command("delta")
+def delta_command(
+    bundle: Path = typer.Argument(..., help="The served bundle folder."),
+    run: Path = typer.Argument(..., help="A later checkpoint's run folder (same config and vocabulary sizes)."),
+    out: Path = typer.Option(..., help="The delta folder to write."),
+    after: list[Path] = typer.Option([], help="Deltas already applied to the served bundle, in order."),
+) -> None:
+    """Write an embedding delta: the rows of the run's part that changed since the bundle (and ``--after`` deltas)."""
+    _quiet_libraries()
+    from terarec.serve.delta import make_delta
+
+    try:
+        path = make_delta(bundle, run, out, after=after)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(f"wrote delta {path}")
+
+
 @app.command("serve")
 def serve_command(
     bundle: Path = typer.Argument(..., help="A bundle folder written by `terarec export`."),

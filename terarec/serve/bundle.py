@@ -310,7 +310,8 @@ class Bundle:
 
     @property
     def version(self) -> str:
-        """Identifies this bundle's content: the first 12 hex digits of the manifest's sha256."""
+        """Identifies this bundle's content: the first 12 hex digits of the manifest's sha256 (the
+        manifest of a bundle with deltas applied lists them, so each delta makes a new version)."""
         return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:12]
 
 

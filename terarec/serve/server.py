@@ -8,7 +8,9 @@ Endpoints (request and answer fields in docs/serving.md):
 * ``GET /healthz`` (the process answers), ``GET /readyz`` (a bundle is loaded), ``GET /metrics``
   (Prometheus text);
 * ``POST /admin/reload`` ``{path?}`` (loopback clients only) and SIGHUP: load, self-check and swap a
-  bundle; one that fails is refused and the old one keeps serving.
+  bundle; one that fails is refused and the old one keeps serving;
+* ``POST /admin/delta`` ``{path}`` (loopback only): apply an embedding delta (``terarec.serve.delta``)
+  to a copy of the served bundle, self-check and swap it in the same way.
 
 Requests wait in a queue of ``queue_size`` jobs; one worker takes up to ``max_batch`` of them (waiting
 at most ``max_wait_ms`` for more after the first) and answers them together on one compute thread.
@@ -45,6 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from terarec.serve.bundle import load_bundle
+from terarec.serve.delta import apply_delta
 from terarec.serve.recommender import Answer, Query, QueryError, Recommender
 
 log = logging.getLogger("terarec.serve")
@@ -244,16 +247,30 @@ class Served:
         return recommender
 
     def swap(self, path: str | Path) -> Recommender:
+        """Serve the bundle at ``path`` once it loads and passes its self-check."""
+        return self._install(lambda: self.load(path), Path(path))
+
+    def apply_delta(self, delta: str | Path) -> Recommender:
+        """Serve the current bundle with the embedding delta at ``delta`` applied (``terarec.serve.delta``)."""
+
+        def updated() -> Recommender:
+            recommender = Recommender(apply_delta(self.recommender.bundle, delta),
+                                      num_candidates=self.settings.num_candidates)
+            recommender.self_check()
+            return recommender
+
+        return self._install(updated, self.path)
+
+    def _install(self, make: Callable[[], Recommender], path: Path | None) -> Recommender:
         with self.reload_lock:
             try:
-                recommender = self.load(path)
+                recommender = make()
             except Exception as error:
                 self.last_reload_error = f"{type(error).__name__}: {error}"
                 self.metrics.reloads.labels("refused").inc()
                 raise
-            old, self.recommender, self.path = self.recommender, recommender, Path(path)
-            if old is not None:
-                self.metrics.bundle.clear()
+            self.recommender, self.path = recommender, path
+            self.metrics.bundle.clear()
             self.metrics.bundle.labels(recommender.bundle.version, str(path)).set(1)
             self.metrics.reloads.labels("ok").inc()
             self.last_reload_error = None
@@ -335,12 +352,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         yield
         await batcher.stop()
 
-    async def _reload(path: Path | str | None) -> Recommender:
+    async def _reload(path: Path | str | None, delta: bool = False) -> Recommender:
         loop = asyncio.get_running_loop()
+        change = served.apply_delta if delta else served.swap
         try:  # on a thread of its own: serving goes on while the new bundle loads
-            recommender = await loop.run_in_executor(None, served.swap, path or served.path)
+            recommender = await loop.run_in_executor(None, change, path or served.path)
         except Exception as error:
-            log.error("reload of %s refused: %s", path or served.path, error)
+            log.error("%s %s refused: %s", "delta" if delta else "reload of", path or served.path, error)
             raise
         log.info("serving bundle %s (version %s)", served.path, recommender.bundle.version)
         return recommender
@@ -452,6 +470,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                           f"(version {served.recommender.bundle.version})",
                                  "reason": f"{type(error).__name__}: {error}"}, status_code=409)
         return {"status": "reloaded", "bundle": recommender.bundle.version, "path": str(path)}
+
+    @app.post("/admin/delta")
+    async def delta(request: Request, body: ReloadRequest):
+        if not _is_loopback(request.client.host if request.client else None):
+            return JSONResponse({"error": "deltas are accepted from loopback clients only"}, status_code=403)
+        if not body.path:
+            return _invalid(["path"], "required: the delta folder to apply")
+        try:
+            recommender = await _reload(body.path, delta=True)
+        except Exception as error:
+            return JSONResponse({"error": f"delta {body.path} refused; still serving version "
+                                          f"{served.recommender.bundle.version}",
+                                 "reason": f"{type(error).__name__}: {error}"}, status_code=409)
+        return {"status": "applied", "bundle": recommender.bundle.version, "delta": body.path}
 
     return app
 

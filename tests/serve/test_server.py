@@ -291,3 +291,53 @@ def test_score_requests_batched_together_answer_as_alone(bundles: dict[str, Path
     for index, response in enumerate(responses[:3]):
         expected = offline.score(pa.Table.from_pylist(rows[index * 10:index * 10 + 10]))["click"]
         np.testing.assert_allclose(response.json()["scores"]["click"], expected, atol=1e-6)
+
+
+def test_a_delta_from_a_later_checkpoint_is_applied_without_restart(serve_runs: dict[str, Path], user: dict,
+                                                                    tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from terarec.serve.delta import make_delta
+    from terarec.train.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(serve_runs["retrieval"], run)
+    base = export_bundle([run], tmp_path / "base", threads=1)
+    body = {"history": {"items": user["history"]["items"][-4:]}, "k": 10}
+    with _client(base) as client:
+        before = client.post("/v1/recommend", json=body).json()
+    # a later checkpoint: the rows of the three best items turn around (training moved them)
+    raw_ids = load_bundle(base).retrieval.item_raw_ids.tolist()
+    moved = sorted(raw_ids.index(item) + 1 for item in before["items"][:3])
+    payload = load_checkpoint(run / "checkpoint.pt")
+    table = next(name for name in payload["model"] if name.endswith("weight") and "item" in name)
+    payload["model"][table][moved] *= -1
+    save_checkpoint(run / "checkpoint.pt", payload)
+    delta = make_delta(base, run, tmp_path / "delta-1")
+    assert load_file(delta / "retrieval.safetensors")[f"{table}::rows"].tolist() == moved
+    with _client(export_bundle([run], tmp_path / "after", threads=1)) as client:  # a full re-export
+        expected = client.post("/v1/recommend", json=body).json()
+    with _client(base) as client:
+        applied = client.post("/admin/delta", json={"path": str(delta)})
+        assert applied.status_code == 200, applied.text
+        served = client.post("/v1/recommend", json=body).json()
+        again = client.post("/admin/delta", json={"path": str(delta)})  # made for the version before it
+        assert again.status_code == 409 and "applies to bundle version" in again.json()["reason"]
+        assert client.post("/v1/recommend", json=body).json()["items"] == served["items"]  # still serving
+    assert served["items"] == expected["items"] != before["items"]
+    assert not set(before["items"][:3]) & set(served["items"])
+    np.testing.assert_allclose(served["scores"], expected["scores"], atol=1e-5)
+
+
+def test_delta_command_refuses_a_run_of_another_shape(serve_runs: dict[str, Path], bundles: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from terarec.cli import app
+
+    same = CliRunner().invoke(app, ["delta", str(bundles["hstu"]), str(serve_runs["ranking"]), "--out",
+                                    str(tmp_path / "d")])
+    assert same.exit_code == 0 and "wrote delta" in same.output  # nothing changed: an empty delta
+    other = CliRunner().invoke(app, ["delta", str(bundles["hstu"]), str(serve_runs["ctr"]), "--out",
+                                     str(tmp_path / "e")])
+    assert other.exit_code != 0 and "does not match" in other.output
