@@ -165,8 +165,8 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _item_features(task: Task) -> list[str]:
-    """Columns a catalogue item carries for the ranking part: the ranking model's item features, or
-    for a CTR model the input columns whose value never varies within an item in the data."""
+    """Columns a catalogue item may carry for the ranking part: the ranking model's item features, or
+    a CTR model's input columns but the ids (``catalogue_table`` keeps those fixed per item)."""
     if task.kind == "ranking":
         return RankingTask._feature_columns(task.config)[0]
     spec = feature_spec(task.config, None)
@@ -180,7 +180,8 @@ def catalogue_table(task: Task, data_path: Path) -> pa.Table:
     meta = DatasetMeta.load(data_path)
     wanted = _item_features(task)
     present = [name for name in wanted if name in meta.columns] if meta.columns else wanted
-    names = list(dict.fromkeys([schema.ITEM_ID, schema.TIMESTAMP, *present]))
+    timed = not meta.columns or schema.TIMESTAMP in meta.columns  # CTR logs may have no time: file order
+    names = list(dict.fromkeys([schema.ITEM_ID, *([schema.TIMESTAMP] if timed else []), *present]))
     table = pa.concat_tables(pq.read_table(data_path / part, columns=names) for part in meta.parts)
     if schema.TIMESTAMP in table.column_names:
         table = table.sort_by(schema.TIMESTAMP)
