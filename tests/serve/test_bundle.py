@@ -94,6 +94,10 @@ def test_hnsw_search_parameter_reaches_the_recall_target() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index, described = build_index(vectors, "hnsw")
     assert described["kind"] == "hnsw" and described["recall@100"] >= 0.95
+    assert index.hnsw.efSearch == described["ef_search"]
+    failing = [int(ef) for ef, value in described["recall_by_ef_search"].items() if value < 0.95]
+    assert all(ef < described["ef_search"] for ef in failing)  # the smallest passing value measured
+    assert max(failing, default=0) >= described["ef_search"] * 7 / 8 - 8  # bisected close to the target
     exact, _ = build_index(vectors, "exact")
     queries = vectors[:50] + 0.1
     _, truth = exact.search(queries, 100)
