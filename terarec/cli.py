@@ -291,6 +291,76 @@ def predict_command(
     console.print(f"wrote {rows:,} rows to {out}")
 
 
+@app.command("export")
+def export_command(
+    runs: list[Path] = typer.Argument(..., help="Run folders: one sequential run (retrieval) and / or one CTR or "
+                                                "ranking run (ranking)."),
+    out: Path = typer.Option(..., help="The bundle folder to write."),
+    index: str = typer.Option("auto", help="Retrieval index: auto (HNSW for large catalogues), exact or hnsw."),
+    data: Optional[Path] = typer.Option(None, help="The ranking run's dataset, read for item features "
+                                                   "(default: the run's data.path)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
+    threads: Threads = 0,
+) -> None:
+    """Export trained runs as a serving bundle (safetensors, faiss index, checksummed manifest)."""
+    _quiet_libraries()
+    from terarec.data.errors import DataError
+    from terarec.serve.bundle import export_bundle, load_bundle
+
+    try:
+        path = export_bundle(runs, out, index=index, data_path=data, overwrite=overwrite, threads=threads)
+        bundle = load_bundle(path, threads=threads)
+    except (ValueError, FileNotFoundError, FileExistsError, DataError) as error:
+        _fail(error)
+    parts = ", ".join(f"{role}: {part.predictor.config.model['name']}" for role, part in bundle.parts.items())
+    console.print(f"wrote bundle {path} ({parts}; version {bundle.version})")
+    if bundle.index_info:
+        console.print(f"retrieval index: {bundle.index_info}")
+
+
+@app.command("delta")
+def delta_command(
+    bundle: Path = typer.Argument(..., help="The served bundle folder."),
+    run: Path = typer.Argument(..., help="A later checkpoint's run folder (same config and vocabulary sizes)."),
+    out: Path = typer.Option(..., help="The delta folder to write."),
+    after: list[Path] = typer.Option([], help="Deltas already applied to the served bundle, in order."),
+) -> None:
+    """Write an embedding delta: the rows of the run's part that changed since the bundle (and ``--after`` deltas)."""
+    _quiet_libraries()
+    from terarec.serve.delta import make_delta
+
+    try:
+        path = make_delta(bundle, run, out, after=after)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(f"wrote delta {path}")
+
+
+@app.command("serve")
+def serve_command(
+    bundle: Path = typer.Argument(..., help="A bundle folder written by `terarec export`."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    workers: int = typer.Option(1, min=1, help="Server processes, each with the bundle loaded."),
+    max_batch: int = typer.Option(32, min=1, help="Queries answered together (1: no batching)."),
+    max_wait_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for more queries."),
+    queue_size: int = typer.Option(256, min=1, help="Queries waiting at most; beyond, 503 with Retry-After."),
+    num_candidates: int = typer.Option(256, min=1, help="Items retrieved for ranking."),
+    threads: Threads = 0,
+) -> None:
+    """Serve a bundle over HTTP: /v1/recommend, /v1/score, /healthz, /readyz, /metrics, /admin/reload."""
+    _quiet_libraries()
+    from terarec.serve.bundle import BundleError
+    from terarec.serve.server import ServerSettings, serve
+
+    settings = ServerSettings(bundle=bundle, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                              num_candidates=num_candidates, threads=threads)
+    try:
+        serve(settings, host=host, port=port, workers=workers)
+    except (BundleError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), help="The demo's own folder (new, empty, or an earlier demo's)."),

@@ -1,10 +1,11 @@
-"""The end-to-end demo: synthetic events -> time split -> CTR, retrieval and ranking runs -> a Predictor's top 10.
+"""The end-to-end demo: synthetic events -> time split -> CTR, retrieval and ranking runs -> top 10 -> served.
 
 One synthetic log (with each row's earlier events as ``hist_*`` lists) serves three task kinds:
 Wukong against the popularity baseline for click-through, HSTU against most-popular for
 next-item retrieval, and HSTU ranking (interleaved items and actions, multi-task heads). Each run
 is an ordinary experiment through the trainer; at the end a ``Predictor`` loaded from the HSTU
-retrieval run folder alone prints the top 10 items for one user.
+retrieval run folder alone prints the top 10 items for one user; last, the HSTU and Wukong runs
+are exported as one bundle, served on 127.0.0.1, asked a few requests and stopped.
 
 The demo writes only inside its own folder (``--out``, default ``runs/demo``): a folder it made
 carries a ``.terarec-demo`` marker, and any other non-empty folder is refused rather than
@@ -123,12 +124,43 @@ def run_demo(out: str | Path, events: int = 150_000, epochs: int = 2, threads: i
         table.add_row(str(rank), str(item), f"{score:.4f}")
     console.print(table)
 
+    console.rule(f"[bold]{len(DEMO_RUNS) + 3}. export HSTU + Wukong as a bundle, serve it on 127.0.0.1")
+    served = _serve_and_ask(out / "bundle", results, user, history, threads, console)
+
     seconds = time.perf_counter() - started
     summary = {"seconds": round(seconds, 1), "events": meta.num_rows, "runs": results,
-               "recommendation": {"user_id": user, "items": items.tolist(), "scores": scores.tolist()}}
+               "recommendation": {"user_id": user, "items": items.tolist(), "scores": scores.tolist()},
+               "served": served}
     (out / "demo.json").write_text(json.dumps(_json_safe(summary), indent=2))
     console.print(f"demo finished in {seconds:.0f}s; summary in {out / 'demo.json'}")
     return summary
+
+
+def _serve_and_ask(bundle: Path, results: dict, user: int, history, threads: int, console: Console) -> dict:
+    """Export the HSTU retrieval and Wukong runs, start the server on 127.0.0.1, send a few requests,
+    print the answers and stop the server."""
+    import httpx
+
+    from terarec.serve.bundle import export_bundle
+    from terarec.serve.server import ServerSettings, running_server
+
+    export_bundle([results["seq-hstu"]["run_dir"], results["ctr-wukong"]["run_dir"]], bundle, overwrite=True,
+                  threads=threads)
+    recent = [int(item) for item in history[-HISTORY:]]
+    requests = {"retrieval + Wukong ranking": {"history": {"items": recent}, "user_id": user, "k": 5},
+                "Wukong over given candidates": {"history": {"items": recent}, "user_id": user, "k": 3,
+                                                 "candidates": recent[:10], "exclude_seen": False},
+                "malformed (k = 0)": {"history": {"items": recent}, "k": 0}}
+    answers = {}
+    with running_server(ServerSettings(bundle=bundle, threads=threads)) as url:
+        console.print(f"serving {bundle} at {url}")
+        for name, body in requests.items():
+            response = httpx.post(f"{url}/v1/recommend", json=body, timeout=60)
+            answers[name] = {"status": response.status_code, **response.json()}
+            console.print(f"POST /v1/recommend ({name}) -> {response.status_code} {response.json()}")
+        console.print(f"GET /readyz -> {httpx.get(f'{url}/readyz', timeout=10).json()}")
+    console.print("server stopped")
+    return answers
 
 
 def _one_user_history(folder: Path):

@@ -126,6 +126,23 @@ class RankingColumns:
         out["actions"] = np.stack(actions, 1) if actions else np.zeros((len(out["item_ids"]), 0), np.float32)
         return out
 
+    def history_batch(self, piece: pa.Table) -> RankingBatch:
+        """One series per row of ``piece`` made of its ``hist_*`` lists alone, without a candidate: the
+        history M-FALCON caches before scoring candidates (``HSTURanking.score_candidates``)."""
+        history = self.events(piece, None, prefix="hist_")
+        lengths = pc.list_value_length(piece.column(history_column(schema.ITEM_ID)).combine_chunks())
+        lengths = pc.fill_null(lengths, 0).to_numpy().astype(np.int64)
+        return RankingBatch(
+            user_ids=torch.from_numpy(piece.column(schema.USER_ID).to_numpy(zero_copy_only=False).astype(np.int64)),
+            lengths=torch.from_numpy(lengths),
+            item_ids=torch.from_numpy(history["item_ids"]),
+            timestamps=torch.from_numpy(history["timestamps"]),
+            actions=torch.from_numpy(history["actions"]),
+            is_candidate=torch.zeros(int(lengths.sum()), dtype=torch.bool),
+            features={k: torch.from_numpy(history["features"][k]) for k in self.item_features},
+            user_features={k: torch.from_numpy(hash_array(piece.column(k), k)) for k in self.user_features},
+        )
+
     def impression_batch(self, piece: pa.Table) -> RankingBatch:
         """One series per row of ``piece``: the row's ``hist_*`` lists (its history), then the row
         itself as the candidate (its action columns, if present, are labels the model never reads)."""

@@ -504,20 +504,25 @@ class HSTUStack(nn.Module):
         history: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> HistoryCache:
-        """Run one user's history once and keep every layer's keys and values (M-FALCON's first step).
+        """Run the users' histories once and keep every layer's keys and values (M-FALCON's first step).
 
         Args:
-            history: (n, d) the stack's inputs for the history, oldest first.
+            history: (n, d) the stack's inputs for the histories, oldest first, users concatenated.
             timestamps: (n,) event times in seconds, or None (no time bias).
             query_timestamps: (n,) the time each history position queries at (default its own);
                 give what the full model would use for history + [candidate].
+            lengths: (B,) events per user (default: one user, all n).
         """
         self._check_eval()
         n = history.shape[0]
-        if n + 1 > self.options.max_length:
-            raise ValueError(f"a history of {n} events plus a candidate is longer than max_length {self.options.max_length}")
-        lengths = torch.tensor([n], device=history.device)
+        lengths = torch.tensor([n], device=history.device) if lengths is None else lengths
+        if int(lengths.sum()) != n:
+            raise ValueError(f"history lengths {lengths.tolist()} do not add up to its {n} events")
+        if lengths.numel() and int(lengths.max()) + 1 > self.options.max_length:
+            raise ValueError(f"a history of {int(lengths.max())} events plus a candidate is longer than max_length "
+                             f"{self.options.max_length}")
         return self(history, lengths, timestamps, query_timestamps, return_cache=True)[1]
 
     @torch.no_grad()
@@ -528,38 +533,49 @@ class HSTUStack(nn.Module):
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
         micro_batch: int = 128,
+        num_candidates: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The stack's output for each candidate as if appended alone to one user's cached history.
+        """The stack's output for each candidate as if appended alone to its user's cached history.
 
-        M-FALCON's second step: the candidates go in micro-batches of ``micro_batch``, each one
-        call with every token a candidate; ``micro_batch`` trades memory (b x (n + b) weights per
-        head) for fewer, larger products and does not change the results.
+        M-FALCON's second step: each user's candidates go in micro-batches of ``micro_batch``, the
+        micro-batches of all users in one call, every token a candidate; ``micro_batch`` trades
+        memory (b x (n + b) weights per head and user) for fewer, larger products and does not
+        change the results.
 
         Args:
-            cache: from ``cache_history`` (one user).
-            candidates: (m, d) the stack's inputs for the candidates.
+            cache: from ``cache_history`` (B users).
+            candidates: (m, d) the stack's inputs for the candidates, users concatenated in the
+                cache's order.
             timestamps: (m,) each candidate's own time (its key's time), e.g. the request time;
                 needed when the history has timestamps and the stack a time bias.
             query_timestamps: (m,) the time each candidate queries at (default its own).
-            micro_batch: candidates per micro-batch, b.
+            micro_batch: candidates per micro-batch and user, b.
+            num_candidates: (B,) candidates per user (default: a one-user cache, all m).
 
         Returns:
             (m, d) outputs, row i for candidate i.
         """
         self._check_eval()
-        if cache.lengths.numel() != 1:
-            raise ValueError(f"score_candidates takes one user's cache, got {cache.lengths.numel()} histories")
+        users, m = cache.lengths.numel(), candidates.shape[0]
+        if num_candidates is None:
+            if users != 1:
+                raise ValueError(f"score_candidates: a cache of {users} histories needs num_candidates per user")
+            num_candidates = torch.tensor([m], device=candidates.device)
+        if num_candidates.numel() != users or int(num_candidates.sum()) != m:
+            raise ValueError(f"num_candidates {num_candidates.tolist()} must give each of the {users} users' "
+                             f"candidates, {m} in all")
         if micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
-        outputs = []
-        for start in range(0, candidates.shape[0], micro_batch):
-            chunk = slice(start, start + micro_batch)
-            x = candidates[chunk]
-            count = torch.tensor([x.shape[0]], device=x.device)
-            times = None if timestamps is None else timestamps[chunk]
-            queries = None if query_timestamps is None else query_timestamps[chunk]
-            outputs.append(self(x, count, times, queries, num_candidates=count, cache=cache))
-        return torch.cat(outputs) if outputs else candidates.new_zeros(0, candidates.shape[1])
+        outputs = candidates.new_zeros(m, candidates.shape[1])
+        round_of = positions(num_candidates) // micro_batch  # which micro-batch each candidate goes in
+        rounds = -(-int(num_candidates.max()) // micro_batch) if users and m else 0
+        for index in range(rounds):
+            chosen = torch.nonzero(round_of == index).squeeze(1)  # users stay in the cache's order
+            count = (num_candidates - index * micro_batch).clamp(0, micro_batch)
+            times = None if timestamps is None else timestamps[chosen]
+            queries = None if query_timestamps is None else query_timestamps[chosen]
+            outputs[chosen] = self(candidates[chosen], count, times, queries, num_candidates=count, cache=cache)
+        return outputs
 
     def _check_eval(self) -> None:
         if self.training:

@@ -21,7 +21,7 @@ Read beside the paper:
   output per action: binary tasks (click, like) by BCE on logits, regression tasks
   (watch time) by MSE on log1p(value). Training uses every event of a window as a target at
   once; scoring puts the candidate last and reads its item token.
-* serving (sec. 3.4): ``score_candidates`` scores m candidates for one user with M-FALCON
+* serving (sec. 3.4): ``score_candidates`` scores the candidates of one or more users with M-FALCON
   (``HSTUStack.cache_history`` / ``score_candidates`` in ``terarec.layers.hstu``): the history's
   tokens run once, then each candidate's item token attends to the history and itself, in
   micro-batches.
@@ -221,23 +221,31 @@ class HSTURanking(nn.Module):
         features: dict[str, torch.Tensor] | None = None,
         timestamps: torch.Tensor | None = None,
         micro_batch: int = 128,
+        num_candidates: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """M-FALCON: (m, tasks) outputs for m candidates of one user, as ``forward`` gives them
-        for history + [candidate].
+        """M-FALCON: (m, tasks) outputs for the candidates of B users, as ``forward`` gives them for
+        each user's history + [candidate].
 
         Args:
-            history: one user's series (``len(history) == 1``), no candidate in it.
-            item_ids: (m,) candidate items; ``features`` their per-event features.
-            timestamps: (m,) their times (the request time), default the last event's.
-            micro_batch: candidates per micro-batch.
+            history: the users' series (B of them), no candidate in them.
+            item_ids: (m,) candidate items, users concatenated; ``features`` their per-event features.
+            timestamps: (m,) their times (the request time), default their user's last event's.
+            micro_batch: candidates per micro-batch and user.
+            num_candidates: (B,) candidates per user (default: one user, all m).
         """
-        if len(history) != 1 or bool(history.is_candidate.any()):
-            raise ValueError("score_candidates takes one user's history without candidates")
+        if bool(history.is_candidate.any()):
+            raise ValueError("score_candidates takes histories without candidates")
+        if num_candidates is None:
+            if len(history) != 1:
+                raise ValueError(f"score_candidates: {len(history)} histories need num_candidates per user")
+            num_candidates = torch.tensor([item_ids.shape[0]])
         self.eval()
-        x, times, _, _ = self.tokens(history)
-        cache = self.stack.cache_history(x, times)
+        x, times, token_lengths, _ = self.tokens(history)
+        cache = self.stack.cache_history(x, times, lengths=token_lengths)
         if timestamps is None:
-            timestamps = history.timestamps[-1:].expand(item_ids.shape[0])
+            last_event = torch.cumsum(history.lengths, 0) - 1
+            timestamps = torch.repeat_interleave(history.timestamps[last_event], num_candidates)
         candidates = self.item_tokens(item_ids, features or {})
-        out = self.stack.score_candidates(cache, candidates, timestamps, micro_batch=micro_batch)
+        out = self.stack.score_candidates(cache, candidates, timestamps, micro_batch=micro_batch,
+                                          num_candidates=num_candidates)
         return self.head(out)

@@ -137,12 +137,24 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) raw item ids and scores for B histories; the model reads each history's last
         ``data.max_length`` events; ``exclude_seen`` removes every item of the whole history."""
-        if self.kind != "sequential" or not isinstance(self.model, ScoresCatalogue):
-            raise ValueError(f"run of task '{self.kind}' with model '{self.config.model['name']}' does not recommend "
-                             "from the catalogue (a sequential run does)")
+        self._require_catalogue()
         if not histories:
             raise ValueError("recommend: no histories given")
         raw = [np.asarray(history, dtype=np.int64) for history in histories]
+        scores = self.model.score_catalogue(self._sequence_batch(raw, timestamps, request_times))
+        if exclude_seen:  # the evaluation's exclude_history rule: every item of the whole history
+            seen = hash_array(pa.array(np.concatenate(raw)), schema.ITEM_ID)
+            rows = self.model.item_rows(torch.from_numpy(seen))
+            scores = remove_seen(scores, rows, torch.tensor([h.size for h in raw]))
+        scores[:, 0] = -torch.inf  # the default row of unknown ids is never an answer
+        k = min(k, scores.shape[1] - 1)
+        top_scores, top_rows = torch.topk(scores, k, dim=1)
+        raw_ids = self.task.record["item_raw_ids"]
+        return raw_ids[top_rows - 1].numpy(), top_scores.numpy()
+
+    def _sequence_batch(self, raw: list[np.ndarray], timestamps: list | None,
+                        request_times: list[int] | None) -> SequenceBatch:
+        """One batch of the histories' last ``data.max_length`` events (timestamps default 0, 1, ...)."""
         if any(history.size == 0 for history in raw):
             raise ValueError("recommend: every history needs at least one item")
         times = [np.arange(h.size, dtype=np.int64) if timestamps is None else np.asarray(t, dtype=np.int64)
@@ -156,23 +168,34 @@ class Predictor:
         values = hash_array(pa.array(np.concatenate(kept)), schema.ITEM_ID)
         lengths = torch.tensor([h.size for h in kept], dtype=torch.int64)
         query = [int(t[-1]) for t in kept_times] if request_times is None else list(request_times)
-        batch = SequenceBatch(
+        return SequenceBatch(
             user_ids=torch.arange(len(kept), dtype=torch.int64),
             item_ids=KeyedJaggedTensor.from_lengths_sync([schema.ITEM_ID], torch.from_numpy(values), lengths),
             timestamps=torch.from_numpy(np.concatenate(kept_times)),
             actions=torch.zeros(int(lengths.sum()), len(self.config.data.actions)),
             target_timestamps=torch.tensor(query, dtype=torch.int64),
         )
-        scores = self.model.score_catalogue(batch)
-        if exclude_seen:  # the evaluation's exclude_history rule: every item of the whole history
-            seen = hash_array(pa.array(np.concatenate(raw)), schema.ITEM_ID)
-            rows = self.model.item_rows(torch.from_numpy(seen))
-            scores = remove_seen(scores, rows, torch.tensor([h.size for h in raw]))
-        scores[:, 0] = -torch.inf  # the default row of unknown ids is never an answer
-        k = min(k, scores.shape[1] - 1)
-        top_scores, top_rows = torch.topk(scores, k, dim=1)
-        raw_ids = self.task.record["item_raw_ids"]
-        return raw_ids[top_rows - 1].numpy(), top_scores.numpy()
+
+    def _require_catalogue(self) -> ScoresCatalogue:
+        if self.kind != "sequential" or not isinstance(self.model, ScoresCatalogue):
+            raise ValueError(f"run of task '{self.kind}' with model '{self.config.model['name']}' does not recommend "
+                             "from the catalogue (a sequential run does)")
+        return self.model
+
+    @torch.no_grad()
+    def user_vectors(self, histories: list, timestamps: list | None = None,
+                     request_times: list[int] | None = None) -> np.ndarray:
+        """(B, d) float32 unit user vectors: their inner product with ``item_vectors()`` is the score
+        ``recommend`` ranks by (the retrieval index searches these)."""
+        model = self._require_catalogue()
+        batch = self._sequence_batch([np.asarray(h, dtype=np.int64) for h in histories], timestamps, request_times)
+        return model.head.normalise(model.user_vectors(batch)).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def item_vectors(self) -> np.ndarray:
+        """(N, d) float32 unit vectors of catalogue rows 1..N (aligned with ``record['item_raw_ids']``)."""
+        model = self._require_catalogue()
+        return model.head.normalise(model.items.weight[1:]).numpy().astype(np.float32)
 
     # ---- files
 

@@ -228,11 +228,17 @@ def load_task(run_dir: str | Path, data_path: str | Path | None = None, state: b
     path = Path(run_dir) / ("state.pt" if state else "checkpoint.pt")
     payload = load_checkpoint(path)
     _check_payload(payload, path, STATE_FORMAT if state else CHECKPOINT_FORMAT, ("config_yaml", "inputs", "model"))
+    return task_from_saved(payload, path, data_path)
+
+
+def task_from_saved(payload: dict[str, Any], path: Path, data_path: str | Path | None = None) -> Task:
+    """A task rebuilt from saved parts (``config_yaml``, ``inputs`` record, ``model`` state dict), as a
+    checkpoint or an exported bundle holds them; ``path`` names the source in errors."""
     config = _config_from(payload, path, data_path)
     try:
         task = task_class(config.task).from_record(config, payload["inputs"])
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{path}: the checkpoint's model inputs are incomplete ({error})") from error
+        raise ValueError(f"{path}: the saved model inputs are incomplete ({error})") from error
     _load_weights(task.model, payload["model"], path, "model weights")
     return task
 

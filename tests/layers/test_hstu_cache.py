@@ -159,3 +159,23 @@ def test_rejects_inconsistent_timestamps_and_cached_candidates() -> None:
         stack.score_candidates(stack.cache_history(history), candidates, candidate_times)
     with pytest.raises(ValueError, match="not cached"):
         stack(candidates, torch.tensor([2]), num_candidates=torch.tensor([1]), return_cache=True)
+
+
+@pytest.mark.parametrize("micro_batch", [2, 64])
+def test_candidates_of_several_cached_users_equal_each_user_alone(micro_batch: int) -> None:
+    """Three users' histories cached together, their candidates (3, 5 and 1) scored in one call each
+    micro-batch (users run out of candidates at different micro-batches)."""
+    stack = _stack()
+    users = [_inputs(n=6, m=3, seed=2), _inputs(n=4, m=5, seed=3), _inputs(n=9, m=1, seed=5)]
+    expected = []
+    for history, candidates, history_times, candidate_times in users:
+        cache = stack.cache_history(history, history_times)
+        expected.append(stack.score_candidates(cache, candidates, candidate_times, micro_batch=micro_batch))
+    histories, lengths = _jagged([u[0] for u in users])
+    cache = stack.cache_history(histories, torch.cat([u[2] for u in users]), lengths=lengths)
+    candidates, counts = _jagged([u[1] for u in users])
+    got = stack.score_candidates(cache, candidates, torch.cat([u[3] for u in users]), micro_batch=micro_batch,
+                                 num_candidates=counts)
+    torch.testing.assert_close(got, torch.cat(expected), atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="num_candidates"):
+        stack.score_candidates(cache, candidates, torch.cat([u[3] for u in users]))

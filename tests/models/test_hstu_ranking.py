@@ -94,6 +94,27 @@ def test_mfalcon_serving_equals_appending_each_candidate() -> None:
     torch.testing.assert_close(served, torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
+def test_mfalcon_over_several_users_equals_each_user_alone() -> None:
+    model = _model()
+    histories = _batch([[3, 1, 4, 1, 5, 9], [2, 7], [8, 8, 1]], seed=2)
+    candidates = [[2, 6, 5], [3, 7, 11, 12], [4]]
+    starts = [0, 6, 8, 11]
+    alone = []
+    for user, items in enumerate(candidates):
+        events = slice(starts[user], starts[user + 1])
+        one = RankingBatch(user_ids=histories.user_ids[user:user + 1], lengths=histories.lengths[user:user + 1],
+                           item_ids=histories.item_ids[events], timestamps=histories.timestamps[events],
+                           actions=histories.actions[events], is_candidate=histories.is_candidate[events],
+                           features={k: v[events] for k, v in histories.features.items()},
+                           user_features={k: v[user:user + 1] for k, v in histories.user_features.items()})
+        alone.append(model.score_candidates(one, _ids(items, "item_id"), {"hour": _ids([1] * len(items), "hour")},
+                                            micro_batch=2))
+    flat = [item for items in candidates for item in items]
+    together = model.score_candidates(histories, _ids(flat, "item_id"), {"hour": _ids([1] * len(flat), "hour")},
+                                      micro_batch=2, num_candidates=torch.tensor([3, 4, 1]))
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=1e-5)
+
+
 def test_learns_from_a_few_steps() -> None:
     model = _model()
     model.train()
