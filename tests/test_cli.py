@@ -124,6 +124,16 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--events", "20000", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo.json").read_text())
-    assert set(summary["runs"]) == {"ctr-popularity", "ctr-embedding_mlp", "seq-most_popular", "seq-bag_of_items"}
+    assert set(summary["runs"]) == {"ctr-popularity", "ctr-wukong", "seq-most_popular", "seq-hstu",
+                                    "rank-hstu_ranking"}
     for record in summary["runs"].values():
         assert Path(record["run_dir"], "metrics.json").exists()
+    assert len(summary["recommendation"]["items"]) == 10
+
+
+def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.yaml").write_text("the user's own prepared data\n")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "did not write" in " ".join(result.output.split())
+    assert (tmp_path / "data" / "dataset.yaml").read_text() == "the user's own prepared data\n"
