@@ -14,6 +14,7 @@ batches inside the worker processes; wrap them with ``make_loader`` (``DataLoade
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
+from terarec.data.schema import DatasetMeta
 
 
 @dataclass
@@ -129,6 +131,30 @@ def gather_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.empty(0, np.int64)
     offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     return np.arange(total, dtype=np.int64) + offsets
+
+
+class SplitDataset(IterableDataset):
+    """What every dataset of one split of a prepared folder shares: its metadata, the split's code,
+    the batch size, and a seeded shuffle that ``set_epoch`` moves to the next epoch's order.
+
+    Args:
+        folder: a prepared dataset folder (dataset.yaml beside Parquet parts).
+        split: ``train``, ``valid`` or ``test``.
+        batch_size: rows (CTR) or users (sequences) per batch.
+        shuffle: shuffle (use for training); seeded by ``seed`` and the epoch.
+    """
+
+    def __init__(self, folder: str | Path, split: str, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.folder = Path(folder)
+        self.meta = DatasetMeta.load(self.folder)
+        self.split_code = split_code(split)
+        self.split = split
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
 
 def make_loader(dataset: IterableDataset, num_workers: int = 0) -> DataLoader:

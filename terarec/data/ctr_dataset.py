@@ -12,11 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
-from terarec.data.batches import CTRBatch, split_code, worker_slice
+from terarec.data.batches import CTRBatch, SplitDataset, worker_slice
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.features.crosses import apply_crosses
@@ -143,7 +142,7 @@ def ctr_batch_from_table(table: pa.Table, spec: FeatureSpec) -> CTRBatch:
     return CTRBatch(sparse, torch.from_numpy(dense), torch.from_numpy(labels), torch.from_numpy(user_ids))
 
 
-class CTRDataset(IterableDataset):
+class CTRDataset(SplitDataset):
     """Streams CTRBatches of one split from a prepared dataset, row group by row group.
 
     Memory is O(batch_size + one row group per worker). With ``shuffle`` the row groups are
@@ -173,20 +172,11 @@ class CTRDataset(IterableDataset):
         drop_last: bool = False,
         shuffle_row_groups: int = 4,
     ) -> None:
-        self.folder = Path(folder)
-        self.meta = DatasetMeta.load(self.folder)
+        super().__init__(folder, split, batch_size, shuffle, seed)
         self.spec = spec or FeatureSpec.from_meta(self.meta)
         self.spec.check(self.meta)
-        self.split_code = split_code(split)
-        self.split = split
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
         self.drop_last = drop_last
         self.shuffle_row_groups = max(1, shuffle_row_groups)
-        self.epoch = 0
         self.units = [
             (part, group)
             for part in self.meta.parts
@@ -196,9 +186,6 @@ class CTRDataset(IterableDataset):
         if self.spec.user_column in self.meta.columns and self.spec.user_column not in columns:
             columns.append(self.spec.user_column)
         self.columns = columns + [schema.SPLIT]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def num_rows(self) -> int:

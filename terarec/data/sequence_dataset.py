@@ -12,11 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
-from terarec.data.batches import SequenceBatch, gather_ranges, segment_bounds, split_code, worker_slice
+from terarec.data.batches import SequenceBatch, SplitDataset, gather_ranges, segment_bounds, worker_slice
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.features.hashing import hash_array, hash_ints
@@ -74,7 +73,7 @@ def _length_buckets(
     return batches
 
 
-class SequenceDataset(IterableDataset):
+class SequenceDataset(SplitDataset):
     """Streams SequenceBatches of user histories from an events dataset.
 
     ``split="train"``: each user's training events (split 0), the last ``max_length + 1``.
@@ -105,28 +104,16 @@ class SequenceDataset(IterableDataset):
         seed: int = 0,
         bucket_window: int = 0,
     ) -> None:
-        self.folder = Path(folder)
-        self.meta = DatasetMeta.load(self.folder)
+        super().__init__(folder, split, batch_size, shuffle, seed)
         self.spec = spec or SequenceSpec()
         self.spec.check(self.meta)
-        self.split_code = split_code(split)
-        self.split = split
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
         if bucket_window < 0:
             raise ValueError(f"bucket_window must be >= 0, got {bucket_window}")
         self.bucket_window = bucket_window
-        self.epoch = 0
         extra = ([self.spec.keep_if] if self.spec.keep_if else []) + list(self.spec.actions)
         self.columns = list(
             dict.fromkeys([schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP, schema.SPLIT] + extra)
         )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def target_users(self) -> tuple[int, int]:
         """valid / test: (users whose target has an earlier event, users whose target has none).
