@@ -76,10 +76,16 @@ class Task(ABC):
     # ---- inputs
 
     @classmethod
-    @abstractmethod
     def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
         """Read the dataset once: the config with its columns resolved, and the input record
         (vocabulary ids and whatever else rebuilds the inputs), all tensors, numbers and lists."""
+        folder = Path(config.data.path)
+        return cls.fit(config, folder, DatasetMeta.load(folder))
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """``fit_inputs`` on the dataset at ``folder`` described by ``meta``."""
 
     @classmethod
     @abstractmethod
@@ -144,9 +150,7 @@ class CTRTask(Task):
     kind = "ctr"
 
     @classmethod
-    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
-        folder = Path(config.data.path)
-        meta = DatasetMeta.load(folder)
+    def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
         if meta.kind not in ("ctr", "events"):
             raise DataError(f"unknown dataset kind {meta.kind!r}", path=folder)
         spec = feature_spec(config, meta)
@@ -197,9 +201,7 @@ class SequentialTask(Task):
     kind = "sequential"
 
     @classmethod
-    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
-        folder = Path(config.data.path)
-        meta = DatasetMeta.load(folder)
+    def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
         sequence_spec(config).check(meta)
         # The catalogue is every item of the dataset; its raw ids are kept so answers name real items.
         raw_ids = vocabulary_ids(folder, [schema.ITEM_ID], split=None, meta=meta, ids_of=lambda table: {
@@ -273,8 +275,7 @@ class RankingTask(Task):
         return list(getattr(options, "item_features", [])), list(getattr(options, "user_features", []))
 
     @classmethod
-    def fit_inputs(cls, config: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
-        folder = Path(config.data.path)
+    def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
         if not config.data.actions:
             raise ConfigError("data.actions: a ranking task needs the action columns its tasks predict")
         config = copy.deepcopy(config)
@@ -284,7 +285,7 @@ class RankingTask(Task):
             raise ConfigError(f"data.labels: expected one label column per action {config.data.actions}, "
                               f"got {config.data.labels}")
         item_features, user_features = cls._feature_columns(config)
-        ids = vocabulary_ids(folder, [schema.ITEM_ID, *item_features, *user_features])
+        ids = vocabulary_ids(folder, [schema.ITEM_ID, *item_features, *user_features], meta=meta)
         return config, {"vocabularies": {name: torch.from_numpy(values) for name, values in ids.items()}}
 
     @classmethod
