@@ -190,15 +190,16 @@ def _cell(value: object) -> str:
 
 
 def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
+    """One row per metric, one column per split: names stay readable however many metrics a run has."""
     keys: list[str] = []
     for _, metrics in rows:
         keys += [k for k in metrics if k not in keys and k != "count"]
     table = Table(title=title)
-    table.add_column("run")
+    table.add_column("metric")
+    for name, _ in rows:
+        table.add_column(name, justify="right")
     for key in keys:
-        table.add_column(key, justify="right")
-    for name, metrics in rows:
-        table.add_row(name, *[_cell(metrics.get(k, "")) for k in keys])
+        table.add_row(key, *[_cell(metrics.get(key, "")) for _, metrics in rows])
     console.print(table)
 
 
