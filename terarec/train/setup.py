@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from terarec.config import ExperimentConfig
-from terarec.data import schema
 from terarec.data.ctr_dataset import FeatureSpec, ctr_batch_from_table
 from terarec.data.sequence_dataset import SequenceSpec
 from terarec.data.schema import DatasetMeta

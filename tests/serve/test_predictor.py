@@ -24,7 +24,7 @@ from terarec.features.hashing import hash_array
 from terarec.serve import Predictor
 from terarec.train.experiment import load_config
 from terarec.train.loop import load_task, train
-from tests.train.test_train import _ctr_config, ctr_data, seq_data  # noqa: F401 (fixtures)
+from tests.train.test_train import _ctr_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,7 +60,7 @@ def _move_data_away(folder: Path, tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.fixture()
-def ctr_copy(ctr_data: Path, tmp_path: Path) -> Path:  # noqa: F811
+def ctr_copy(ctr_data: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "ctr-data"
     shutil.copytree(ctr_data, copy)
     return copy
@@ -105,7 +105,7 @@ def test_ranking_scores_equal_the_evaluation_scores_without_the_data(tmp_path: P
     assert auc(labels, scores["click"]) == pytest.approx(run.test["click_auc"], abs=1e-9)
 
 
-def test_recommend_ranks_the_catalogue_as_evaluation_scores_it(seq_data: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+def test_recommend_ranks_the_catalogue_as_evaluation_scores_it(seq_data: Path, tmp_path: Path, monkeypatch) -> None:
     config = load_config(None, ["name=groups", "task=sequential", f"data.path={seq_data}", f"run_dir={tmp_path}",
                                 "model={name: sasrec, embedding_dim: 16, num_layers: 1, max_length: 10}",
                                 "data.batch_size=32", "train.epochs=1", "train.threads=1", "eval.ks=[5]"])

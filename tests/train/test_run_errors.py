@@ -13,7 +13,7 @@ from terarec.cli import app
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
 from terarec.train.experiment import load_config
 from terarec.train.loop import load_task, train
-from tests.train.test_train import _ctr_config, ctr_data, seq_data  # noqa: F401 (fixtures)
+from tests.train.test_train import _ctr_config
 
 
 def _said(result) -> str:
@@ -21,7 +21,7 @@ def _said(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_run(ctr_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def small_run(ctr_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("errors")
     return train(_ctr_config(ctr_data, tmp, "train.epochs=1"), progress=False, run_dir=tmp / "run").run_dir
 
@@ -61,7 +61,7 @@ def test_a_foreign_file_is_refused_naming_it(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "does not exist" in _said(result)
 
 
-def test_eval_of_a_sequence_run_on_train_is_a_clear_error(seq_data: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_eval_of_a_sequence_run_on_train_is_a_clear_error(seq_data: Path, tmp_path: Path) -> None:
     config = load_config(None, ["task=sequential", f"data.path={seq_data}", f"run_dir={tmp_path}",
                                 "model={name: bag_of_items, embedding_dim: 8}", "train.epochs=1", "train.threads=1",
                                 "eval.ks=[5]"])
@@ -70,7 +70,7 @@ def test_eval_of_a_sequence_run_on_train_is_a_clear_error(seq_data: Path, tmp_pa
     assert result.exit_code == 2 and "valid or test" in _said(result) and "Traceback" not in result.output
 
 
-def test_a_failed_run_is_marked_failed_with_its_reason(ctr_data: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_failed_run_is_marked_failed_with_its_reason(ctr_data: Path, tmp_path: Path) -> None:
     config = _ctr_config(ctr_data, tmp_path, "train.monitor=valid.no_such_metric")
     with pytest.raises(ValueError, match="no_such_metric"):
         train(config, progress=False, run_dir=tmp_path / "run")

@@ -14,8 +14,6 @@ import yaml
 
 from terarec.data.batches import SequenceBatch, make_loader
 from terarec.data.ctr_dataset import CTRDataset, FeatureSpec
-from terarec.data.prepare import write_dataset
-from terarec.data.sources.base import SourceData
 from terarec.embedding.collection import PooledEmbeddings, SequenceEmbeddings, remap
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.eval.evaluate import evaluate_ranking
@@ -82,24 +80,6 @@ def _sequence_events(num_users: int = 240, length: int = 7, seed: int = 0) -> pa
             "click": pa.array(np.ones(len(users), np.float32)),
         }
     )
-
-
-@pytest.fixture(scope="module")
-def ctr_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("ctr") / "ds"
-    data = SourceData(
-        "xor", "test", "events", [_ctr_events()], sparse=["user_id", "item_id", "device"], labels=["click"]
-    )
-    write_dataset(data, folder, progress=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def seq_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("seq") / "ds"
-    data = SourceData("groups", "test", "events", [_sequence_events()], sparse=["item_id"], labels=["click"])
-    write_dataset(data, folder, progress=False)
-    return folder
 
 
 def _ctr_config(folder: Path, tmp: Path, *extra: str):
