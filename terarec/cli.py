@@ -211,34 +211,64 @@ def train_command(
     data: Optional[Path] = typer.Option(None, help="With --resume: the run's dataset at another path."),
     threads: Threads = 0,
     progress: Progress = None,
+    nproc: int = typer.Option(0, "--nproc", min=0, help="Processes on this host (torchrun; 0 = one process, no torchrun). "
+                              "Tables are sharded by TorchRec, the rest under DDP; see docs/distributed.md."),
+    nnodes: str = typer.Option("1", "--nnodes", help="Hosts (torchrun's --nnodes, e.g. 2 or 1:4)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This host's rank (torchrun's --node-rank)."),
+    rdzv_endpoint: str = typer.Option("", "--rdzv-endpoint", help="HOST:PORT every host reaches (several hosts)."),
+    rdzv_backend: str = typer.Option("c10d", "--rdzv-backend", help="torchrun's rendezvous backend."),
+    rdzv_id: str = typer.Option("", "--rdzv-id", help="A job id shared by the hosts (several hosts)."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0, help="Restart failed workers this many times; "
+                                     "they resume from the run's last saved state."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="The run folder (default: a new one under run_dir); "
+                                           "several hosts: give the same shared folder on each."),
 ) -> None:
     """Train the config's model; writes a run folder (config, status, logs, metrics.json, checkpoints).
 
     A run stopped part way (killed, out of time) keeps its last state: `terarec train --resume RUN`
     continues it and ends as the uninterrupted run would have. --threads N overrides the config's
-    train.threads."""
+    train.threads. --nproc N trains on N processes (and --nnodes, --rdzv-endpoint on several hosts);
+    --threads is then per process (default: the host's CPUs divided among its processes)."""
     _quiet_libraries()
     from terarec.config import ConfigError
     from terarec.data.errors import DataError
-    from terarec.train.loop import resume as resume_run
+    from terarec.train import distributed
     from terarec.train.experiment import load_config
-    from terarec.train.loop import train
+    from terarec.train.loop import new_run_dir, resume as resume_run, train, write_status
 
     try:
-        if resume is not None:
-            if config is not None or overrides:
-                raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
+        if resume is not None and (config is not None or overrides):
+            raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
+        if resume is None and config is None:
+            raise ConfigError("give an experiment config (e.g. configs/frappe/wukong.yaml) or --resume RUN")
+        cfg = None if config is None else load_config(
+            config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
+        if distributed.in_worker():
+            result = distributed.train_worker(cfg, resume or run_dir, progress=progress)
+            if distributed.rank() != 0:
+                return
+        elif nproc > 0 or nnodes != "1" or (resume is not None and distributed.latest_state(resume) is not None):
+            folder = resume or run_dir or (new_run_dir(cfg) if nnodes == "1" else None)
+            command = ["train", *([str(config), *(overrides or [])] if resume is None else []),
+                       *(["--run-dir", str(folder)] if folder is not None else []), "--no-progress"]
+            arguments = distributed.launch_arguments(max(nproc, 1), nnodes, node_rank, rdzv_endpoint, rdzv_backend,
+                                                     rdzv_id, max_restarts)
+            try:
+                distributed.launch(arguments, command, max(nproc, 1), threads)
+            except RuntimeError as error:
+                if folder is not None and folder.exists():
+                    write_status(folder, "failed", str(error))
+                raise
+            if folder is not None:
+                console.print(f"run folder: {folder}")
+            return
+        elif resume is not None:
             result = resume_run(resume, progress=progress, data_path=data, threads=threads or None)
-            name = result.run_dir.name
         else:
-            if config is None:
-                raise ConfigError("give an experiment config (e.g. configs/frappe/wukong.yaml) or --resume RUN")
-            cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
             result = train(cfg, progress=progress)
-            name = cfg.name
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as error:
         _fail(error)
-    _print_metrics(f"{name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
+    _print_metrics(f"{result.run_dir.name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
     console.print(f"run folder: {result.run_dir}")
 
 

@@ -152,6 +152,9 @@ class EmbeddingConfig:
             every row of every table is added to the loss each step (FuxiCTR's
             ``embedding_regularizer``; it costs a pass over the tables, so it is for small
             tables); engine optimizers: weight decay lambda * w on the rows a batch touches.
+        sharding_types: distributed runs (``--nproc``): the TorchRec sharding types the planner
+            may give every table: ``table_wise``, ``column_wise``, ``table_column_wise`` (CPU and
+            GPU), ``row_wise`` (GPU), ``data_parallel``; empty (the default) is the planner's choice.
     """
 
     vocabulary: Literal["exact", "managed"] = "exact"
@@ -163,6 +166,7 @@ class EmbeddingConfig:
     learning_rate: float = 0.0
     weight_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     regularization: float = 0.0
+    sharding_types: list[str] = field(default_factory=list)
 
 
 EvalProtocol = Literal["exclude_history", "allow_repeats", "sampled"]

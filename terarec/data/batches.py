@@ -108,9 +108,25 @@ def split_code(split: str) -> int:
     return schema.SPLIT_CODES[split]
 
 
-def worker_slice() -> tuple[int, int]:
+def process_slice() -> tuple[int, int]:
+    """(rank, world size) of this process in a ``torch.distributed`` run, (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def worker_slice(rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+    """(index, count) of this reader among every reader of a split: the DataLoader workers of
+    each of ``world_size`` processes, rank-major. Each reader takes every ``count``-th unit of
+    work (row group, user bucket) from ``index`` on, so no example is read twice or dropped.
+
+    Example:
+        >>> worker_slice(rank=1, world_size=2)  # no DataLoader worker: one reader per process
+        (1, 2)
+    """
     info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
+    worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+    return rank * workers + worker, world_size * workers
 
 
 def segment_bounds(user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +158,9 @@ class SplitDataset(IterableDataset):
         split: ``train``, ``valid`` or ``test``.
         batch_size: rows (CTR) or users (sequences) per batch.
         shuffle: shuffle (use for training); seeded by ``seed`` and the epoch.
+
+    In a ``torch.distributed`` run each process reads its own share (``readers``); the seeded order
+    is the same in every process, so the shares are disjoint and cover the split.
     """
 
     def __init__(self, folder: str | Path, split: str, batch_size: int, shuffle: bool, seed: int) -> None:
@@ -152,6 +171,12 @@ class SplitDataset(IterableDataset):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        # Read in the process that builds the dataset: DataLoader workers inherit it as it was.
+        self.rank, self.world_size = process_slice()
+
+    def readers(self) -> tuple[int, int]:
+        """(index, count) of this reader over every process and DataLoader worker (``worker_slice``)."""
+        return worker_slice(self.rank, self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -15,7 +15,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
-from terarec.data.batches import CTRBatch, SplitDataset, worker_slice
+from terarec.data.batches import CTRBatch, SplitDataset
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.features.crosses import apply_crosses
@@ -84,6 +84,8 @@ class FeatureSpec:
 
 
 HISTORY_PREFIX = "hist_"
+# A distributed run deals whole row groups to its readers when each gets at least this many.
+ROW_GROUPS_PER_READER = 8
 
 
 def id_slot(column: str) -> str:
@@ -147,7 +149,10 @@ class CTRDataset(SplitDataset):
 
     Memory is O(batch_size + one row group per worker). With ``shuffle`` the row groups are
     visited in a seeded random order per epoch and rows are shuffled within a buffer of
-    ``shuffle_row_groups`` row groups. Row groups are dealt round-robin to DataLoader workers.
+    ``shuffle_row_groups`` row groups. Row groups are dealt round-robin to DataLoader workers and
+    to the processes of a distributed run (``SplitDataset.readers``); a distributed run with fewer
+    than ``ROW_GROUPS_PER_READER`` row groups per reader gives each reader a contiguous slice of
+    every row group instead. Either way every row of the split is read by exactly one reader.
 
     Args:
         folder: a prepared dataset folder (dataset.yaml beside Parquet parts).
@@ -197,17 +202,25 @@ class CTRDataset(SplitDataset):
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def _tables(self, rng: np.random.Generator | None) -> Iterator[pa.Table]:
-        worker, num_workers = worker_slice()
+        reader, num_readers = self.readers()
         order = np.arange(len(self.units))
         if rng is not None:
             order = rng.permutation(order)
-        mine = [self.units[i] for i in order[worker::num_workers]]
+        # Whole row groups dealt round-robin; in a distributed run with few row groups per reader,
+        # every reader takes its slice of each row group instead, so the processes' shares (and
+        # their steps, which must match) stay equal.
+        sliced = self.world_size > 1 and len(self.units) < ROW_GROUPS_PER_READER * num_readers
+        mine = order if sliced else order[reader::num_readers]
         files: dict[str, pq.ParquetFile] = {}
-        for part, group in mine:
+        for index in mine:
+            part, group = self.units[index]
             file = files.setdefault(part, pq.ParquetFile(self.folder / part))
             table = file.read_row_group(group, columns=self.columns)
-            mask = pc.equal(table.column(schema.SPLIT), self.split_code)
-            yield table.filter(mask)
+            table = table.filter(pc.equal(table.column(schema.SPLIT), self.split_code))
+            if sliced:
+                begin, end = (table.num_rows * share // num_readers for share in (reader, reader + 1))
+                table = table.slice(begin, end - begin)
+            yield table
 
     def __iter__(self) -> Iterator[CTRBatch]:
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None

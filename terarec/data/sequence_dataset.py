@@ -15,7 +15,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
-from terarec.data.batches import SequenceBatch, SplitDataset, gather_ranges, segment_bounds, worker_slice
+from terarec.data.batches import SequenceBatch, SplitDataset, gather_ranges, segment_bounds
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
 from terarec.features.hashing import hash_array, hash_ints
@@ -149,7 +149,7 @@ class SequenceDataset(SplitDataset):
         table = table.filter(pa.array(split <= self.split_code))
         split = split[split <= self.split_code]
         users = table.column(schema.USER_ID).to_numpy()
-        worker, num_workers = worker_slice()
+        worker, num_workers = self.readers()
         if num_workers > 1:
             mine = (hash_ints(users, "worker").view(np.uint64) % np.uint64(num_workers)) == worker
             table, users, split = table.filter(pa.array(mine)), users[mine], split[mine]

@@ -85,7 +85,10 @@ class PooledEmbeddings(nn.Module):
             if missing:
                 raise KeyError(f"PooledEmbeddings: features {missing} are not in the batch's keys {keys}")
             features = features.permute([keys.index(name) for name in self.feature_names])
-        return self.tables(remap(features, self.vocabularies))
+        pooled = self.tables(remap(features, self.vocabularies))
+        if pooled.keys() != self.feature_names:  # sharded tables answer in the order of their shards
+            pooled = KeyedTensor.from_tensor_list(self.feature_names, [pooled[name] for name in self.feature_names])
+        return pooled
 
     def table_weights(self) -> list[torch.Tensor]:
         """The tables (parameters of the dense optimizer), for a penalty such as L2."""

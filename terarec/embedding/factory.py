@@ -4,6 +4,11 @@
 ``rowwise_adagrad`` / ``sgd`` (or a non-fp32 dtype) use the engine, whose optimizer runs
 inside backward (``FusedPooledEmbeddings``). Models call ``pooled_embeddings`` and never
 name a table class, so the choice is the config's.
+
+Under ``torch.distributed`` (``terarec train --nproc N``, docs/distributed.md) the tables are a
+TorchRec ``EmbeddingBagCollection`` (``PooledEmbeddings``) whose parameters carry their fused
+optimizer (``apply_optimizer_in_backward``): TorchRec's planner shards it, and the sharded kernel
+runs the same FBGEMM row-wise Adagrad / SGD the engine runs in one process.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import torch
 from torch import nn
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from terarec.config import EmbeddingConfig
 from terarec.embedding.collection import PooledEmbeddings
@@ -30,6 +38,8 @@ class TableInputs(Protocol):
 def pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
     """One sum-pooled table per sparse feature of ``inputs``, stored and trained as configured."""
     config = inputs.embedding
+    if torch.distributed.is_initialized():
+        return shardable_pooled_embeddings(inputs, embedding_dim)
     if config.optimizer == "adam" and config.weight_dtype == "fp32":
         if config.vocabulary == "managed":
             raise ValueError(
@@ -49,3 +59,61 @@ def pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
         weight_decay=config.regularization,
     )
     return FusedPooledEmbeddings(inputs.vocabularies, embedding_dim, engine)
+
+
+def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> PooledEmbeddings:
+    """The tables as a TorchRec collection for ``DistributedModelParallel`` to shard, each parameter
+    tagged with the fused optimizer its sharded kernel runs (``embedding.optimizer``).
+
+    With ``world`` processes a table's gradient is the sum of every process's mean-loss gradient,
+    ``world`` times the one-process gradient of the same global batch: row-wise Adagrad does not
+    change under that scale, SGD's rate is divided by ``world``.
+    """
+    config = inputs.embedding
+    if config.optimizer not in ("rowwise_adagrad", "sgd") or config.weight_dtype != "fp32":
+        raise ValueError(
+            f"embedding.optimizer={config.optimizer}, weight_dtype={config.weight_dtype}: sharded tables "
+            "(--nproc > 1) train with a fused optimizer on fp32 rows; set embedding.optimizer=rowwise_adagrad "
+            "(or sgd) and embedding.weight_dtype=fp32 (FBGEMM's CPU kernels have no Adam)"
+        )
+    if config.vocabulary == "managed":
+        raise ValueError(
+            "embedding.vocabulary=managed is not supported with sharded tables (--nproc > 1) yet: "
+            "train it in one process (--nproc 1), or use embedding.vocabulary=exact"
+        )
+    if config.regularization:
+        raise ValueError(
+            f"embedding.regularization={config.regularization}: sharded tables (--nproc > 1) have no weight decay "
+            "(FBGEMM's CPU kernels ignore it); set embedding.regularization=0"
+        )
+    embeddings = PooledEmbeddings(inputs.vocabularies, embedding_dim)
+    learning_rate = config.learning_rate or inputs.learning_rate
+    if config.optimizer == "rowwise_adagrad":
+        apply_optimizer_in_backward(RowWiseAdagrad, embeddings.tables.parameters(), {"lr": learning_rate, "eps": 1e-8})
+    else:
+        world = torch.distributed.get_world_size()
+        apply_optimizer_in_backward(torch.optim.SGD, embeddings.tables.parameters(), {"lr": learning_rate / world})
+    return embeddings
+
+
+def engine_state_dict(state: dict[str, torch.Tensor], config: EmbeddingConfig) -> dict[str, torch.Tensor]:
+    """A model state dict with ``shardable_pooled_embeddings`` tables (``<m>.tables.embedding_bags.t_<f>.weight``)
+    in the layout the same model has in one process (``<m>.tables.<f>.weight``, ``FusedPooledEmbeddings``),
+    with a zero optimizer state (``<m>.tables.<f>.momentum``): weights to evaluate or serve, not to resume.
+
+    Example:
+        >>> state = {"sparse_arch.tables.embedding_bags.t_item.weight": torch.ones(3, 4)}
+        >>> sorted(engine_state_dict(state, EmbeddingConfig(optimizer="rowwise_adagrad")))
+        ['sparse_arch.tables.item.momentum', 'sparse_arch.tables.item.weight']
+    """
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        head, found, tail = key.partition(".tables.embedding_bags.t_")
+        if not found or not tail.endswith(".weight"):
+            converted[key] = value
+            continue
+        table = f"{head}.tables.{tail.removesuffix('.weight')}"
+        converted[f"{table}.weight"] = value
+        if config.optimizer == "rowwise_adagrad":
+            converted[f"{table}.momentum"] = torch.zeros(value.shape[0])
+    return converted

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 ArrayLike = Any  # np.ndarray, torch.Tensor, list, ... anything np.asarray understands
+# One process's array -> the concatenation of every process's (a distributed evaluation's all-gather).
+Gather = Callable[[np.ndarray], np.ndarray]
 
 
 def to_numpy(x: ArrayLike) -> np.ndarray:

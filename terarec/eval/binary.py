@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from terarec.eval.arrays import ArrayLike, as_1d
+from terarec.eval.arrays import ArrayLike, Gather, as_1d
 
 __all__ = ["auc", "logloss", "gauc", "gauc_with_count", "BinaryAccumulator"]
 
@@ -292,6 +292,21 @@ class BinaryAccumulator:
             out["gauc"] = gauc(np.concatenate(self._users), y, s)
         out["count"] = int(y.shape[0])
         return out
+
+    def combine(self, gather: Gather) -> None:
+        """Replace what was collected by ``gather`` of it: e.g. the concatenation over every process
+        of a distributed evaluation, so ``compute`` gives the metrics of the whole split.
+
+        Example:
+            >>> acc = BinaryAccumulator()
+            >>> acc.update([0, 1], [0.2, 0.6])
+            >>> acc.combine(lambda values: np.concatenate([values, values]))  # two equal "processes"
+            >>> acc.count
+            4
+        """
+        joined = [np.concatenate(arrays) if arrays else np.zeros(0) for arrays in (self._labels, self._scores, self._users)]
+        self._labels, self._scores, self._users = ([gather(values)] for values in joined)
+        self._with_users = bool(gather(np.array([int(bool(self._with_users))])).max())
 
     def reset(self) -> None:
         """Forget all batches."""

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from terarec.data.batches import CTRBatch, SequenceBatch
+from terarec.eval.arrays import Gather
 from terarec.eval.binary import BinaryAccumulator, auc, logloss
 from terarec.eval.protocols import rank_targets
 from terarec.eval.ranking import RankingAccumulator
 
 
 @torch.no_grad()
-def evaluate_ctr(model: nn.Module, batches: Iterable[CTRBatch], labels: list[str], progress: bool = False) -> dict[str, float]:
+def evaluate_ctr(model: nn.Module, batches: Iterable[CTRBatch], labels: list[str], progress: bool = False,
+                 gather: Gather | None = None) -> dict[str, float]:
     """AUC, LogLoss and gAUC for each label; keys are ``auc`` etc. for one label, ``<label>_auc`` for
-    several, plus their ``mean_auc``."""
+    several, plus their ``mean_auc``. ``gather``: joins every process's predictions before the
+    metrics (a distributed evaluation), so they are the whole split's, not a mean of shares."""
     model.eval()
     accumulators = [BinaryAccumulator() for _ in labels]
     for batch in tqdm(batches, desc="eval", leave=False, disable=not progress):
@@ -27,6 +31,9 @@ def evaluate_ctr(model: nn.Module, batches: Iterable[CTRBatch], labels: list[str
             accumulator.update(
                 batch.labels[:, index].numpy(), probs[:, index].numpy(), batch.user_ids.numpy() if has_users else None
             )
+    if gather is not None:
+        for accumulator in accumulators:
+            accumulator.combine(gather)
     metrics: dict[str, float] = {}
     for label, accumulator in zip(labels, accumulators):
         prefix = "" if len(labels) == 1 else f"{label}_"
@@ -45,6 +52,7 @@ def evaluate_ranking(
     num_sampled: int = 100,
     seed: int = 0,
     progress: bool = False,
+    gather: Gather | None = None,
 ) -> dict[str, float | int | str]:
     """HR@K, NDCG@K and MRR of each batch's target over the catalogue under an evaluation protocol.
 
@@ -56,6 +64,7 @@ def evaluate_ranking(
         protocol: ``exclude_history``, ``allow_repeats`` or ``sampled``
             (``terarec.eval.protocols``).
         num_sampled, seed: the ``sampled`` protocol's negatives per target and their seed.
+        gather: joins every process's ranks before the metrics (a distributed evaluation).
 
     Returns:
         The metrics, ``count`` (targets ranked), ``repeated_targets`` (targets that repeat an
@@ -79,6 +88,11 @@ def evaluate_ranking(
         )
         accumulator.add_ranks(ranks)
         repeated_targets += int(repeated.sum())
+    if gather is not None:
+        ranks = gather(accumulator.ranks)
+        accumulator = RankingAccumulator(ks=tuple(ks))
+        accumulator.add_ranks(ranks)
+        repeated_targets = int(gather(np.array([repeated_targets])).sum())
     metrics: dict[str, float | int | str] = dict(accumulator.compute())
     metrics.update(count=accumulator.count, repeated_targets=repeated_targets, protocol=protocol)
     return metrics

@@ -263,12 +263,33 @@ class Trainer:
         self.sums = {"loss": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "window_loss": 0.0, "window_steps": 0}
         self.optimizer = None
         if self.trainable:
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.train.learning_rate,
-                                              weight_decay=self.config.train.weight_decay)
+            self.optimizer = self._make_optimizer()
             self.rates = LearningRates(self.optimizer, model, self.config.train.warmup_steps,
                                        self.config.embedding.learning_rate or self.config.train.learning_rate)
         if state is not None:
             self._restore(state)
+
+    # -- what a distributed run (terarec.train.distributed) replaces
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the dense parameters (and the tables kept as parameters)."""
+        return torch.optim.Adam(self.task.model.parameters(), lr=self.config.train.learning_rate,
+                                weight_decay=self.config.train.weight_decay)
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        return self.task.loss(batch)
+
+    def _steps(self, batches):
+        """(batch, weight) per step: every batch counts fully in one process."""
+        for batch in batches:
+            yield batch, 1.0
+
+    def save_best(self, epoch: int, valid: dict[str, float]) -> None:
+        save_checkpoint(self.run_dir / "checkpoint.pt", checkpoint_payload(self.task, epoch, valid))
+
+    def load_best(self) -> None:
+        _load_weights(self.task.model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
+                      self.run_dir / "checkpoint.pt", "model weights")
 
     # -- state
 
@@ -288,6 +309,11 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        self.restore_position(state)
+        _set_rng_state(state["rng"])
+
+    def restore_position(self, state: dict[str, Any]) -> None:
+        """Epoch, step, best epoch, sums, record and learning rates of a saved state."""
         position = state["position"]
         self.epoch, self.step_in_epoch = int(position["epoch"]), int(position["step_in_epoch"])
         self.global_step, self.stale = int(position["global_step"]), int(position["stale"])
@@ -297,7 +323,6 @@ class Trainer:
         self.best_valid = record.pop("best_valid") or {}
         self.record = record
         self.rates.restore(float(position["rate_scale"]), self.global_step)
-        _set_rng_state(state["rng"])
 
     def save_state(self) -> None:
         save_checkpoint(self.run_dir / "state.pt", self.state_payload())
@@ -326,8 +351,7 @@ class Trainer:
                 self._train_epoch()
                 self._end_epoch()
             if config.train.checkpoint and self.best_epoch > 0:
-                _load_weights(model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
-                              self.run_dir / "checkpoint.pt", "model weights")
+                self.load_best()
         test = self.task.evaluate("test")
         self.record.update(best_epoch=self.best_epoch, valid=self.best_valid, test=test,
                            seconds=round(time.perf_counter() - started, 2))
@@ -364,21 +388,21 @@ class Trainer:
         every = config.train.checkpoint_every
         bar = self._batches()
         clock = time.perf_counter()
-        for batch in bar:
+        for batch, weight in self._steps(bar):
             if config.train.max_steps_per_epoch and self.step_in_epoch >= config.train.max_steps_per_epoch:
                 break
             factor = self.rates.step(self.global_step)
-            loss = self.task.loss(batch)
+            loss = self._loss(batch)
             penalty = embedding_penalty(model, config.embedding.regularization)
             self.optimizer.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty).backward()
+            (loss * weight if penalty is None else loss * weight + penalty).backward()
             self.optimizer.step()
-            value = loss.item()
+            value = loss.item() if weight else 0.0
             sums["loss"] += value
             sums["window_loss"] += value
             sums["window_steps"] += 1
             sums["steps"] += 1
-            sums["examples"] += len(batch)
+            sums["examples"] += len(batch) if weight else 0
             self.step_in_epoch += 1
             self.global_step += 1
             if sums["steps"] % 20 == 0:
@@ -412,7 +436,7 @@ class Trainer:
         if signed > self.best_value:
             self.best_value, self.best_epoch, self.best_valid, self.stale = signed, self.epoch + 1, valid, 0
             if config.train.checkpoint:
-                save_checkpoint(self.run_dir / "checkpoint.pt", checkpoint_payload(self.task, self.epoch + 1, valid))
+                self.save_best(self.epoch + 1, valid)
         else:
             self.stale += 1
             self.rates.decay(config.train.plateau_decay)

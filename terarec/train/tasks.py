@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,13 +35,14 @@ from torch.utils.data import IterableDataset
 
 from terarec.config import ConfigError, ExperimentConfig
 from terarec.data import schema
-from terarec.data.batches import make_loader
+from terarec.data.batches import make_loader, process_slice
 from terarec.data.ctr_dataset import CTRDataset
 from terarec.data.sequence_dataset import SequenceDataset
 from terarec.data.errors import DataError
 from terarec.data.ranking import RankingDataset
 from terarec.data.schema import DatasetMeta
 from terarec.data.vocabularies import vocabulary_ids
+from terarec.eval.arrays import Gather
 from terarec.eval.evaluate import evaluate_ctr, evaluate_ranking, evaluate_ranking_tasks
 from terarec.features.hashing import hash_array
 from terarec.embedding.exact_vocabulary import ExactVocabulary
@@ -72,6 +74,10 @@ class Task(ABC):
         self.inputs = inputs
         self.record = record
         self.model = build_model(config, inputs)
+        # A distributed run (terarec.train.distributed) sets both: evaluation batches stepped in
+        # lockstep over the processes, and the all-gather that joins their predictions.
+        self.eval_batches: Callable[[Iterable], Iterable] = lambda batches: batches
+        self.gather: Gather | None = None
 
     # ---- inputs
 
@@ -103,7 +109,10 @@ class Task(ABC):
         return Path(self.config.data.path)
 
     def batch_size(self, split: str) -> int:
-        return self.config.data.batch_size if split == "train" else self.config.data.eval_batch_size
+        """Rows (or users) per batch of this process: the config's batch sizes are global, shared
+        by the processes of a distributed run."""
+        size = self.config.data.batch_size if split == "train" else self.config.data.eval_batch_size
+        return max(1, size // process_slice()[1])
 
     @abstractmethod
     def dataset(self, split: str, shuffle: bool = False) -> IterableDataset:
@@ -189,7 +198,8 @@ class CTRTask(Task):
 
     def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
         _check_split(split)
-        return evaluate_ctr(self.model, self.loader(split), self.inputs.labels, progress=progress)
+        return evaluate_ctr(self.model, self.eval_batches(self.loader(split)), self.inputs.labels, progress=progress,
+                            gather=self.gather)
 
     def default_monitor(self) -> str:
         return "auc" if len(self.inputs.labels) == 1 else "mean_auc"
@@ -231,8 +241,9 @@ class SequentialTask(Task):
         dataset = self.dataset(split)
         evaluated, without_history = self._target_users(dataset)
         options = self.config.eval
-        metrics = evaluate_ranking(self.model, make_loader(dataset, self.config.data.num_workers), options.ks,
-                                   options.protocol, options.num_sampled, self.config.train.seed, progress=progress)
+        metrics = evaluate_ranking(self.model, self.eval_batches(make_loader(dataset, self.config.data.num_workers)),
+                                   options.ks, options.protocol, options.num_sampled, self.config.train.seed,
+                                   progress=progress, gather=self.gather)
         # Users first seen in this split have no history to rank from: counted and left out.
         metrics["users_without_history"] = without_history
         return metrics
