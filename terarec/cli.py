@@ -249,8 +249,8 @@ def train_command(
                 return
         elif nproc > 0 or nnodes != "1" or (resume is not None and distributed.latest_state(resume) is not None):
             folder = resume or run_dir or (new_run_dir(cfg) if nnodes == "1" else None)
-            command = ["train", *([str(config), *(overrides or [])] if resume is None else []),
-                       *(["--run-dir", str(folder)] if folder is not None else []), "--no-progress"]
+            command = ["train", *([str(config), *(overrides or [])] if resume is None else ["--resume", str(resume)]),
+                       *(["--run-dir", str(folder)] if folder is not None and resume is None else []), "--no-progress"]
             arguments = distributed.launch_arguments(max(nproc, 1), nnodes, node_rank, rdzv_endpoint, rdzv_backend,
                                                      rdzv_id, max_restarts)
             try:
@@ -259,9 +259,7 @@ def train_command(
                 if folder is not None and folder.exists():
                     write_status(folder, "failed", str(error))
                 raise
-            if folder is not None:
-                console.print(f"run folder: {folder}")
-            return
+            return  # rank 0 printed the result
         elif resume is not None:
             result = resume_run(resume, progress=progress, data_path=data, threads=threads or None)
         else:

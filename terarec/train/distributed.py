@@ -378,6 +378,10 @@ def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, p
     """One process of a distributed run (under torchrun): train ``config`` in ``run_dir`` (rank 0
     picks a new folder when None), or resume the run there when it holds a saved state."""
     init_process_group()
+    if rank() != 0:  # one console voice: rank 0's (every rank's failure still reaches the launcher)
+        log.setLevel(logging.WARNING)
+    # The planner warns about GPU topology discovery and dry runs, neither of which applies here.
+    logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
     if config is not None:
         set_threads(config.train.threads)
     if run_dir is None:
@@ -487,9 +491,9 @@ def launch(torchrun_arguments: list[str], command: list[str], nproc: int, thread
     try:
         run(arguments)
     except ChildFailedError as error:
-        failures = "; ".join(f"rank {failure.rank} (pid {failure.pid}): exit code {failure.exitcode}"
-                             + (f", {failure.message}" if failure.message else "")
-                             for failure in error.failures.values())
+        failures = "; ".join(f"rank {global_rank} (pid {failure.pid}): exit code {failure.exitcode}"
+                             + (f" ({failure.signal_name()})" if failure.exitcode < 0 else "")
+                             for global_rank, failure in sorted(error.failures.items()))
         raise RuntimeError(f"distributed run failed: {failures}") from None
     return 0
 

@@ -1,0 +1,195 @@
+"""Distributed training (terarec.train.distributed): disjoint data shares, global evaluation,
+sharded checkpoints restored at other world sizes, and a killed rank ending the job."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from terarec.data import ctr_dataset
+from terarec.data.ctr_dataset import CTRDataset
+from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 300  # seconds any one launched job may take: a hang fails the test instead of blocking it
+
+
+def _rows(dataset: CTRDataset) -> Counter:
+    rows = Counter()
+    for batch in dataset:
+        keys = batch.sparse_features.keys()
+        values = [batch.sparse_features[key].values().tolist() for key in keys]
+        for index in range(len(batch)):
+            rows[(int(batch.user_ids[index]), *(column[index] for column in values), float(batch.labels[index, 0]))] += 1
+    return rows
+
+
+def _shares(make, world_size: int) -> list:
+    shares = []
+    for rank in range(world_size):
+        dataset = make()
+        dataset.rank, dataset.world_size = rank, world_size
+        dataset.set_epoch(1)
+        shares.append(dataset)
+    return shares
+
+
+@pytest.mark.parametrize("whole_row_groups", [False, True])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_processes_read_disjoint_ctr_shares_that_cover_the_split(ctr_data: Path, world_size: int,
+                                                                  whole_row_groups: bool, monkeypatch) -> None:
+    if whole_row_groups:  # deal whole row groups even though there are few of them
+        monkeypatch.setattr(ctr_dataset, "ROW_GROUPS_PER_READER", 0)
+    make = lambda: CTRDataset(ctr_data, "train", batch_size=64, shuffle=True, seed=5)  # noqa: E731
+    whole = _rows(_shares(make, 1)[0])
+    shares = [_rows(dataset) for dataset in _shares(make, world_size)]
+    assert sum(shares, Counter()) == whole  # every row once: none read twice, none dropped
+    assert sum(whole.values()) == make().num_rows
+    if not whole_row_groups:  # slices of every row group: shares within a row of each other
+        sizes = [sum(share.values()) for share in shares]
+        assert max(sizes) - min(sizes) <= len(make().units)
+
+
+def test_processes_read_disjoint_users_of_a_sequence_split(seq_data: Path) -> None:
+    def users(dataset: SequenceDataset) -> Counter:
+        found = Counter()
+        for batch in dataset:
+            histories = batch.item_ids["item_id"].to_dense()
+            for user, items in zip(batch.user_ids.tolist(), histories):
+                found[(user, tuple(items.tolist()))] += 1
+        return found
+
+    make = lambda: SequenceDataset(seq_data, "train", SequenceSpec(max_length=5), batch_size=16,  # noqa: E731
+                                   shuffle=True, seed=2)
+    whole = users(_shares(make, 1)[0])
+    shares = [users(dataset) for dataset in _shares(make, 2)]
+    assert sum(shares, Counter()) == whole
+    assert all(sum(share.values()) for share in shares)
+
+
+# ---- jobs of several processes
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TERAREC_DIST_TIMEOUT": "60"}
+
+
+def _config(data: Path, tmp: Path, name: str, **train) -> Path:
+    config = {
+        "name": name, "task": "ctr", "run_dir": str(tmp / "runs"),
+        "data": {"path": str(data), "sparse": ["user_id", "item_id", "device"], "labels": ["click"],
+                 "batch_size": 64, "eval_batch_size": 256},
+        "model": {"name": "dlrm", "embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [16]},
+        "embedding": {"optimizer": "rowwise_adagrad"},
+        "train": {"epochs": 2, "learning_rate": 0.01, "seed": 3, "patience": 0, "log_every": 1,
+                  "checkpoint_every": 10, **train},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _terarec(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "terarec.cli", *args], env=_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+EVALUATE = """
+import json, sys
+from terarec.train.distributed import evaluate_state, rank
+metrics = evaluate_state(sys.argv[1], "test", best=True)
+if rank() == 0:
+    print("METRICS " + json.dumps(metrics))
+"""
+
+
+def _evaluate_on(run_dir: Path, nproc: int, tmp: Path) -> dict[str, float]:
+    script = tmp / "evaluate.py"
+    script.write_text(EVALUATE)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                           str(script), str(run_dir)], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("METRICS "))
+    return json.loads(line.removeprefix("METRICS "))
+
+
+@pytest.fixture(scope="module")
+def two_process_run(ctr_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("dist")
+    run_dir = tmp / "runs" / "two"
+    done = _terarec("train", str(_config(ctr_data, tmp, "two")), "--nproc", "2", "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def _close(found: dict, expected: dict, tolerance: float = 1e-6) -> None:
+    for key in ("auc", "logloss", "gauc", "count"):
+        if expected[key] is None:  # metrics.json writes NaN (no user with both labels) as null
+            assert found[key] is None or math.isnan(found[key]), (key, found)
+        else:
+            assert abs(found[key] - expected[key]) <= tolerance, (key, found, expected)
+
+
+@pytest.mark.slow  # launches jobs of 1-4 processes (~30-60 s each on 2 busy cores)
+def test_a_two_process_run_evaluates_alike_on_one_two_and_four_processes(two_process_run: Path, ctr_data: Path) -> None:
+    trained = json.loads((two_process_run / "metrics.json").read_text())["test"]
+    tmp = two_process_run.parent
+    assert trained["count"] == CTRDataset(ctr_data, "test").num_rows  # both processes' shares, joined
+    for nproc in (1, 4):
+        _close(_evaluate_on(two_process_run, nproc, tmp), trained)
+    # The consolidated checkpoint.pt, evaluated in one process on the one-process engine tables.
+    done = _terarec("eval", str(two_process_run), "--split", "test")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _close(json.loads(done.stdout.strip().splitlines()[-1]), trained)
+
+
+@pytest.mark.slow  # launches jobs of 1-4 processes (~30-60 s each on 2 busy cores)
+def test_a_two_process_state_resumes_on_one_process_with_its_optimizer(two_process_run: Path) -> None:
+    trained = json.loads((two_process_run / "metrics.json").read_text())["test"]
+    done = _terarec("train", "--resume", str(two_process_run), "--nproc", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _close(json.loads((two_process_run / "metrics.json").read_text())["test"], trained)
+
+
+@pytest.mark.slow  # launches jobs of 1-4 processes (~30-60 s each on 2 busy cores)
+def test_a_killed_rank_ends_the_job_with_a_clear_error(ctr_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "killed"
+    config = _config(ctr_data, tmp_path, "killed", epochs=1000)
+    launcher = subprocess.Popen([sys.executable, "-m", "terarec.cli", "train", str(config), "--nproc", "2",
+                                 "--run-dir", str(run_dir)], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run_dir / "steps.csv").exists() or len((run_dir / "steps.csv").read_text().splitlines()) < 3:
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.5)
+        workers = [child for child in psutil.Process(launcher.pid).children(recursive=True)
+                   if "--run-dir" in child.cmdline()]
+        assert len(workers) == 2
+        killed_at = time.monotonic()
+        workers[1].send_signal(signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+        assert time.monotonic() - killed_at < 120
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+    assert launcher.returncode != 0
+    assert "distributed run failed: rank" in stderr and "exit code -9" in stderr, stderr[-3000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "rank" in status["reason"]
