@@ -263,7 +263,7 @@ def train_command(
         elif resume is not None:
             result = resume_run(resume, progress=progress, data_path=data, threads=threads or None)
         else:
-            result = train(cfg, progress=progress)
+            result = train(cfg, progress=progress, run_dir=run_dir)
     except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as error:
         _fail(error)
     _print_metrics(f"{result.run_dir.name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])

@@ -155,6 +155,8 @@ class EmbeddingConfig:
         sharding_types: distributed runs (``--nproc``): the TorchRec sharding types the planner
             may give every table: ``table_wise``, ``column_wise``, ``table_column_wise`` (CPU and
             GPU), ``row_wise`` (GPU), ``data_parallel``; empty (the default) is the planner's choice.
+        column_shard_dim: distributed runs: the width of a column-wise shard (TorchRec's
+            ``min_partition``; 0 = TorchRec's default, 128 columns, so narrower tables stay whole).
     """
 
     vocabulary: Literal["exact", "managed"] = "exact"
@@ -167,6 +169,7 @@ class EmbeddingConfig:
     weight_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     regularization: float = 0.0
     sharding_types: list[str] = field(default_factory=list)
+    column_shard_dim: int = 0
 
 
 EvalProtocol = Literal["exclude_history", "allow_repeats", "sampled"]

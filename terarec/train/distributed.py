@@ -159,9 +159,11 @@ class TrainingStep(nn.Module):
         return self._loss(batch)
 
 
-def table_constraints(model: nn.Module, sharding_types: list[str]) -> dict[str, ParameterConstraints]:
+def table_constraints(model: nn.Module, sharding_types: list[str], column_shard_dim: int = 0
+                      ) -> dict[str, ParameterConstraints]:
     """Planner constraints for every table of ``model``: the fused kernel (the configured sparse
-    optimizer), and the sharding types allowed (empty: the planner's choice)."""
+    optimizer), the sharding types allowed (empty: the planner's choice) and the width of a
+    column-wise shard (0: TorchRec's default)."""
     unknown = [name for name in sharding_types if name not in SHARDING_TYPES]
     if unknown:
         raise ValueError(f"embedding.sharding_types: unknown {unknown}; expected some of {list(SHARDING_TYPES)}")
@@ -171,7 +173,8 @@ def table_constraints(model: nn.Module, sharding_types: list[str]) -> dict[str, 
         if isinstance(module, EmbeddingBagCollection):
             for table in module.embedding_bag_configs():
                 constraints[table.name] = ParameterConstraints(sharding_types=list(sharding_types) or None,
-                                                               compute_kernels=kernels)
+                                                               compute_kernels=kernels,
+                                                               min_partition=column_shard_dim or None)
     return constraints
 
 
@@ -184,7 +187,8 @@ def shard(task: Task) -> tuple[DistributedModelParallel, CombinedOptimizer]:
     topology = Topology(world_size=world_size(), compute_device=device().type,
                         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world_size())))
     planner = EmbeddingShardingPlanner(topology=topology,
-                                       constraints=table_constraints(step, config.embedding.sharding_types))
+                                       constraints=table_constraints(step, config.embedding.sharding_types,
+                                                                     config.embedding.column_shard_dim))
     plan = planner.collective_plan(step, sharders, dist.GroupMember.WORLD)
     model = DistributedModelParallel(step, device=device(), plan=plan, sharders=sharders,
                                      data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False,
