@@ -111,6 +111,10 @@ class TablePlan:
         hash_overhead: bytes per row of the id -> row hash map (0: no map); the default
             assumes open addressing at load factor 0.5 with 8-byte keys and rows.
         metadata_bytes: bytes per row of eviction counters (LFU counts, LRU/TTL times).
+        features: features (bags per example) that look this table up; only the sharding
+            plan's traffic and step time read it (TorchRec: ``feature_names`` of the table).
+        pooling_factor: mean ids per bag (TorchRec's ``pooling_factors`` constraint); only the
+            sharding plan reads it.
 
     Example:
         >>> table_memory(TablePlan("item", rows=1000, dim=16, dtype="fp16", hash_overhead=0)).total
@@ -125,9 +129,16 @@ class TablePlan:
     id_bytes: int = ID_BYTES
     hash_overhead: float = HASH_BYTES_PER_ROW
     metadata_bytes: int = 0
+    features: int = 1
+    pooling_factor: float = 1.0
 
     def __post_init__(self) -> None:
         where = f"table '{self.name}'"
+        if self.features < 1 or self.pooling_factor <= 0:
+            raise ValueError(
+                f"{where}: expected features >= 1 and pooling_factor > 0, "
+                f"got {self.features} and {self.pooling_factor}"
+            )
         if self.rows < 0:
             raise ValueError(f"{where}: rows must be >= 0, got {self.rows}")
         if self.dim < 1:
