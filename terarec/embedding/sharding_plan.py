@@ -332,9 +332,18 @@ def hosts_to_fit(
         shards = _place(plan, world_size, budget, sharding, device, column_shard_dim)
         if all(memory.total <= budget for memory in _rank_memory(shards, world_size)):
             return hosts
-        if sharding == "table_wise" and any(table_memory(t).total > budget for t in plan.tables):
-            return None  # a whole table never fits one rank, however many there are
+        if any(_smallest_shard(table, sharding, device) > budget for table in plan.tables):
+            return None  # more ranks never make this table's shards smaller
     return None
+
+
+def _smallest_shard(table: TablePlan, sharding: str, device: str) -> int:
+    """Bytes of the smallest shard ``table`` can be cut into, whatever the number of ranks."""
+    if sharding == "row_wise" or (sharding == "auto" and device == "gpu"):
+        return 0
+    if sharding == "table_wise":
+        return table_memory(table).total
+    return _shard_memory(table, table.rows, _column_blocks(table.dim)[-1], with_vocabulary=True).total
 
 
 # ----------------------------------------------------------------------------- traffic and time
