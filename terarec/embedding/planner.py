@@ -17,6 +17,8 @@
         rows: 2_000_000_000
         dim: 8
         hash_overhead: 0    # exact vocabulary: no id -> row hash map
+        features: 2         # bags per example that look it up (sharding plan's traffic only)
+        pooling_factor: 1   # ids per bag (likewise)
 
 The bytes of one row are the sum of:
 
@@ -41,6 +43,9 @@ The bytes of one row are the sum of:
 
 So a 16-dim row with its id is 16 x 4 + 8 = 72 B in fp32 and 16 x 2 + 8 = 40 B in fp16, and
 1 TB (1e12 B) holds 1e12 / 72 = 13.9 billion rows in fp32 and 1e12 / 40 = 25 billion in fp16.
+
+``terarec plan CONFIG --hosts H`` adds how the tables shard over a cluster (see
+``terarec.embedding.sharding_plan``).
 
 Not counted: the Python and torch runtime of the process, the dense model, activations,
 and the allocator's slack; ``headroom`` is there for them.

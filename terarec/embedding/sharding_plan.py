@@ -585,11 +585,14 @@ def sharding_report(sharded: ShardingPlan) -> list[Table | str]:
 
     usable = format_bytes(sharded.rank_budget)
     by_rank = Table(title="memory per rank", caption=f"{usable} usable per rank")
+    with_metadata = any(memory.metadata for memory in sharded.rank_memory)
     for column in ("ranks", "weights", "ids", "optim", "hash map", "metadata", "total", "of usable"):
-        by_rank.add_column(column, justify="left" if column == "ranks" else "right")
+        if column != "metadata" or with_metadata:
+            by_rank.add_column(column, justify="left" if column == "ranks" else "right")
     groups: list[tuple[list[int], list[str]]] = []  # neighbours whose printed figures agree
     for rank, memory in enumerate(sharded.rank_memory):
-        parts = (memory.weights, memory.ids, memory.optimizer, memory.hash_map, memory.metadata, memory.total)
+        parts = (memory.weights, memory.ids, memory.optimizer, memory.hash_map)
+        parts += (memory.metadata, memory.total) if with_metadata else (memory.total,)
         share = f"{memory.total / sharded.rank_budget:.0%}" if sharded.rank_budget else "-"
         cells = [format_bytes(part) for part in parts] + [share]
         if groups and groups[-1][1] == cells:
