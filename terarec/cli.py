@@ -404,6 +404,8 @@ def plan_command(
     With --hosts, also shard the tables over hosts x nproc-per-host ranks: the TorchRec
     sharding type of each table and its ranks, bytes per rank, all-to-all bytes per step, an
     estimated step time (its assumptions printed beneath) and the hosts the plan needs."""
+    import dataclasses
+
     from rich.console import Console as WideConsole
 
     from terarec.config import ConfigError
@@ -413,8 +415,7 @@ def plan_command(
     try:
         plan = load_plan(config)
         if host_memory_gb is not None:
-            plan.host_memory_gb = host_memory_gb
-            plan.__post_init__()
+            plan = dataclasses.replace(plan, host_memory_gb=host_memory_gb)  # checks it again
         sharded = None if hosts is None else plan_sharding(
             plan, hosts * nproc_per_host, sharding, nproc_per_host=nproc_per_host, batch_size=batch_size,
             device=device, network_gbps=network_gbps, memory_gbps=memory_gbps, comm_bytes=comm_bytes,
