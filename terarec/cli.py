@@ -416,21 +416,44 @@ def demo_command(
 @app.command("plan")
 def plan_command(
     config: Path = typer.Argument(..., help="A memory plan YAML: tables (name, rows, dim, dtype, optimizer) and host_memory_gb."),
-    host_memory_gb: Optional[float] = typer.Option(None, help="Memory per host in GiB (overrides the file)."),
+    host_memory_gb: Optional[float] = typer.Option(None, "--host-memory-gb", "--host-memory", help="Memory per host in GiB (overrides the file)."),
+    hosts: Optional[int] = typer.Option(None, min=1, help="Hosts to shard over: adds the sharding plan (table -> ranks, bytes per rank, all-to-all bytes, step time)."),
+    nproc_per_host: int = typer.Option(1, min=1, help="Processes (ranks) per host; each gets host memory x headroom / this."),
+    network_gbps: float = typer.Option(100.0, help="Network bandwidth per host, Gb/s each way."),
+    sharding: str = typer.Option("auto", help="auto | table_wise | column_wise | row_wise (TorchRec's sharding types; row_wise needs --device gpu)."),
+    device: str = typer.Option("cpu", help="cpu | gpu: which sharding types TorchRec offers and the default memory bandwidth."),
+    batch_size: int = typer.Option(4096, min=1, help="Examples per rank per step."),
+    memory_gbps: Optional[float] = typer.Option(None, help="Random-access memory bandwidth per rank, GB/s (default: 6 cpu, measured here; 1000 gpu, assumed)."),
+    comm_bytes: int = typer.Option(4, min=1, help="Bytes per pooled-embedding value on the wire (4 fp32; 2 with fp16 QComms)."),
+    column_shard_dim: Optional[int] = typer.Option(None, min=1, help="Smallest column-wise shard (TorchRec's min_partition)."),
 ) -> None:
-    """Print the memory an embedding plan needs (weights, ids, optimizer state, hash map) and the hosts it takes."""
+    """Print the memory an embedding plan needs (weights, ids, optimizer state, hash map) and the hosts it takes.
+
+    With --hosts, also shard the tables over hosts x nproc-per-host ranks: the TorchRec
+    sharding type of each table and its ranks, bytes per rank, all-to-all bytes per step, an
+    estimated step time (its assumptions printed beneath) and the hosts the plan needs."""
+    import dataclasses
+
     from rich.console import Console as WideConsole
 
     from terarec.config import ConfigError
     from terarec.embedding.planner import load_plan, report_table
+    from terarec.embedding.sharding_plan import plan_sharding, sharding_report
 
     try:
         plan = load_plan(config)
         if host_memory_gb is not None:
-            plan.host_memory_gb = host_memory_gb
+            plan = dataclasses.replace(plan, host_memory_gb=host_memory_gb)  # checks it again
+        sharded = None if hosts is None else plan_sharding(
+            plan, hosts * nproc_per_host, sharding, nproc_per_host=nproc_per_host, batch_size=batch_size,
+            device=device, network_gbps=network_gbps, memory_gbps=memory_gbps, comm_bytes=comm_bytes,
+            column_shard_dim=column_shard_dim)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         _fail(error)
-    WideConsole(width=max(console.width, 130)).print(report_table(plan))
+    wide = WideConsole(width=max(console.width, 130))
+    wide.print(report_table(plan))
+    for part in [] if sharded is None else sharding_report(sharded):
+        wide.print(part)
 
 
 @app.command("sweep")

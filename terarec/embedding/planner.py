@@ -17,6 +17,8 @@
         rows: 2_000_000_000
         dim: 8
         hash_overhead: 0    # exact vocabulary: no id -> row hash map
+        features: 2         # bags per example that look it up (sharding plan's traffic only)
+        pooling_factor: 1   # ids per bag (likewise)
 
 The bytes of one row are the sum of:
 
@@ -41,6 +43,9 @@ The bytes of one row are the sum of:
 
 So a 16-dim row with its id is 16 x 4 + 8 = 72 B in fp32 and 16 x 2 + 8 = 40 B in fp16, and
 1 TB (1e12 B) holds 1e12 / 72 = 13.9 billion rows in fp32 and 1e12 / 40 = 25 billion in fp16.
+
+``terarec plan CONFIG --hosts H`` adds how the tables shard over a cluster (see
+``terarec.embedding.sharding_plan``).
 
 Not counted: the Python and torch runtime of the process, the dense model, activations,
 and the allocator's slack; ``headroom`` is there for them.
@@ -111,6 +116,10 @@ class TablePlan:
         hash_overhead: bytes per row of the id -> row hash map (0: no map); the default
             assumes open addressing at load factor 0.5 with 8-byte keys and rows.
         metadata_bytes: bytes per row of eviction counters (LFU counts, LRU/TTL times).
+        features: features (bags per example) that look this table up; only the sharding
+            plan's traffic and step time read it (TorchRec: ``feature_names`` of the table).
+        pooling_factor: mean ids per bag (TorchRec's ``pooling_factors`` constraint); only the
+            sharding plan reads it.
 
     Example:
         >>> table_memory(TablePlan("item", rows=1000, dim=16, dtype="fp16", hash_overhead=0)).total
@@ -125,9 +134,16 @@ class TablePlan:
     id_bytes: int = ID_BYTES
     hash_overhead: float = HASH_BYTES_PER_ROW
     metadata_bytes: int = 0
+    features: int = 1
+    pooling_factor: float = 1.0
 
     def __post_init__(self) -> None:
         where = f"table '{self.name}'"
+        if self.features < 1 or self.pooling_factor <= 0:
+            raise ValueError(
+                f"{where}: expected features >= 1 and pooling_factor > 0, "
+                f"got {self.features} and {self.pooling_factor}"
+            )
         if self.rows < 0:
             raise ValueError(f"{where}: rows must be >= 0, got {self.rows}")
         if self.dim < 1:
