@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from terarec.runtime import prefer_passive_waiting, show_progress
@@ -43,7 +44,7 @@ def _quiet_libraries() -> None:
 
 
 def _fail(error: Exception) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {error}")
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(error))}")  # messages may hold [brackets]
     raise typer.Exit(code=2)
 
 

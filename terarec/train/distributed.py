@@ -93,8 +93,14 @@ def init_process_group() -> None:
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    seconds = int(os.environ.get("TERAREC_DIST_TIMEOUT", TIMEOUT_SECONDS))
-    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    timeout = timedelta(seconds=int(os.environ.get("TERAREC_DIST_TIMEOUT", TIMEOUT_SECONDS)))
+    # torchrun's store outlives a restart of its workers (--max-restarts): keys of each attempt
+    # under their own prefix, or the new workers read the dead ones' addresses and fail to connect.
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"terarec/attempt-{attempt}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -400,9 +406,6 @@ def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, p
         config.train.threads = torch.get_num_threads()
         _check_task(config)
         task = task_class(config.task).from_record(config, payload["inputs"])
-        if rank() == 0:
-            log.info("resuming %s on %d processes at epoch %d, step %d", run_dir, world_size(),
-                     payload["position"]["epoch"] + 1, payload["position"]["step_in_epoch"])
         return _run(task, run_dir, progress, (folder, payload))
     if config is None:
         raise FileNotFoundError(f"{run_dir}: no saved distributed state ({POINTER}) to resume")
@@ -426,6 +429,10 @@ def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, p
 
 def _run(task: Task, run_dir: Path, progress: bool | None, saved: tuple[Path, dict[str, Any]] | None) -> RunResult:
     logs = RunLogs(run_dir, progress=progress, resume=saved is not None) if rank() == 0 else _SilentLogs()
+    if saved is not None:
+        position = saved[1]["position"]
+        log.info("resuming %s on %d processes (saved by %d) at epoch %d, step %d", run_dir, world_size(),
+                 saved[1]["world_size"], position["epoch"] + 1, position["step_in_epoch"])
     if rank() == 0:
         write_status(run_dir, "running")
         log.info("%d processes (%s), %d threads each; global batch %d", world_size(), dist.get_backend(),

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import yaml
@@ -193,3 +194,49 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error(ctr_data: Path, tmp_path:
     assert "distributed run failed: rank" in stderr and "exit code -9" in stderr, stderr[-3000:]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "rank" in status["reason"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"optimizer": "adam"}, "embedding.optimizer=rowwise_adagrad"),
+    ({"optimizer": "rowwise_adagrad", "vocabulary": "managed"}, "embedding.vocabulary=managed is not supported"),
+    ({"optimizer": "rowwise_adagrad", "regularization": 0.1}, "embedding.regularization=0"),
+])
+def test_sharded_tables_refuse_what_they_cannot_train(setting: dict, message: str) -> None:
+    from terarec.config import EmbeddingConfig
+    from terarec.embedding.exact_vocabulary import ExactVocabulary
+    from terarec.embedding.factory import shardable_pooled_embeddings
+    from terarec.models.inputs import ModelInputs
+
+    inputs = ModelInputs(vocabularies={"item_id": ExactVocabulary(np.arange(5))}, embedding=EmbeddingConfig(**setting),
+                         learning_rate=0.01)
+    with pytest.raises(ValueError, match=message):
+        shardable_pooled_embeddings(inputs, 8)
+
+
+@pytest.mark.slow  # two jobs' worth of process starts
+def test_max_restarts_resumes_a_killed_job_from_its_last_state(ctr_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "restarted"
+    config = _config(ctr_data, tmp_path, "restarted", epochs=3, checkpoint_every=5)
+    launcher = subprocess.Popen([sys.executable, "-m", "terarec.cli", "train", str(config), "--nproc", "2",
+                                 "--run-dir", str(run_dir), "--max-restarts", "1"], env=_env(), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run_dir / "state.json").exists():
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run saved no state"
+            time.sleep(0.2)
+        workers = [child for child in psutil.Process(launcher.pid).children(recursive=True)
+                   if "--run-dir" in child.cmdline()]
+        workers[0].send_signal(signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert "resuming" in (run_dir / "train.log").read_text()
+    assert len(json.loads((run_dir / "metrics.json").read_text())["epochs"]) == 3
