@@ -10,6 +10,7 @@ embedding.regularization=0`` in every process count (the tuned configs use Adam 
 The global batch is the config's in every process count (each process takes 1/N of it).
 
     python bench/distributed.py            # up to 10 Frappe epochs, 30 ML-100K epochs (early stopping)
+    python bench/distributed.py --models frappe_dlrm --frappe-epochs 5
     python bench/distributed.py --quick    # 1 short epoch each: the machinery, not the quality criteria
 
 Last line: one JSON object: per (model, processes) the test metrics and examples/s per process
@@ -101,6 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 short epoch per run")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
+    parser.add_argument("--frappe-epochs", type=int, default=10, help="most epochs of a Frappe run (early stopping)")
+    parser.add_argument("--seq-epochs", type=int, default=30, help="most epochs of an ML-100K run (early stopping)")
     parser.add_argument("--shared", type=Path, default=SHARED)
     args = parser.parse_args()
 
@@ -126,7 +129,7 @@ def main() -> None:
                 steps = 12 if dataset == "frappe" else 8
                 length = ["train.epochs=1", f"train.max_steps_per_epoch={steps}"]
             else:
-                length = ["train.epochs=10"] if dataset == "frappe" else ["train.epochs=30"]
+                length = [f"train.epochs={args.frappe_epochs if dataset == 'frappe' else args.seq_epochs}"]
             results = {}
             for nproc in PROCESSES:
                 run_dir = tmp / "runs" / f"{name}-{nproc}"
