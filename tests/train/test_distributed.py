@@ -164,33 +164,44 @@ def test_a_two_process_state_resumes_on_one_process_with_its_optimizer(two_proce
     _close(json.loads((two_process_run / "metrics.json").read_text())["test"], trained)
 
 
+def _kill_a_worker(arguments: list[str], ready, index: int) -> tuple[int, str, float]:
+    """Start ``terarec train ARGUMENTS`` (2 processes), SIGKILL worker ``index`` once ``ready()``, wait
+    for the launcher: (its return code, its stderr, seconds from the kill to its end). Every
+    process the launcher started is gone afterwards."""
+    launcher = subprocess.Popen([sys.executable, "-m", "terarec.cli", "train", *arguments], env=_env(), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not ready():
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not get ready"
+            time.sleep(0.2)
+        started = psutil.Process(launcher.pid).children(recursive=True)
+        workers = [child for child in started if "--run-dir" in child.cmdline()]
+        assert len(workers) == 2
+        killed_at = time.monotonic()
+        workers[index].send_signal(signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=TIMEOUT)
+        return launcher.returncode, stderr, time.monotonic() - killed_at
+    finally:
+        if launcher.poll() is None:
+            started += psutil.Process(launcher.pid).children(recursive=True)
+            launcher.kill()
+            launcher.wait()
+        for process in started:
+            if process.is_running():
+                process.kill()
+
+
 @pytest.mark.slow  # launches jobs of 1-4 processes (~30-60 s each on 2 busy cores)
 def test_a_killed_rank_ends_the_job_with_a_clear_error(ctr_data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "killed"
     config = _config(ctr_data, tmp_path, "killed", epochs=1000)
-    launcher = subprocess.Popen([sys.executable, "-m", "terarec.cli", "train", str(config), "--nproc", "2",
-                                 "--run-dir", str(run_dir)], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (run_dir / "steps.csv").exists() or len((run_dir / "steps.csv").read_text().splitlines()) < 3:
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the run did not start training"
-            time.sleep(0.5)
-        workers = [child for child in psutil.Process(launcher.pid).children(recursive=True)
-                   if "--run-dir" in child.cmdline()]
-        assert len(workers) == 2
-        killed_at = time.monotonic()
-        workers[1].send_signal(signal.SIGKILL)
-        _, stderr = launcher.communicate(timeout=120)
-        assert time.monotonic() - killed_at < 120
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-    assert launcher.returncode != 0
+    steps = run_dir / "steps.csv"
+    code, stderr, seconds = _kill_a_worker([str(config), "--nproc", "2", "--run-dir", str(run_dir)],
+                                           lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3, 1)
+    assert code != 0 and seconds < 120
     assert "distributed run failed: rank" in stderr and "exit code -9" in stderr, stderr[-3000:]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "rank" in status["reason"]
@@ -217,26 +228,9 @@ def test_sharded_tables_refuse_what_they_cannot_train(setting: dict, message: st
 def test_max_restarts_resumes_a_killed_job_from_its_last_state(ctr_data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "restarted"
     config = _config(ctr_data, tmp_path, "restarted", epochs=3, checkpoint_every=5)
-    launcher = subprocess.Popen([sys.executable, "-m", "terarec.cli", "train", str(config), "--nproc", "2",
-                                 "--run-dir", str(run_dir), "--max-restarts", "1"], env=_env(), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (run_dir / "state.json").exists():
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the run saved no state"
-            time.sleep(0.2)
-        workers = [child for child in psutil.Process(launcher.pid).children(recursive=True)
-                   if "--run-dir" in child.cmdline()]
-        workers[0].send_signal(signal.SIGKILL)
-        _, stderr = launcher.communicate(timeout=TIMEOUT)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-    assert launcher.returncode == 0, stderr[-3000:]
+    code, stderr, _ = _kill_a_worker([str(config), "--nproc", "2", "--run-dir", str(run_dir), "--max-restarts", "1"],
+                                     (run_dir / "state.json").exists, 0)
+    assert code == 0, stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     assert "resuming" in (run_dir / "train.log").read_text()
     assert len(json.loads((run_dir / "metrics.json").read_text())["epochs"]) == 3
