@@ -245,13 +245,14 @@ def train_command(
         cfg = None if config is None else load_config(
             config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
         if distributed.in_worker():
-            result = distributed.train_worker(cfg, resume or run_dir, progress=progress)
+            result = distributed.train_worker(cfg, resume or run_dir, progress=progress, data_path=data)
             if distributed.rank() != 0:
                 return
         elif nproc > 0 or nnodes != "1" or (resume is not None and distributed.latest_state(resume) is not None):
             folder = resume or run_dir or (new_run_dir(cfg) if nnodes == "1" else None)
             command = ["train", *([str(config), *(overrides or [])] if resume is None else ["--resume", str(resume)]),
-                       *(["--run-dir", str(folder)] if folder is not None and resume is None else []), "--no-progress"]
+                       *(["--run-dir", str(folder)] if folder is not None and resume is None else []),
+                       *(["--data", str(data)] if data is not None else []), "--no-progress"]
             arguments = distributed.launch_arguments(max(nproc, 1), nnodes, node_rank, rdzv_endpoint, rdzv_backend,
                                                      rdzv_id, max_restarts)
             try:

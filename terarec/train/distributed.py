@@ -384,9 +384,11 @@ def _check_task(config: ExperimentConfig) -> None:
                          "shares): train it with --nproc 1")
 
 
-def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, progress: bool | None = None) -> RunResult:
+def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, progress: bool | None = None,
+                 data_path: Path | None = None) -> RunResult:
     """One process of a distributed run (under torchrun): train ``config`` in ``run_dir`` (rank 0
-    picks a new folder when None), or resume the run there when it holds a saved state."""
+    picks a new folder when None), or resume the run there when it holds a saved state
+    (``data_path``: its dataset moved)."""
     init_process_group()
     if rank() != 0:  # one console voice: rank 0's (every rank's failure still reaches the launcher)
         log.setLevel(logging.WARNING)
@@ -402,7 +404,7 @@ def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, p
     folder = latest_state(run_dir) if run_dir.exists() else None
     if folder is not None:
         payload = load_checkpoint(folder / "position.pt")
-        config = _config_from(payload, folder / "position.pt", None)
+        config = _config_from(payload, folder / "position.pt", data_path)
         config.train.threads = torch.get_num_threads()
         _check_task(config)
         task = task_class(config.task).from_record(config, payload["inputs"])
@@ -439,6 +441,8 @@ def _run(task: Task, run_dir: Path, progress: bool | None, saved: tuple[Path, di
                  torch.get_num_threads(), task.config.data.batch_size)
     try:
         trainer = DistributedTrainer(task, run_dir, logs)
+        if not trainer.trainable:
+            raise ValueError(f"model '{task.config.model['name']}' is fitted, not trained: run it with --nproc 1")
         if saved is not None:
             trainer.restore(*saved)
         else:
