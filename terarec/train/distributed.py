@@ -62,7 +62,6 @@ from terarec.train.loop import (
     RunResult,
     Trainer,
     _config_from,
-    _json_safe,
     new_run_dir,
     write_status,
 )
@@ -231,10 +230,10 @@ def rank_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, 
 class _SilentLogs:
     """The logs of a rank other than 0: rank 0 alone writes the run folder."""
 
-    def bar(self, iterable, total, desc):
-        return RunLogs.bar(self, iterable, total, desc)
-
     progress = False
+
+    def bar(self, iterable, total, desc):
+        return RunLogs.bar(self, iterable, total, desc)  # a disabled bar: no progress drawn
 
     def step(self, *args) -> None:
         pass
