@@ -15,9 +15,11 @@ The global batch is the config's in every process count (each process takes 1/N 
 
 Last line: one JSON object: per (model, processes) the test metrics and examples/s per process
 and in total; ``auc_gap_max`` (largest |AUC - one-process AUC|, criterion <= 0.002),
-``ndcg10_gap_max`` (largest relative NDCG@10 gap, criterion <= 5%) and ``rank_bytes_measured``
+``ndcg10_gap_max`` (largest relative NDCG@10 gap, criterion <= 5%), ``rank_bytes_measured``
 (bytes of local table shards plus their optimizer state on each of 2 processes, every Frappe
-DLRM table column-wise at d=64; ``measure_rank_bytes``). Every process count shares the
+DLRM table column-wise at d=64; ``measure_rank_bytes``), ``rank_bytes_planned`` (what
+``terarec plan``'s ``plan_sharding`` predicts for the same tables) and ``rank_bytes_plan_error``
+(largest relative difference, criterion <= 10%). Every process count shares the
 machine's 2 cores: 4 processes x 1 thread is oversubscribed, so examples/s shows the
 overhead, not a scaling curve.
 """
@@ -70,13 +72,27 @@ from terarec.train import distributed
 from terarec.train.experiment import load_config
 from terarec.train.tasks import build_task
 
+from terarec.embedding.planner import MemoryPlan, TablePlan
+from terarec.embedding.sharding_plan import plan_sharding
+from torchrec import EmbeddingBagCollection
+
 distributed.init_process_group()
 config = load_config(sys.argv[1], sys.argv[3:])
 task = build_task(config)
+# What `terarec plan` predicts for these tables (read before DistributedModelParallel replaces them):
+# fp32 rows with row-wise Adagrad, no managed vocabulary (no ids or hash map), column-wise.
+tables = [TablePlan(table.name, rows=table.num_embeddings, dim=table.embedding_dim, dtype="fp32",
+                    optimizer="rowwise_adagrad", id_bytes=0, hash_overhead=0)
+          for module in task.model.modules() if isinstance(module, EmbeddingBagCollection)
+          for table in module.embedding_bag_configs()]
+planned = plan_sharding(MemoryPlan(tables=tables), distributed.world_size(), "column_wise",
+                        column_shard_dim=config.embedding.column_shard_dim)
 trainer = distributed.DistributedTrainer(task, Path(sys.argv[2]), distributed._SilentLogs())
 measured = [None] * distributed.world_size()
 dist.all_gather_object(measured, distributed.rank_bytes(trainer.sharded, trainer.optimizer))
 if distributed.rank() == 0:
+    for rank_measured, rank_planned in zip(measured, planned.rank_memory):
+        rank_measured["planned"] = int(rank_planned.total)
     print("RANK_BYTES " + json.dumps(measured))
 """
 
@@ -155,6 +171,9 @@ def main() -> None:
         out["rank_bytes_measured"] = [rank["total"] for rank in measured]
         out["rank_bytes_weights"] = [rank["weights"] for rank in measured]
         out["rank_bytes_optimizer"] = [rank["optimizer"] for rank in measured]
+        out["rank_bytes_planned"] = [rank["planned"] for rank in measured]
+        out["rank_bytes_plan_error"] = round(max(abs(rank["total"] - rank["planned"]) / rank["planned"]
+                                                 for rank in measured), 4)
     out["load_average"] = round(os.getloadavg()[0], 2)
     out["quick"] = args.quick
     print(json.dumps(out))
