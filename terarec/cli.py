@@ -84,6 +84,9 @@ def data_synth(
                                               "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
     option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=\\[item_id,category], history_length=50, weak_semantic=\\[...], unified=\\[...]."),
+    days: int = typer.Option(0, help="Daily mode: write N days as one Parquet partition per day (day-0000.parquet, "
+                                     "...) for `terarec stream`; --events is the total, --users and --items are "
+                                     "the new users and items per day. 0 = one prepared dataset."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
@@ -91,7 +94,8 @@ def data_synth(
 
     Users with drifting interests, Zipf-popular items with categories and prices, context
     (hour, device), and click / like / watch-time labels that depend on affinity, feature
-    crosses and recent history."""
+    crosses and recent history. With --days: a log arriving day by day, new users and items
+    every day, items ageing out (terarec.data.sources.synthetic_daily)."""
     _quiet_libraries()
     from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
@@ -99,6 +103,9 @@ def data_synth(
     from terarec.runtime import configure_threads
 
     configure_threads(threads)
+    if days:
+        _daily_synth(out, days, events, users, items, seed, overwrite)
+        return
 
     try:
         options = _key_values(option)
@@ -122,6 +129,22 @@ def data_synth(
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "
                   f"split {meta.split['counts']}")
+
+
+def _daily_synth(out: Path, days: int, events: int, users: int, items: int, seed: int, overwrite: bool) -> None:
+    from terarec.data.sources.synthetic_daily import DailyConfig, write_daily
+
+    started = time.perf_counter()
+    try:
+        if days < 0:
+            raise ValueError(f"--days: expected a number of days >= 0, got {days}")
+        config = DailyConfig(days=days, events_per_day=max(1, events // days), new_users_per_day=users,
+                             new_items_per_day=items, seed=seed)
+        written = write_daily(config, out, overwrite=overwrite)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    console.print(f"wrote {len(written)} daily partitions of {config.events_per_day:,} events to {out} in "
+                  f"{time.perf_counter() - started:.1f}s")
 
 
 @data_app.command("prepare")
