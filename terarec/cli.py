@@ -265,6 +265,45 @@ def train_command(
     console.print(f"run folder: {result.run_dir}")
 
 
+@app.command("stream", context_settings={"allow_extra_args": False})
+def stream_command(
+    config: Optional[Path] = typer.Argument(None, help="Streaming experiment YAML, e.g. configs/stream/wukong.yaml (not with --resume)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. stream.max_chunks=3 data.path=data/daily."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a stopped streaming run after its last committed chunk."),
+    threads: Threads = 0,
+    progress: Progress = None,
+) -> None:
+    """Train on time-ordered chunks (data.path: a folder of Parquet partitions, in name order) in one pass.
+
+    Each chunk is evaluated before it is trained on (progressive validation, chunks.csv and
+    curves.png), the managed vocabularies admit and expire ids in event time, and after each chunk
+    the run commits its state with the chunk's name and writes an embedding delta for the server
+    (docs/streaming.md). A killed run continues with `terarec stream --resume RUN`."""
+    _quiet_libraries()
+    from terarec.config import ConfigError
+    from terarec.data.errors import DataError
+    from terarec.stream.loop import resume_stream, stream
+    from terarec.train.experiment import load_config
+
+    try:
+        if resume is not None:
+            if config is not None or overrides:
+                raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
+            result = resume_stream(resume, progress=progress, threads=threads or None)
+        else:
+            if config is None:
+                raise ConfigError("give a streaming config (e.g. configs/stream/wukong.yaml) or --resume RUN")
+            cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
+            result = stream(cfg, progress=progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    if result.chunks:
+        last = result.chunks[-1]
+        _print_metrics(f"{len(result.chunks)} chunks; the last, {last['name']}, before training on it",
+                       [("progressive", last["valid"])])
+    console.print(f"run folder: {result.run_dir}")
+
+
 @app.command("eval")
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `terarec train`."),

@@ -82,7 +82,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(_json_safe(value), indent=2))
     tmp.replace(path)
@@ -107,7 +107,7 @@ def write_status(run_dir: Path, status: str, reason: str = "") -> None:
     record = {"status": status, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if reason:
         record["reason"] = reason
-    _write_json(run_dir / "status.json", record)
+    write_json(run_dir / "status.json", record)
 
 
 def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
@@ -160,6 +160,26 @@ class LearningRates:
         self.step(global_step)
 
 
+def make_optimizer(task: Task) -> tuple[torch.optim.Optimizer, LearningRates]:
+    """Adam over the model's parameters, and the learning rates it moves together with the fused tables'."""
+    config = task.config
+    optimizer = torch.optim.Adam(task.model.parameters(), lr=config.train.learning_rate,
+                                 weight_decay=config.train.weight_decay)
+    rates = LearningRates(optimizer, task.model, config.train.warmup_steps,
+                          config.embedding.learning_rate or config.train.learning_rate)
+    return optimizer, rates
+
+
+def train_step(task: Task, optimizer: torch.optim.Optimizer, batch: Any) -> float:
+    """One optimisation step on ``batch`` (the fused tables update inside backward); returns the loss."""
+    loss = task.loss(batch)
+    penalty = embedding_penalty(task.model, task.config.embedding.regularization)
+    optimizer.zero_grad(set_to_none=True)
+    (loss if penalty is None else loss + penalty).backward()
+    optimizer.step()
+    return loss.item()
+
+
 # ---- checkpoints
 
 
@@ -175,14 +195,14 @@ def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dic
     }
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
@@ -191,7 +211,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
                          saved["has_gauss"], saved["gauss"]))
 
 
-def _config_from(payload: dict[str, Any], path: Path, data_path: str | Path | None) -> ExperimentConfig:
+def config_from(payload: dict[str, Any], path: Path, data_path: str | Path | None) -> ExperimentConfig:
     try:
         config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
     except (KeyError, yaml.YAMLError) as error:
@@ -202,7 +222,7 @@ def _config_from(payload: dict[str, Any], path: Path, data_path: str | Path | No
     return config
 
 
-def _check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[str, ...]) -> None:
+def check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[str, ...]) -> None:
     if payload.get("format") != fmt:
         found = payload.get("format", "no format field")
         raise ValueError(f"{path}: expected a {fmt} file, found {found!r} "
@@ -212,7 +232,7 @@ def _check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[st
         raise ValueError(f"{path}: the checkpoint has no {', '.join(missing)}")
 
 
-def _load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+def load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as error:
@@ -227,19 +247,19 @@ def load_task(run_dir: str | Path, data_path: str | Path | None = None, state: b
     at another copy of the data (evaluation)."""
     path = Path(run_dir) / ("state.pt" if state else "checkpoint.pt")
     payload = load_checkpoint(path)
-    _check_payload(payload, path, STATE_FORMAT if state else CHECKPOINT_FORMAT, ("config_yaml", "inputs", "model"))
+    check_payload(payload, path, STATE_FORMAT if state else CHECKPOINT_FORMAT, ("config_yaml", "inputs", "model"))
     return task_from_saved(payload, path, data_path)
 
 
 def task_from_saved(payload: dict[str, Any], path: Path, data_path: str | Path | None = None) -> Task:
     """A task rebuilt from saved parts (``config_yaml``, ``inputs`` record, ``model`` state dict), as a
     checkpoint or an exported bundle holds them; ``path`` names the source in errors."""
-    config = _config_from(payload, path, data_path)
+    config = config_from(payload, path, data_path)
     try:
         task = task_class(config.task).from_record(config, payload["inputs"])
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: the saved model inputs are incomplete ({error})") from error
-    _load_weights(task.model, payload["model"], path, "model weights")
+    load_weights(task.model, payload["model"], path, "model weights")
     return task
 
 
@@ -263,10 +283,7 @@ class Trainer:
         self.sums = {"loss": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "window_loss": 0.0, "window_steps": 0}
         self.optimizer = None
         if self.trainable:
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.train.learning_rate,
-                                              weight_decay=self.config.train.weight_decay)
-            self.rates = LearningRates(self.optimizer, model, self.config.train.warmup_steps,
-                                       self.config.embedding.learning_rate or self.config.train.learning_rate)
+            self.optimizer, self.rates = make_optimizer(task)
         if state is not None:
             self._restore(state)
 
@@ -279,7 +296,7 @@ class Trainer:
             "inputs": self.task.record,
             "model": self.task.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "position": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                          "rate_scale": self.rates.scale, "stale": self.stale, "best_epoch": self.best_epoch,
                          "best_value": self.best_value, **{f"sum_{k}": v for k, v in self.sums.items()}},
@@ -297,13 +314,13 @@ class Trainer:
         self.best_valid = record.pop("best_valid") or {}
         self.record = record
         self.rates.restore(float(position["rate_scale"]), self.global_step)
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def save_state(self) -> None:
         save_checkpoint(self.run_dir / "state.pt", self.state_payload())
 
     def write_record(self) -> None:
-        _write_json(self.run_dir / "metrics.json", self.record)
+        write_json(self.run_dir / "metrics.json", self.record)
 
     # -- the run
 
@@ -326,7 +343,7 @@ class Trainer:
                 self._train_epoch()
                 self._end_epoch()
             if config.train.checkpoint and self.best_epoch > 0:
-                _load_weights(model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
+                load_weights(model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
                               self.run_dir / "checkpoint.pt", "model weights")
         test = self.task.evaluate("test")
         self.record.update(best_epoch=self.best_epoch, valid=self.best_valid, test=test,
@@ -368,12 +385,7 @@ class Trainer:
             if config.train.max_steps_per_epoch and self.step_in_epoch >= config.train.max_steps_per_epoch:
                 break
             factor = self.rates.step(self.global_step)
-            loss = self.task.loss(batch)
-            penalty = embedding_penalty(model, config.embedding.regularization)
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty).backward()
-            self.optimizer.step()
-            value = loss.item()
+            value = train_step(self.task, self.optimizer, batch)
             sums["loss"] += value
             sums["window_loss"] += value
             sums["window_steps"] += 1
@@ -484,13 +496,13 @@ def resume(run_dir: str | Path, progress: bool | None = None, data_path: str | P
             config.train.threads = threads
         return train(config, progress, run_dir)
     payload = load_checkpoint(path)
-    _check_payload(payload, path, STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng", "position"))
-    config = _config_from(payload, path, data_path)
+    check_payload(payload, path, STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng", "position"))
+    config = config_from(payload, path, data_path)
     if threads is not None:
         config.train.threads = threads
     set_threads(config.train.threads)
     task = task_class(config.task).from_record(config, payload["inputs"])
-    _load_weights(task.model, payload["model"], path, "model weights")
+    load_weights(task.model, payload["model"], path, "model weights")
     log.info("resuming %s at epoch %d, step %d", run_dir, payload["position"]["epoch"] + 1,
              payload["position"]["step_in_epoch"])
     return _run(task, run_dir, progress, payload)
