@@ -72,7 +72,7 @@ def write_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], out
         if torch.equal(old, value):
             continue
         changed = torch.nonzero((old != value).reshape(old.shape[0], -1).any(1)).squeeze(1) if old.dim() else None
-        if changed is not None and old.dim() >= 2 and changed.numel() < old.shape[0] // 2:
+        if changed is not None and changed.numel() < old.shape[0] // 2:
             tensors[f"{name}::rows"], tensors[f"{name}::values"] = changed, value[changed].contiguous().clone()
         else:
             tensors[f"{name}::full"] = value.contiguous().clone()

@@ -55,8 +55,9 @@ class DeltaPublisher:
 
     def export_base(self, model: torch.nn.Module) -> None:
         """Export the base bundle from the run's ``checkpoint.pt`` (``model``'s weights)."""
-        export_bundle([self.run_dir], self.bundle_dir, index="exact", overwrite=True, threads=torch.get_num_threads(),
-                      catalogue=False)
+        with torch.random.fork_rng():  # building the exported model draws initial weights: the run's RNG stays
+            export_bundle([self.run_dir], self.bundle_dir, index="exact", overwrite=True,
+                          threads=torch.get_num_threads(), catalogue=False)
         self.base_manifest = json.loads((self.bundle_dir / MANIFEST).read_text())
         self.published, self.applied, self.since_published = _copy(model.state_dict()), [], 0
 
