@@ -30,7 +30,6 @@ import copy
 import json
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,15 +38,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import yaml
 
-from terarec.config import ExperimentConfig, from_dict, to_yaml
+from terarec.config import ExperimentConfig, to_yaml
 from terarec.embedding.vocabulary import ManagedVocabulary
 from terarec.models.protocols import parameter_count
-from terarec.train.checkpoint import load_checkpoint, save_checkpoint
+from terarec.train.checkpoint import save_checkpoint
 from terarec.train.logs import RunLogs
-from terarec.train.loop import (check_payload, checkpoint_payload, config_from, load_weights, make_optimizer,
-                                new_run_dir, rng_state, set_rng_state, train_step, write_json, write_status)
+from terarec.train.loop import (checkpoint_payload, make_optimizer, new_run_dir, rng_state, run_in_folder, saved_run,
+                                set_rng_state, train_step, write_json)
 from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, task_class
 from terarec.stream.publish import DeltaPublisher
@@ -206,20 +204,8 @@ class StreamTrainer:
 def _run(task: Task, run_dir: Path, source: ChunkSource | None, progress: bool | None,
          state: dict[str, Any] | None) -> StreamResult:
     logs = RunLogs(run_dir, progress=progress, resume=state is not None, unit="chunk")
-    write_status(run_dir, "running")
-    try:
-        result = StreamTrainer(task, run_dir, logs, source or folder_source(task.config), state).run()
-    except BaseException as error:
-        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
-        write_status(run_dir, "failed", reason)
-        log.error("stream failed: %s", reason)
-        with (run_dir / "train.log").open("a") as handle:
-            handle.write(traceback.format_exc())
-        raise
-    finally:
-        logs.close()
-    write_status(run_dir, "finished")
-    return result
+    return run_in_folder(run_dir, logs, lambda: StreamTrainer(task, run_dir, logs, source or folder_source(task.config),
+                                                              state).run())
 
 
 def stream(config: ExperimentConfig, progress: bool | None = None, run_dir: Path | None = None,
@@ -244,22 +230,9 @@ def resume_stream(run_dir: str | Path, progress: bool | None = None, source: Chu
                   threads: int | None = None) -> StreamResult:
     """Continue a streaming run after its last committed chunk (from the start if it committed none)."""
     run_dir = Path(run_dir)
-    path = run_dir / "state.pt"
-    if not path.exists():
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no state.pt, no config.yaml)")
-        config = from_dict(ExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
-        if threads is not None:
-            config.train.threads = threads
+    config, task, payload = saved_run(run_dir, STREAM_STATE_FORMAT, ("position", "last_chunk", "record"),
+                                      threads=threads)
+    if payload is None:
         return stream(config, progress, run_dir, source)
-    payload = load_checkpoint(path)
-    check_payload(payload, path, STREAM_STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng",
-                                                       "position", "last_chunk", "record"))
-    config = config_from(payload, path, None)
-    if threads is not None:
-        config.train.threads = threads
-    set_threads(config.train.threads)
-    task = task_class(config.task).from_record(config, payload["inputs"])
-    load_weights(task.model, payload["model"], path, "model weights")
-    log.info("resuming stream %s after chunk %s", run_dir, payload["last_chunk"])
+    log.info("resuming stream %s after chunk %s", run_dir, payload["last_chunk"] or "(none)")
     return _run(task, run_dir, source, progress, payload)

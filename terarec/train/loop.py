@@ -38,7 +38,7 @@ from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, build_task, task_class
 
 log = logging.getLogger("terarec")
+T = TypeVar("T")
 
 CHECKPOINT_FORMAT = "terarec.checkpoint.v2"
 STATE_FORMAT = "terarec.state.v1"
@@ -211,7 +212,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          saved["has_gauss"], saved["gauss"]))
 
 
-def config_from(payload: dict[str, Any], path: Path, data_path: str | Path | None) -> ExperimentConfig:
+def _config_from(payload: dict[str, Any], path: Path, data_path: str | Path | None) -> ExperimentConfig:
     try:
         config = from_dict(ExperimentConfig, yaml.safe_load(payload["config_yaml"]))
     except (KeyError, yaml.YAMLError) as error:
@@ -222,7 +223,7 @@ def config_from(payload: dict[str, Any], path: Path, data_path: str | Path | Non
     return config
 
 
-def check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[str, ...]) -> None:
+def _check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[str, ...]) -> None:
     if payload.get("format") != fmt:
         found = payload.get("format", "no format field")
         raise ValueError(f"{path}: expected a {fmt} file, found {found!r} "
@@ -232,7 +233,7 @@ def check_payload(payload: dict[str, Any], path: Path, fmt: str, keys: tuple[str
         raise ValueError(f"{path}: the checkpoint has no {', '.join(missing)}")
 
 
-def load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+def _load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as error:
@@ -247,19 +248,19 @@ def load_task(run_dir: str | Path, data_path: str | Path | None = None, state: b
     at another copy of the data (evaluation)."""
     path = Path(run_dir) / ("state.pt" if state else "checkpoint.pt")
     payload = load_checkpoint(path)
-    check_payload(payload, path, STATE_FORMAT if state else CHECKPOINT_FORMAT, ("config_yaml", "inputs", "model"))
+    _check_payload(payload, path, STATE_FORMAT if state else CHECKPOINT_FORMAT, ("config_yaml", "inputs", "model"))
     return task_from_saved(payload, path, data_path)
 
 
 def task_from_saved(payload: dict[str, Any], path: Path, data_path: str | Path | None = None) -> Task:
     """A task rebuilt from saved parts (``config_yaml``, ``inputs`` record, ``model`` state dict), as a
     checkpoint or an exported bundle holds them; ``path`` names the source in errors."""
-    config = config_from(payload, path, data_path)
+    config = _config_from(payload, path, data_path)
     try:
         task = task_class(config.task).from_record(config, payload["inputs"])
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: the saved model inputs are incomplete ({error})") from error
-    load_weights(task.model, payload["model"], path, "model weights")
+    _load_weights(task.model, payload["model"], path, "model weights")
     return task
 
 
@@ -343,7 +344,7 @@ class Trainer:
                 self._train_epoch()
                 self._end_epoch()
             if config.train.checkpoint and self.best_epoch > 0:
-                load_weights(model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
+                _load_weights(model, load_checkpoint(self.run_dir / "checkpoint.pt")["model"],
                               self.run_dir / "checkpoint.pt", "model weights")
         test = self.task.evaluate("test")
         self.record.update(best_epoch=self.best_epoch, valid=self.best_valid, test=test,
@@ -438,11 +439,12 @@ class Trainer:
         self.save_state()
 
 
-def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any] | None) -> RunResult:
-    logs = RunLogs(run_dir, progress=progress, resume=state is not None)
+def run_in_folder(run_dir: Path, logs: RunLogs, body: Callable[[], T]) -> T:
+    """Run ``body`` as the run of ``run_dir``: ``status.json`` says running, then finished or failed
+    (with the reason; the traceback goes to ``train.log``); the logs are closed either way."""
     write_status(run_dir, "running")
     try:
-        result = Trainer(task, run_dir, logs, state).run()
+        result = body()
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
         write_status(run_dir, "failed", reason)
@@ -454,6 +456,11 @@ def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any]
         logs.close()
     write_status(run_dir, "finished")
     return result
+
+
+def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any] | None) -> RunResult:
+    logs = RunLogs(run_dir, progress=progress, resume=state is not None)
+    return run_in_folder(run_dir, logs, lambda: Trainer(task, run_dir, logs, state).run())
 
 
 def train(config: ExperimentConfig, progress: bool | None = None, run_dir: Path | None = None) -> RunResult:
@@ -484,6 +491,20 @@ def resume(run_dir: str | Path, progress: bool | None = None, data_path: str | P
     """Continue a stopped run from its ``state.pt``; a run with no saved state yet starts again
     from its resolved config in the same folder. ``threads`` overrides ``train.threads`` (results
     repeat to the digit only at the thread count of the first run)."""
+    config, task, payload = saved_run(run_dir, STATE_FORMAT, ("position",), data_path, threads)
+    if payload is None:
+        return train(config, progress, Path(run_dir))
+    log.info("resuming %s at epoch %d, step %d", run_dir, payload["position"]["epoch"] + 1,
+             payload["position"]["step_in_epoch"])
+    return _run(task, Path(run_dir), progress, payload)
+
+
+def saved_run(run_dir: str | Path, fmt: str, keys: tuple[str, ...], data_path: str | Path | None = None,
+              threads: int | None = None) -> tuple[ExperimentConfig, Task | None, dict[str, Any] | None]:
+    """What a stopped run resumes from: its config, its task with the saved weights and the saved
+    state (``state.pt`` of format ``fmt``, with ``keys`` besides the common ones); or, for a run
+    stopped before its first save, the config of ``config.yaml`` and no task or state.
+    ``threads`` overrides ``train.threads``, and is set."""
     run_dir = Path(run_dir)
     path = run_dir / "state.pt"
     if not path.exists():
@@ -494,15 +515,13 @@ def resume(run_dir: str | Path, progress: bool | None = None, data_path: str | P
             config.data.path = str(Path(data_path).resolve())
         if threads is not None:
             config.train.threads = threads
-        return train(config, progress, run_dir)
+        return config, None, None
     payload = load_checkpoint(path)
-    check_payload(payload, path, STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng", "position"))
-    config = config_from(payload, path, data_path)
+    _check_payload(payload, path, fmt, ("config_yaml", "inputs", "model", "optimizer", "rng", *keys))
+    config = _config_from(payload, path, data_path)
     if threads is not None:
         config.train.threads = threads
     set_threads(config.train.threads)
     task = task_class(config.task).from_record(config, payload["inputs"])
-    load_weights(task.model, payload["model"], path, "model weights")
-    log.info("resuming %s at epoch %d, step %d", run_dir, payload["position"]["epoch"] + 1,
-             payload["position"]["step_in_epoch"])
-    return _run(task, run_dir, progress, payload)
+    _load_weights(task.model, payload["model"], path, "model weights")
+    return config, task, payload
