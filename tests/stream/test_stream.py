@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from terarec.config import ConfigError
 from terarec.embedding.eviction import EMPTY
 from terarec.features.hashing import hash_array
 from terarec.serve.bundle import export_bundle, load_bundle
@@ -19,6 +20,8 @@ from terarec.stream.source import ParquetFolderSource
 from terarec.train.experiment import load_config
 from terarec.train.loop import load_task
 from tests.stream.conftest import DAILY, stream_config_file
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,23 @@ def test_the_folder_source_picks_up_new_files_in_name_order(daily_folder: Path, 
     assert source.next_chunk(first.name).name == "day-0002.parquet"
     assert source.next_chunk("day-0002.parquet") is None and waits == [1.0, 1.0, 1.0, 1.0]
     assert first.table.num_rows == pq.read_metadata(daily_folder / "day-0001.parquet").num_rows
+
+
+@pytest.mark.parametrize("config_file", sorted((ROOT / "configs" / "stream").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_shipped_stream_configs_stream(config_file: Path, daily_folder: Path, tmp_path: Path) -> None:
+    config = load_config(config_file, [f"data.path={daily_folder}", f"run_dir={tmp_path}", "embedding.capacity=300",
+                                       "stream.max_chunks=2", "stream.delta_every=0", "train.threads=1",
+                                       "data.sparse=[user_id,item_id,category,device,hour]"])
+    chunks = stream(config, progress=False).chunks
+    assert len(chunks) == 2 and chunks[1]["valid"]["auc"] > 0.5 and chunks[1]["train_loss"] > 0
+
+
+def test_a_stream_config_without_managed_capacity_or_of_another_task_is_refused(daily_folder: Path,
+                                                                                 tmp_path: Path) -> None:
+    config = load_config(stream_config_file(daily_folder, tmp_path, "exact", embedding={"vocabulary": "exact"}))
+    with pytest.raises(ConfigError, match="vocabulary: managed and a capacity"):
+        stream(config, progress=False)
+    config.embedding.vocabulary, config.task = "managed", "sequential"
+    config.model = {"name": "sasrec"}
+    with pytest.raises(ConfigError, match="'sequential' is not streamed yet"):
+        stream(config, progress=False)
