@@ -225,7 +225,8 @@ def _numbers(rows: list[dict[str, str]], x: str, y: str) -> tuple[list[float], l
 def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]], path: Path,
                 unit: str = "epoch") -> Path | None:
     """Write a PNG: train loss per logged step (and per epoch), and every validation metric per
-    epoch (or per ``unit``: a streaming run's chunk, validated before it is trained on). Nothing is written when there is nothing to draw (a run stopped before its first log)."""
+    epoch (or per ``unit``: a streaming run's chunk, validated before it is trained on). Nothing is
+    written when there is nothing to draw (a run stopped before its first log)."""
     if not step_rows and not epoch_rows:
         return None
     from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
