@@ -85,8 +85,7 @@ class StreamTrainer:
         self.task, self.run_dir, self.config, self.logs, self.source = task, run_dir, task.config, logs, source
         self.metric, _ = task.monitor()
         self.optimizer, self.rates = make_optimizer(task)
-        self.vocabularies = {name.rsplit(".", 1)[-1]: module for name, module in task.model.named_modules()
-                             if isinstance(module, ManagedVocabulary)}
+        self.vocabularies = [module for module in task.model.modules() if isinstance(module, ManagedVocabulary)]
         every = self.config.stream.delta_every
         self.publisher = DeltaPublisher(run_dir, task.kind, every) if every > 0 else None
         self.chunks_done, self.global_step, self.last_chunk = 0, 0, None
@@ -153,10 +152,10 @@ class StreamTrainer:
             yield int(pc.max(rows.column(time_column)).as_py()), self.task.batch_from_table(rows)
 
     def _vocabulary_counts(self) -> dict[str, int]:
-        counts = {"size": sum(vocab.num_admitted for vocab in self.vocabularies.values())}
+        counts = {"size": sum(vocab.num_admitted for vocab in self.vocabularies)}
         for counter in VOCABULARY_COUNTERS:
             counts[counter.removesuffix("_count")] = sum(int(getattr(vocab, counter))
-                                                         for vocab in self.vocabularies.values())
+                                                         for vocab in self.vocabularies)
         return counts
 
     def _apply(self, chunk: Chunk) -> None:
@@ -173,7 +172,7 @@ class StreamTrainer:
             if config.stream.shuffle:
                 order = np.random.default_rng([config.train.seed, self.chunks_done]).permutation(table.num_rows)
             for event_time, batch in self._batches(table, config.data.batch_size, order):
-                for vocab in self.vocabularies.values():
+                for vocab in self.vocabularies:
                     vocab.set_event_time(event_time)
                 factor = self.rates.step(self.global_step)
                 losses.append(train_step(self.task, self.optimizer, batch))
