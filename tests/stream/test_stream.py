@@ -15,7 +15,7 @@ from terarec.embedding.eviction import EMPTY
 from terarec.features.hashing import hash_array
 from terarec.serve.bundle import export_bundle, load_bundle
 from terarec.serve.delta import apply_delta
-from terarec.stream.loop import stream
+from terarec.stream.loop import resume_stream, stream
 from terarec.stream.source import ParquetFolderSource
 from terarec.train.experiment import load_config
 from terarec.train.loop import load_task
@@ -128,3 +128,27 @@ def test_a_stream_config_without_managed_capacity_or_of_another_task_is_refused(
     config.model = {"name": "sasrec"}
     with pytest.raises(ConfigError, match="'sequential' is not streamed yet"):
         stream(config, progress=False)
+
+
+def test_deltas_every_two_chunks_across_a_resume_that_picks_up_new_days(daily_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "arriving"
+    folder.mkdir()
+    for day in range(3):
+        shutil.copy(daily_folder / f"day-{day:04d}.parquet", folder)
+    first = stream(load_config(stream_config_file(folder, tmp_path, "two", stream={"delta_every": 2})), progress=False)
+    assert [d.name for d in sorted((first.run_dir / "deltas").iterdir())] == ["000002"]
+    for day in range(3, DAILY.days):  # more days arrive; the run continues after its last chunk
+        shutil.copy(daily_folder / f"day-{day:04d}.parquet", folder)
+    resumed = resume_stream(first.run_dir, progress=False)
+    assert [c["name"] for c in resumed.chunks] == [f"day-{d:04d}.parquet" for d in range(DAILY.days)]
+    deltas = sorted((first.run_dir / "deltas").iterdir())
+    assert [d.name for d in deltas] == ["000002", "000004", "000006"]
+    bundle = load_bundle(first.run_dir / "bundle")
+    for delta in deltas:
+        bundle = apply_delta(bundle, delta)
+    whole = stream(load_config(stream_config_file(daily_folder, tmp_path, "whole", stream={"delta_every": 2})),
+                   progress=False)
+    expected = load_task(whole.run_dir).model.state_dict()
+    patched = bundle.ranking.predictor.model.state_dict()
+    assert all(torch.equal(patched[name], value) for name, value in expected.items())
+    assert [c["valid"] for c in resumed.chunks] == [c["valid"] for c in whole.chunks]
