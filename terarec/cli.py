@@ -85,8 +85,9 @@ def data_synth(
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
     option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=\\[item_id,category], history_length=50, weak_semantic=\\[...], unified=\\[...]."),
     days: int = typer.Option(0, help="Daily mode: write N days as one Parquet partition per day (day-0000.parquet, "
-                                     "...) for `terarec stream`; --events is the total, --users and --items are "
-                                     "the new users and items per day. 0 = one prepared dataset."),
+                                     "...) for `terarec stream`; --events, --users and --items are spread evenly "
+                                     "over the days (users and items arriving per day: --users / N, --items / N). "
+                                     "0 = one prepared dataset."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
@@ -138,8 +139,8 @@ def _daily_synth(out: Path, days: int, events: int, users: int, items: int, seed
     try:
         if days < 0:
             raise ValueError(f"--days: expected a number of days >= 0, got {days}")
-        config = DailyConfig(days=days, events_per_day=max(1, events // days), new_users_per_day=users,
-                             new_items_per_day=items, seed=seed)
+        config = DailyConfig(days=days, events_per_day=max(1, events // days), new_users_per_day=max(1, users // days),
+                             new_items_per_day=max(1, items // days), seed=seed)
         written = write_daily(config, out, overwrite=overwrite)
     except (ValueError, OSError) as error:
         _fail(error)

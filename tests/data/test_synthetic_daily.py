@@ -39,8 +39,8 @@ def test_new_ids_arrive_every_day_and_items_age_out() -> None:
 
 
 def test_synth_days_writes_one_partition_per_day_in_name_order(tmp_path) -> None:
-    result = CliRunner().invoke(app, ["data", "synth", "--days", "3", "--events", "900", "--users", "50",
-                                      "--items", "20", "--out", str(tmp_path / "daily")])
+    result = CliRunner().invoke(app, ["data", "synth", "--days", "3", "--events", "900", "--users", "150",
+                                      "--items", "60", "--out", str(tmp_path / "daily")])
     assert result.exit_code == 0, result.output
     files = sorted((tmp_path / "daily").glob("*.parquet"))
     assert [f.name for f in files] == ["day-0000.parquet", "day-0001.parquet", "day-0002.parquet"]
