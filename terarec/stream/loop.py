@@ -67,14 +67,13 @@ class StreamResult:
 
 
 def folder_source(config: ExperimentConfig) -> ParquetFolderSource:
-    """The config's source: the Parquet partitions of ``data.path``, read for the task's columns."""
+    """The config's source: the Parquet partitions of ``data.path``, read for the task's columns (and the
+    user column for gAUC, where the files have one)."""
     columns = list(dict.fromkeys([*config.data.sparse, *(config.data.dense or []), *config.data.labels,
                                   config.stream.time_column]))
-    if config.data.user_column and config.data.user_column not in columns:
-        columns.append(config.data.user_column)
     options = config.stream
     return ParquetFolderSource(config.data.path, columns, follow=options.follow, poll_seconds=options.poll_seconds,
-                               idle_seconds=options.idle_seconds)
+                               idle_seconds=options.idle_seconds, optional_columns=[config.data.user_column])
 
 
 class StreamTrainer:

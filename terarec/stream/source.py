@@ -23,7 +23,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from terarec.data.errors import DataError
-from terarec.data.sources.parquet import read_parquet
+from terarec.data.sources.parquet import parquet_schema, read_parquet
 
 log = logging.getLogger("terarec")
 
@@ -55,7 +55,8 @@ class ParquetFolderSource:
 
     Args:
         folder: the folder of partitions.
-        columns: the columns to read.
+        columns: the columns to read (a file without one is an error naming both).
+        optional_columns: columns read when a file has them (e.g. the user column, for gAUC).
         follow: when the folder holds nothing new, wait for a new file instead of ending.
         poll_seconds: follow: seconds between listings.
         idle_seconds: follow: end after this long without a new file (0 = wait forever).
@@ -63,11 +64,13 @@ class ParquetFolderSource:
     """
 
     def __init__(self, folder: str | Path, columns: Sequence[str], follow: bool = False, poll_seconds: float = 5.0,
-                 idle_seconds: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 idle_seconds: float = 0.0, sleep: Callable[[float], None] = time.sleep,
+                 optional_columns: Sequence[str] = ()) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError("not a folder of Parquet partitions", path=self.folder)
         self.columns = list(columns)
+        self.optional_columns = [name for name in optional_columns if name not in self.columns]
         self.follow, self.poll_seconds, self.idle_seconds, self.sleep = follow, poll_seconds, idle_seconds, sleep
         self._listed: set[str] | None = None  # the last listing (None before the first)
 
@@ -88,7 +91,10 @@ class ParquetFolderSource:
             self._listed = set(names)
             pending = [name for name in names if after is None or name > after]
             if pending:
-                return Chunk(pending[0], read_parquet(self.folder / pending[0], self.columns))
+                path = self.folder / pending[0]
+                present = parquet_schema(path).names
+                columns = self.columns + [name for name in self.optional_columns if name in present]
+                return Chunk(pending[0], read_parquet(path, columns))
             if not self.follow or (self.idle_seconds and waited >= self.idle_seconds):
                 return None
             self.sleep(self.poll_seconds)

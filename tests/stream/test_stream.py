@@ -102,9 +102,9 @@ def test_the_folder_source_picks_up_new_files_in_name_order(daily_folder: Path, 
             shutil.copy(daily_folder / "day-0002.parquet", folder / "day-0002.parquet")
 
     source = ParquetFolderSource(folder, ["item_id", "click"], follow=True, poll_seconds=1.0, idle_seconds=3.0,
-                                 sleep=sleep)
+                                 sleep=sleep, optional_columns=["user_id", "not_there"])
     first = source.next_chunk(None)
-    assert first.name == "day-0001.parquet" and first.table.column_names == ["item_id", "click"]
+    assert first.name == "day-0001.parquet" and first.table.column_names == ["item_id", "click", "user_id"]
     assert source.next_chunk(first.name).name == "day-0002.parquet"
     assert source.next_chunk("day-0002.parquet") is None and waits == [1.0, 1.0, 1.0, 1.0]
     assert first.table.num_rows == pq.read_metadata(daily_folder / "day-0001.parquet").num_rows
