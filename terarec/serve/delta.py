@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import shutil
@@ -31,9 +30,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from terarec.config import to_yaml
 from terarec.serve.bundle import ROLES, Bundle, BundleError, _read_tensors, build_index, load_bundle, sha256_of
 from terarec.serve.predictor import Predictor
-from terarec.train.loop import load_task
+from terarec.train.loop import load_task, task_from_saved
 
 DELTA_FORMAT = "terarec.delta.v1"
 
@@ -110,8 +110,8 @@ def apply_delta(bundle: Bundle, delta: str | Path) -> Bundle:
     if role not in bundle.parts:
         raise BundleError(f"{manifest_path}: part {role!r} is not in the served bundle")
     part = bundle.parts[role]
-    task = copy.deepcopy(part.predictor.task)
-    state = task.model.state_dict()
+    served = part.predictor.task
+    state = dict(served.model.state_dict())  # live views of the served model: replaced, never written
     tensors = _read_tensors(delta / f"{role}.safetensors")
     for key, value in tensors.items():
         name, kind = key.rsplit("::", 1)
@@ -122,7 +122,10 @@ def apply_delta(bundle: Bundle, delta: str | Path) -> Bundle:
         elif kind == "rows":
             state[name] = state[name].clone()
             state[name][value] = tensors[f"{name}::values"]
-    task.model.load_state_dict(state)
+    # A new model built from the saved parts, not a deep copy of the served one: the embedding engine's
+    # tables are memory shared with its kernel, which a deep copy does not keep shared.
+    task = task_from_saved({"config_yaml": to_yaml(served.config), "inputs": served.record, "model": state},
+                           delta / f"{role}.safetensors")
     updated = dataclasses.replace(part, predictor=Predictor(task))
     if role == "retrieval":
         kind = bundle.index_info.get("kind", "exact")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -152,3 +153,26 @@ def test_deltas_every_two_chunks_across_a_resume_that_picks_up_new_days(daily_fo
     patched = bundle.ranking.predictor.model.state_dict()
     assert all(torch.equal(patched[name], value) for name, value in expected.items())
     assert [c["valid"] for c in resumed.chunks] == [c["valid"] for c in whole.chunks]
+
+
+def test_the_server_applies_the_stream_deltas_in_order(streamed, daily_folder: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from terarec.serve.predictor import Predictor
+    from terarec.serve.server import ServerSettings, create_app
+
+    result, _ = streamed
+    rows = pq.read_table(daily_folder / f"day-{DAILY.days - 1:04d}.parquet").slice(0, 50)
+    body = {"rows": rows.select(["user_id", "item_id", "category", "device"]).to_pylist()}
+    expected = Predictor.from_run(result.run_dir).score(rows)["click"]
+    deltas = sorted((result.run_dir / "deltas").iterdir())
+    app = create_app(ServerSettings(bundle=result.run_dir / "bundle", threads=1))
+    with TestClient(app, client=("127.0.0.1", 50000)) as client:
+        before = client.post("/v1/score", json=body).json()["scores"]["click"]
+        assert client.post("/admin/delta", json={"path": str(deltas[1])}).status_code == 409  # out of order
+        for delta in deltas:
+            applied = client.post("/admin/delta", json={"path": str(delta)})
+            assert applied.status_code == 200, applied.text
+        served = client.post("/v1/score", json=body).json()["scores"]["click"]
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    assert not np.allclose(before, expected, atol=1e-3)
