@@ -85,6 +85,10 @@ def data_synth(
                                               "'action' and a 'long_watch' label (HSTU ranking, DIN); 0 = none."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder that terarec wrote."),
     option: list[str] = typer.Option([], "--option", "-o", help="Derived columns, as for data prepare: history=\\[item_id,category], history_length=50, weak_semantic=\\[...], unified=\\[...]."),
+    days: int = typer.Option(0, help="Daily mode: write N days as one Parquet partition per day (day-0000.parquet, "
+                                     "...) for `terarec stream`; --events, --users and --items are spread evenly "
+                                     "over the days (users and items arriving per day: --users / N, --items / N). "
+                                     "0 = one prepared dataset."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
@@ -92,7 +96,8 @@ def data_synth(
 
     Users with drifting interests, Zipf-popular items with categories and prices, context
     (hour, device), and click / like / watch-time labels that depend on affinity, feature
-    crosses and recent history."""
+    crosses and recent history. With --days: a log arriving day by day, new users and items
+    every day, items ageing out (terarec.data.sources.synthetic_daily)."""
     _quiet_libraries()
     from terarec.data.derive import Derivations
     from terarec.data.prepare import write_dataset
@@ -100,6 +105,9 @@ def data_synth(
     from terarec.runtime import configure_threads
 
     configure_threads(threads)
+    if days:
+        _daily_synth(out, days, events, users, items, seed, overwrite)
+        return
 
     try:
         options = _key_values(option)
@@ -123,6 +131,22 @@ def data_synth(
         _fail(error)
     console.print(f"wrote {meta.num_rows:,} events to {out} in {time.perf_counter() - started:.1f}s; "
                   f"split {meta.split['counts']}")
+
+
+def _daily_synth(out: Path, days: int, events: int, users: int, items: int, seed: int, overwrite: bool) -> None:
+    from terarec.data.sources.synthetic_daily import DailyConfig, write_daily
+
+    started = time.perf_counter()
+    try:
+        if days < 0:
+            raise ValueError(f"--days: expected a number of days >= 0, got {days}")
+        config = DailyConfig(days=days, events_per_day=max(1, events // days), new_users_per_day=max(1, users // days),
+                             new_items_per_day=max(1, items // days), seed=seed)
+        written = write_daily(config, out, overwrite=overwrite)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    console.print(f"wrote {len(written)} daily partitions of {config.events_per_day:,} events to {out} in "
+                  f"{time.perf_counter() - started:.1f}s")
 
 
 @data_app.command("prepare")
@@ -269,6 +293,45 @@ def train_command(
     except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as error:
         _fail(error)
     _print_metrics(f"{result.run_dir.name}: best epoch {result.best_epoch}", [("valid", result.valid), ("test", result.test)])
+    console.print(f"run folder: {result.run_dir}")
+
+
+@app.command("stream", context_settings={"allow_extra_args": False})
+def stream_command(
+    config: Optional[Path] = typer.Argument(None, help="Streaming experiment YAML, e.g. configs/stream/wukong.yaml (not with --resume)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. stream.max_chunks=3 data.path=data/daily."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a stopped streaming run after its last committed chunk."),
+    threads: Threads = 0,
+    progress: Progress = None,
+) -> None:
+    """Train on time-ordered chunks (data.path: a folder of Parquet partitions, in name order) in one pass.
+
+    Each chunk is evaluated before it is trained on (progressive validation, chunks.csv and
+    curves.png), the managed vocabularies admit and expire ids in event time, and after each chunk
+    the run commits its state with the chunk's name and writes an embedding delta for the server
+    (docs/streaming.md). A killed run continues with `terarec stream --resume RUN`."""
+    _quiet_libraries()
+    from terarec.config import ConfigError
+    from terarec.data.errors import DataError
+    from terarec.stream.loop import resume_stream, stream
+    from terarec.train.experiment import load_config
+
+    try:
+        if resume is not None:
+            if config is not None or overrides:
+                raise ConfigError("--resume continues a run with its saved config: give no config file or overrides")
+            result = resume_stream(resume, progress=progress, threads=threads or None)
+        else:
+            if config is None:
+                raise ConfigError("give a streaming config (e.g. configs/stream/wukong.yaml) or --resume RUN")
+            cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
+            result = stream(cfg, progress=progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    if result.chunks:
+        last = result.chunks[-1]
+        _print_metrics(f"{len(result.chunks)} chunks; the last, {last['name']}, before training on it",
+                       [("progressive", last["valid"])])
     console.print(f"run folder: {result.run_dir}")
 
 

@@ -210,6 +210,36 @@ class EvalConfig:
 
 
 @dataclass
+class StreamConfig:
+    """How ``terarec stream`` consumes time-ordered chunks (``data.path``: a folder of Parquet
+    partitions, applied in name order; see ``terarec.stream``).
+
+    Args:
+        time_column: the event-time column (seconds); each batch's latest time is the managed
+            vocabularies' clock, so TTL eviction runs in event time.
+        follow: keep waiting for new partitions once the folder is consumed.
+        poll_seconds: follow: how often the folder is listed again.
+        idle_seconds: follow: stop after this long without a new partition (0 = never).
+        max_chunks: stop after this many chunks (0 = when the source has no more).
+        train_chunks: train on the first this many chunks only and only evaluate the rest (0 =
+            train on all): the "frozen" baseline.
+        delta_every: write an embedding delta every this many chunks (0 = none); the run
+            exports its base bundle before the first chunk.
+        shuffle: shuffle each chunk's rows before training (seeded by ``train.seed`` and the
+            chunk's position; evaluation reads them in order).
+    """
+
+    time_column: str = "timestamp"
+    follow: bool = False
+    poll_seconds: float = 5.0
+    idle_seconds: float = 0.0
+    max_chunks: int = 0
+    train_chunks: int = 0
+    delta_every: int = 1
+    shuffle: bool = True
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: data, model, training and evaluation.
 
@@ -224,6 +254,7 @@ class ExperimentConfig:
         train: see TrainConfig.
         eval: see EvalConfig.
         embedding: see EmbeddingConfig.
+        stream: see StreamConfig (``terarec stream`` only).
         run_dir: parent folder of run folders.
     """
 
@@ -234,6 +265,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     run_dir: str = "runs"
 
 

@@ -224,7 +224,7 @@ def _part_schema(task: Task) -> dict[str, Any]:
 
 
 def export_bundle(runs: list[str | Path], out: str | Path, index: str = "auto", data_path: str | Path | None = None,
-                  overwrite: bool = False, threads: int = 0) -> Path:
+                  overwrite: bool = False, threads: int = 0, catalogue: bool = True) -> Path:
     """Write the bundle of ``runs`` (one sequential and / or one CTR-or-ranking run) to ``out``.
 
     Args:
@@ -234,6 +234,8 @@ def export_bundle(runs: list[str | Path], out: str | Path, index: str = "auto", 
         data_path: the ranking run's prepared dataset, read for the catalogue's item features
             (default: the run's ``data.path``).
         overwrite: replace an existing bundle at ``out``.
+        catalogue: write the ranking part's ``catalogue.parquet`` (False: none; requests then bring
+            the items' features, as for a streaming run, whose data is no prepared dataset).
     """
     set_threads(threads)
     out = Path(out)
@@ -268,7 +270,7 @@ def export_bundle(runs: list[str | Path], out: str | Path, index: str = "auto", 
                 faiss_index, described = build_index(vectors, index, seed=task.config.train.seed)
                 faiss.write_index(faiss_index, str(folder / "index.faiss"))
                 parts[role]["index"] = described
-            elif _item_features(task):
+            elif catalogue and _item_features(task):
                 source = Path(data_path) if data_path is not None else Path(task.config.data.path)
                 if not (source / "dataset.yaml").exists():
                     raise FileNotFoundError(f"export: the ranking run's item features are read from its dataset, and "

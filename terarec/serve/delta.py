@@ -9,9 +9,9 @@ training and ids evicted from or admitted to a managed vocabulary alike: its id-
 tensors of the state dict too.
 
 Deltas form a chain: each names the bundle version it applies to (the exported bundle, or the
-version the previous delta made). Until the streaming-training issue writes them, ``make_delta``
-writes one from a bundle (plus the deltas already applied) and a later checkpoint of the same
-run (same config and vocabulary sizes). ``apply_delta`` returns a new ``Bundle``, leaving the
+version the previous delta made). ``make_delta`` writes one from a bundle (plus the deltas already
+applied) and a later checkpoint of the same run (same config and vocabulary sizes); a streaming run
+(``terarec.stream``) writes one with ``write_delta`` after every ``stream.delta_every`` chunks. ``apply_delta`` returns a new ``Bundle``, leaving the
 served one untouched for batches in flight; the retrieval part's item vectors and index are
 rebuilt when its weights changed.
 
@@ -22,17 +22,18 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from terarec.config import to_yaml
 from terarec.serve.bundle import ROLES, Bundle, BundleError, _read_tensors, build_index, load_bundle, sha256_of
 from terarec.serve.predictor import Predictor
-from terarec.train.loop import load_task
+from terarec.train.loop import load_task, task_from_saved
 
 DELTA_FORMAT = "terarec.delta.v1"
 
@@ -49,26 +50,43 @@ def make_delta(bundle_path: str | Path, run: str | Path, out: str | Path,
     role = ROLES[task.kind]
     if role not in bundle.parts:
         raise BundleError(f"{Path(bundle_path) / 'manifest.json'}: no {role} part to take a delta of")
-    base = bundle.parts[role].predictor.model.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for name, new in task.model.state_dict().items():
-        old = base.get(name)
-        if old is None or old.shape != new.shape or old.dtype != new.dtype:
-            raise BundleError(f"{run}: tensor {name!r} does not match the bundle's (another model or vocabulary "
-                              "size: export a new bundle instead)")
-        if torch.equal(old, new):
-            continue
-        changed = torch.nonzero((old != new).reshape(old.shape[0], -1).any(1)).squeeze(1) if old.dim() else None
-        if changed is not None and old.dim() >= 2 and changed.numel() < old.shape[0] // 2:
-            tensors[f"{name}::rows"], tensors[f"{name}::values"] = changed, new[changed].contiguous().clone()
-        else:
-            tensors[f"{name}::full"] = new.contiguous().clone()
-    out.mkdir(parents=True)
-    save_file(tensors, out / f"{role}.safetensors")
-    (out / "manifest.json").write_text(json.dumps({
-        "format": DELTA_FORMAT, "base_bundle": bundle.version, "part": role,
-        "files": {f"{role}.safetensors": sha256_of(out / f"{role}.safetensors")}}, indent=2))
+    if out.exists():
+        raise FileExistsError(f"delta folder {out} exists")
+    write_delta(bundle.parts[role].predictor.model.state_dict(), task.model.state_dict(), out, bundle.version, role,
+                str(run))
     return out
+
+
+def write_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], out: str | Path, base_version: str,
+                role: str, source: str = "the model") -> dict:
+    """Write to ``out`` the delta taking state dict ``base`` (bundle version ``base_version``) to ``new``,
+    for the bundle part ``role``; returns its manifest. The folder is written beside itself and renamed
+    into place (an existing one, e.g. left by a run killed after writing it, is replaced)."""
+    out = Path(out)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in new.items():
+        old = base.get(name)
+        if old is None or old.shape != value.shape or old.dtype != value.dtype:
+            raise BundleError(f"{source}: tensor {name!r} does not match the bundle's (another model or vocabulary "
+                              "size: export a new bundle instead)")
+        if torch.equal(old, value):
+            continue
+        changed = torch.nonzero((old != value).reshape(old.shape[0], -1).any(1)).squeeze(1) if old.dim() else None
+        if changed is not None and changed.numel() < old.shape[0] // 2:
+            tensors[f"{name}::rows"], tensors[f"{name}::values"] = changed, value[changed].contiguous().clone()
+        else:
+            tensors[f"{name}::full"] = value.contiguous().clone()
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(tensors, staging / f"{role}.safetensors")
+    manifest = {"format": DELTA_FORMAT, "base_bundle": base_version, "part": role,
+                "files": {f"{role}.safetensors": sha256_of(staging / f"{role}.safetensors")}}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest
 
 
 def apply_delta(bundle: Bundle, delta: str | Path) -> Bundle:
@@ -92,8 +110,8 @@ def apply_delta(bundle: Bundle, delta: str | Path) -> Bundle:
     if role not in bundle.parts:
         raise BundleError(f"{manifest_path}: part {role!r} is not in the served bundle")
     part = bundle.parts[role]
-    task = copy.deepcopy(part.predictor.task)
-    state = task.model.state_dict()
+    served = part.predictor.task
+    state = dict(served.model.state_dict())  # live views of the served model: replaced, never written
     tensors = _read_tensors(delta / f"{role}.safetensors")
     for key, value in tensors.items():
         name, kind = key.rsplit("::", 1)
@@ -104,7 +122,10 @@ def apply_delta(bundle: Bundle, delta: str | Path) -> Bundle:
         elif kind == "rows":
             state[name] = state[name].clone()
             state[name][value] = tensors[f"{name}::values"]
-    task.model.load_state_dict(state)
+    # A new model built from the saved parts, not a deep copy of the served one: the embedding engine's
+    # tables are memory shared with its kernel, which a deep copy does not keep shared.
+    task = task_from_saved({"config_yaml": to_yaml(served.config), "inputs": served.record, "model": state},
+                           delta / f"{role}.safetensors")
     updated = dataclasses.replace(part, predictor=Predictor(task))
     if role == "retrieval":
         kind = bundle.index_info.get("kind", "exact")
@@ -113,4 +134,4 @@ def apply_delta(bundle: Bundle, delta: str | Path) -> Bundle:
     return Bundle(bundle.path, applied, dict(bundle.parts, **{role: updated}))
 
 
-__all__ = ["DELTA_FORMAT", "apply_delta", "make_delta"]
+__all__ = ["DELTA_FORMAT", "apply_delta", "make_delta", "write_delta"]

@@ -86,9 +86,9 @@ def epoch_row(entry: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def epoch_line(entry: dict[str, Any], metric: str) -> str:
-    """The one line a person reads per epoch."""
-    parts = [f"epoch {entry['epoch']}:"]
+def epoch_line(entry: dict[str, Any], metric: str, unit: str = "epoch") -> str:
+    """The one line a person reads per epoch (or per ``unit``: a streamed chunk)."""
+    parts = [f"{unit} {entry[unit]}:"]
     if "train_loss" in entry:
         parts.append(f"train loss {entry['train_loss']:.4f},")
     parts.append(f"valid {metric} {entry.get('valid', {}).get(metric, math.nan):.4f}")
@@ -107,10 +107,13 @@ class RunLogs:
         resume: continue the existing logs of ``run_dir``: rows are appended, and rows logged
             after the checkpoint the run resumes from (a step or epoch that is logged again)
             are removed first, in the CSV files and in TensorBoard.
+        unit: what one row of the per-pass log is: ``epoch`` (``epochs.csv``) or ``chunk``
+            (``chunks.csv``, a streaming run's; entries are keyed by the unit's name).
     """
 
-    def __init__(self, run_dir: Path, progress: bool | None = None, resume: bool = False) -> None:
+    def __init__(self, run_dir: Path, progress: bool | None = None, resume: bool = False, unit: str = "epoch") -> None:
         self.run_dir = Path(run_dir)
+        self.unit = unit
         self.progress = show_progress(progress)
         self.resume = resume
         self._handler = logging.FileHandler(self.run_dir / "train.log", mode="a" if resume else "w")
@@ -118,7 +121,7 @@ class RunLogs:
         log.addHandler(self._handler)
         log.setLevel(logging.INFO)
         self.steps = CSVLog(self.run_dir / "steps.csv", STEP_COLUMNS, append=resume)
-        self.epochs = CSVLog(self.run_dir / "epochs.csv", append=resume)
+        self.epochs = CSVLog(self.run_dir / f"{unit}s.csv", append=resume)
         self._steps_trimmed = self._epochs_trimmed = not resume
         if not resume:  # a run started afresh in a used folder: its curves must not mix with the old ones
             for events in (self.run_dir / "tensorboard").glob("events.out.tfevents.*"):
@@ -166,13 +169,14 @@ class RunLogs:
             metric: the validation metric that picks the best epoch (``valid.`` prefix allowed).
         """
         metric = metric.removeprefix("valid.")
+        unit = self.unit
         if not self._epochs_trimmed:
-            dropped = self.epochs.drop_from("epoch", entry["epoch"])
+            dropped = self.epochs.drop_from(unit, entry[unit])
             if dropped:
-                log.info("resume: %d rows of epochs.csv from epoch %d on are logged again", dropped, entry["epoch"])
+                log.info("resume: %d rows of %ss.csv from %s %d on are logged again", dropped, unit, unit, entry[unit])
             self._epochs_trimmed = True
         self.epochs.write(epoch_row(entry))
-        x = int(entry.get("global_step", self._last_step or entry["epoch"]))
+        x = int(entry.get("global_step", self._last_step or entry[unit]))
         writer = self._tensorboard(x)
         for name, value in entry.get("valid", {}).items():
             if _is_number(value):  # metrics also carry labels, e.g. the evaluation protocol
@@ -180,7 +184,7 @@ class RunLogs:
         for name in ("train_loss", "examples_per_s"):
             if name in entry:
                 writer.add_scalar(f"epoch/{name}", entry[name], x)
-        log.info(epoch_line(entry, metric))
+        log.info(epoch_line(entry, metric, unit))
 
     def close(self) -> None:
         """Flush TensorBoard, draw curves.png from the CSV files, stop writing train.log."""
@@ -190,7 +194,7 @@ class RunLogs:
         try:
             if self._writer is not None:
                 self._writer.close()
-            plot_curves(self.steps.rows(), self.epochs.rows(), self.run_dir / "curves.png")
+            plot_curves(self.steps.rows(), self.epochs.rows(), self.run_dir / "curves.png", self.unit)
         finally:
             log.removeHandler(self._handler)
             self._handler.close()
@@ -218,9 +222,11 @@ def _numbers(rows: list[dict[str, str]], x: str, y: str) -> tuple[list[float], l
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]], path: Path) -> Path | None:
+def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]], path: Path,
+                unit: str = "epoch") -> Path | None:
     """Write a PNG: train loss per logged step (and per epoch), and every validation metric per
-    epoch. Nothing is written when there is nothing to draw (a run stopped before its first log)."""
+    epoch (or per ``unit``: a streaming run's chunk, validated before it is trained on). Nothing is
+    written when there is nothing to draw (a run stopped before its first log)."""
     if not step_rows and not epoch_rows:
         return None
     from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
@@ -233,9 +239,9 @@ def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]
         loss_axes.plot(steps, losses, linewidth=1, label="train loss (per logged step)")
         loss_axes.set_xlabel("step")
     else:
-        epochs, losses = _numbers(epoch_rows, "epoch", "train_loss")
-        loss_axes.plot(epochs, losses, marker="o", label="train loss (per epoch)")
-        loss_axes.set_xlabel("epoch")
+        epochs, losses = _numbers(epoch_rows, unit, "train_loss")
+        loss_axes.plot(epochs, losses, marker="o", label=f"train loss (per {unit})")
+        loss_axes.set_xlabel(unit)
         loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axes.set_title("training loss")
     loss_axes.grid(alpha=0.3)
@@ -243,12 +249,12 @@ def plot_curves(step_rows: list[dict[str, str]], epoch_rows: list[dict[str, str]
     metrics = [column for column in (epoch_rows[0] if epoch_rows else {})
                if column.startswith("valid_") and column != "valid_count"]
     for column in metrics:
-        epochs, values = _numbers(epoch_rows, "epoch", column)
+        epochs, values = _numbers(epoch_rows, unit, column)
         if any(math.isfinite(value) for value in values):
             valid_axes.plot(epochs, values, marker="o", label=column.removeprefix("valid_"))
-    valid_axes.set_xlabel("epoch")
+    valid_axes.set_xlabel(unit)
     valid_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    valid_axes.set_title("validation")
+    valid_axes.set_title("validation" if unit == "epoch" else f"progressive validation (each {unit} before training)")
     valid_axes.grid(alpha=0.3)
     for axes in (loss_axes, valid_axes):
         if axes.get_legend_handles_labels()[0]:

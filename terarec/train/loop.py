@@ -38,7 +38,7 @@ from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, build_task, task_class
 
 log = logging.getLogger("terarec")
+T = TypeVar("T")
 
 CHECKPOINT_FORMAT = "terarec.checkpoint.v2"
 STATE_FORMAT = "terarec.state.v1"
@@ -82,7 +83,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(_json_safe(value), indent=2))
     tmp.replace(path)
@@ -107,7 +108,7 @@ def write_status(run_dir: Path, status: str, reason: str = "") -> None:
     record = {"status": status, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if reason:
         record["reason"] = reason
-    _write_json(run_dir / "status.json", record)
+    write_json(run_dir / "status.json", record)
 
 
 def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
@@ -160,6 +161,41 @@ class LearningRates:
         self.step(global_step)
 
 
+def dense_optimizer(task: Task) -> torch.optim.Optimizer:
+    """Adam over the model's parameters (the fused tables are not among them)."""
+    config = task.config
+    return torch.optim.Adam(task.model.parameters(), lr=config.train.learning_rate,
+                            weight_decay=config.train.weight_decay)
+
+
+def make_optimizer(task: Task) -> tuple[torch.optim.Optimizer, LearningRates]:
+    """Adam over the model's parameters, and the learning rates it moves together with the fused tables'."""
+    optimizer = dense_optimizer(task)
+    return optimizer, learning_rates(optimizer, task)
+
+
+def learning_rates(optimizer: torch.optim.Optimizer, task: Task) -> LearningRates:
+    """The schedule that moves ``optimizer``'s rates together with the fused tables'."""
+    config = task.config
+    return LearningRates(optimizer, task.model, config.train.warmup_steps,
+                         config.embedding.learning_rate or config.train.learning_rate)
+
+
+def train_step(task: Task, optimizer: torch.optim.Optimizer, batch: Any,
+               loss_of: Callable[[Any], torch.Tensor] | None = None, weight: float = 1.0) -> float:
+    """One optimisation step on ``batch`` (the fused tables update inside backward); returns the loss.
+
+    ``loss_of`` replaces ``task.loss`` (a distributed run's model wrapper); ``weight`` scales the
+    loss's gradient (0 for a process's padding step in a distributed epoch, whose loss counts 0).
+    """
+    loss = (loss_of or task.loss)(batch)
+    penalty = embedding_penalty(task.model, task.config.embedding.regularization)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * weight if penalty is None else loss * weight + penalty).backward()
+    optimizer.step()
+    return loss.item() if weight else 0.0
+
+
 # ---- checkpoints
 
 
@@ -175,14 +211,14 @@ def checkpoint_payload(task: Task, epoch: int, metrics: dict[str, float]) -> dic
     }
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
@@ -264,8 +300,7 @@ class Trainer:
         self.optimizer = None
         if self.trainable:
             self.optimizer = self._make_optimizer()
-            self.rates = LearningRates(self.optimizer, model, self.config.train.warmup_steps,
-                                       self.config.embedding.learning_rate or self.config.train.learning_rate)
+            self.rates = learning_rates(self.optimizer, task)
         if state is not None:
             self._restore(state)
 
@@ -273,8 +308,7 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the dense parameters (and the tables kept as parameters)."""
-        return torch.optim.Adam(self.task.model.parameters(), lr=self.config.train.learning_rate,
-                                weight_decay=self.config.train.weight_decay)
+        return dense_optimizer(self.task)
 
     def _loss(self, batch: Any) -> torch.Tensor:
         return self.task.loss(batch)
@@ -300,7 +334,7 @@ class Trainer:
             "inputs": self.task.record,
             "model": self.task.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "position": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                          "rate_scale": self.rates.scale, "stale": self.stale, "best_epoch": self.best_epoch,
                          "best_value": self.best_value, **{f"sum_{k}": v for k, v in self.sums.items()}},
@@ -310,7 +344,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.restore_position(state)
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def restore_position(self, state: dict[str, Any]) -> None:
         """Epoch, step, best epoch, sums, record and learning rates of a saved state."""
@@ -328,7 +362,7 @@ class Trainer:
         save_checkpoint(self.run_dir / "state.pt", self.state_payload())
 
     def write_record(self) -> None:
-        _write_json(self.run_dir / "metrics.json", self.record)
+        write_json(self.run_dir / "metrics.json", self.record)
 
     # -- the run
 
@@ -392,12 +426,7 @@ class Trainer:
             if config.train.max_steps_per_epoch and self.step_in_epoch >= config.train.max_steps_per_epoch:
                 break
             factor = self.rates.step(self.global_step)
-            loss = self._loss(batch)
-            penalty = embedding_penalty(model, config.embedding.regularization)
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss * weight if penalty is None else loss * weight + penalty).backward()
-            self.optimizer.step()
-            value = loss.item() if weight else 0.0
+            value = train_step(self.task, self.optimizer, batch, self._loss, weight)
             sums["loss"] += value
             sums["window_loss"] += value
             sums["window_steps"] += 1
@@ -450,11 +479,12 @@ class Trainer:
         self.save_state()
 
 
-def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any] | None) -> RunResult:
-    logs = RunLogs(run_dir, progress=progress, resume=state is not None)
+def run_in_folder(run_dir: Path, logs: RunLogs, body: Callable[[], T]) -> T:
+    """Run ``body`` as the run of ``run_dir``: ``status.json`` says running, then finished or failed
+    (with the reason; the traceback goes to ``train.log``); the logs are closed either way."""
     write_status(run_dir, "running")
     try:
-        result = Trainer(task, run_dir, logs, state).run()
+        result = body()
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
         write_status(run_dir, "failed", reason)
@@ -466,6 +496,11 @@ def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any]
         logs.close()
     write_status(run_dir, "finished")
     return result
+
+
+def _run(task: Task, run_dir: Path, progress: bool | None, state: dict[str, Any] | None) -> RunResult:
+    logs = RunLogs(run_dir, progress=progress, resume=state is not None)
+    return run_in_folder(run_dir, logs, lambda: Trainer(task, run_dir, logs, state).run())
 
 
 def train(config: ExperimentConfig, progress: bool | None = None, run_dir: Path | None = None) -> RunResult:
@@ -496,6 +531,20 @@ def resume(run_dir: str | Path, progress: bool | None = None, data_path: str | P
     """Continue a stopped run from its ``state.pt``; a run with no saved state yet starts again
     from its resolved config in the same folder. ``threads`` overrides ``train.threads`` (results
     repeat to the digit only at the thread count of the first run)."""
+    config, task, payload = saved_run(run_dir, STATE_FORMAT, ("position",), data_path, threads)
+    if payload is None:
+        return train(config, progress, Path(run_dir))
+    log.info("resuming %s at epoch %d, step %d", run_dir, payload["position"]["epoch"] + 1,
+             payload["position"]["step_in_epoch"])
+    return _run(task, Path(run_dir), progress, payload)
+
+
+def saved_run(run_dir: str | Path, fmt: str, keys: tuple[str, ...], data_path: str | Path | None = None,
+              threads: int | None = None) -> tuple[ExperimentConfig, Task | None, dict[str, Any] | None]:
+    """What a stopped run resumes from: its config, its task with the saved weights and the saved
+    state (``state.pt`` of format ``fmt``, with ``keys`` besides the common ones); or, for a run
+    stopped before its first save, the config of ``config.yaml`` and no task or state.
+    ``threads`` overrides ``train.threads``, and is set."""
     run_dir = Path(run_dir)
     path = run_dir / "state.pt"
     if not path.exists():
@@ -506,15 +555,13 @@ def resume(run_dir: str | Path, progress: bool | None = None, data_path: str | P
             config.data.path = str(Path(data_path).resolve())
         if threads is not None:
             config.train.threads = threads
-        return train(config, progress, run_dir)
+        return config, None, None
     payload = load_checkpoint(path)
-    _check_payload(payload, path, STATE_FORMAT, ("config_yaml", "inputs", "model", "optimizer", "rng", "position"))
+    _check_payload(payload, path, fmt, ("config_yaml", "inputs", "model", "optimizer", "rng", *keys))
     config = _config_from(payload, path, data_path)
     if threads is not None:
         config.train.threads = threads
     set_threads(config.train.threads)
     task = task_class(config.task).from_record(config, payload["inputs"])
     _load_weights(task.model, payload["model"], path, "model weights")
-    log.info("resuming %s at epoch %d, step %d", run_dir, payload["position"]["epoch"] + 1,
-             payload["position"]["step_in_epoch"])
-    return _run(task, run_dir, progress, payload)
+    return config, task, payload

@@ -35,8 +35,8 @@ from torch.utils.data import IterableDataset
 
 from terarec.config import ConfigError, ExperimentConfig
 from terarec.data import schema
-from terarec.data.batches import make_loader, process_slice
-from terarec.data.ctr_dataset import CTRDataset
+from terarec.data.batches import CTRBatch, make_loader, process_slice
+from terarec.data.ctr_dataset import CTRDataset, ctr_batch_from_table
 from terarec.data.sequence_dataset import SequenceDataset
 from terarec.data.errors import DataError
 from terarec.data.ranking import RankingDataset
@@ -137,6 +137,21 @@ class Task(ABC):
     def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
         """Metrics of the model on one split."""
 
+    # ---- streaming (terarec.stream): chunks of rows instead of a prepared dataset
+
+    @classmethod
+    def streaming_record(cls, config: ExperimentConfig) -> dict[str, Any]:
+        """The input record of a streaming run, from its config alone (no data is read up front)."""
+        raise ConfigError(f"task: terarec stream trains ctr tasks; '{cls.kind}' is not streamed yet")
+
+    def batch_from_table(self, table: pa.Table) -> Any:
+        """One batch of a chunk's rows."""
+        raise ConfigError(f"task: terarec stream trains ctr tasks; '{self.kind}' is not streamed yet")
+
+    def evaluate_batches(self, batches: Any) -> dict[str, float]:
+        """Metrics of the model on batches (a chunk's, before it is trained on)."""
+        raise ConfigError(f"task: terarec stream trains ctr tasks; '{self.kind}' is not streamed yet")
+
     @abstractmethod
     def default_monitor(self) -> str:
         """The validation metric that picks the best epoch when ``train.monitor`` is empty."""
@@ -200,6 +215,28 @@ class CTRTask(Task):
         _check_split(split)
         return evaluate_ctr(self.model, self.eval_batches(self.loader(split)), self.inputs.labels, progress=progress,
                             gather=self.gather)
+
+    @classmethod
+    def streaming_record(cls, config: ExperimentConfig) -> dict[str, Any]:
+        """Managed vocabularies of ``embedding.capacity`` rows for each sparse key: ids are admitted as
+        they stream in, so no pass over the data comes first."""
+        if config.embedding.vocabulary != "managed" or config.embedding.capacity <= 0:
+            raise ConfigError("embedding: a streaming ctr run needs vocabulary: managed and a capacity > 0 "
+                              f"(got vocabulary: {config.embedding.vocabulary}, capacity: {config.embedding.capacity})")
+        missing = [name for name in ("sparse", "labels") if not getattr(config.data, name)]
+        if missing:
+            raise ConfigError(f"data.{missing[0]}: a streaming run lists its columns (there is no dataset.yaml "
+                              "to read them from)")
+        if config.data.dense is None:
+            config.data.dense = []
+        spec = feature_spec(config, None)
+        return {"vocabularies": {name: torch.tensor([config.embedding.capacity]) for name in spec.sparse_keys}}
+
+    def batch_from_table(self, table: pa.Table) -> CTRBatch:
+        return ctr_batch_from_table(table, feature_spec(self.config, None))
+
+    def evaluate_batches(self, batches: Any) -> dict[str, float]:
+        return evaluate_ctr(self.model, batches, self.inputs.labels)
 
     def default_monitor(self) -> str:
         return "auc" if len(self.inputs.labels) == 1 else "mean_auc"

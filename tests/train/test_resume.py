@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +14,8 @@ import yaml
 from terarec.data.prepare import write_dataset
 from terarec.data.sources.base import SourceData
 from terarec.train.checkpoint import load_checkpoint
+from tests.kill import ROOT, command, environment, only_run, run_killed, steps_done
 from tests.train.test_train import _ctr_events, _sequence_events
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -62,47 +57,6 @@ def _config_file(kind: str, data: Path, tmp: Path, name: str) -> Path:
     return path
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "terarec.cli", "train", *args, "--no-progress"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def _steps_done(run_dir: Path | None) -> int:
-    if run_dir is None or not (run_dir / "steps.csv").exists():
-        return 0
-    return max(0, len((run_dir / "steps.csv").read_text().splitlines()) - 1)
-
-
-def _only_run(parent: Path) -> Path | None:
-    runs = [p for p in parent.glob("*") if p.is_dir()] if parent.exists() else []
-    return runs[0] if runs else None
-
-
-def _run_killed(config: Path, parent: Path, kill_at: list[int]) -> tuple[Path, int]:
-    """Start the run, SIGKILL it once ``steps.csv`` reaches each step of ``kill_at`` (resuming
-    in between), then let it finish; returns the run folder and the number of kills made."""
-    kills, process = 0, subprocess.Popen(_command(str(config)), env=_env(), cwd=ROOT,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for target in kill_at:
-        deadline = time.monotonic() + 120
-        while process.poll() is None and _steps_done(_only_run(parent)) < target and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if process.poll() is not None:
-            break  # finished before this kill point
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills += 1
-        run_dir = _only_run(parent)
-        process = subprocess.Popen(_command("--resume", str(run_dir)), env=_env(), cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    return _only_run(parent), kills
-
-
 def _outcome(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     summary = {"best_epoch": metrics["best_epoch"], "test": metrics["test"],
@@ -115,15 +69,16 @@ def _outcome(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def test_sigkill_at_random_steps_then_resume_matches_the_uninterrupted_run(
     kind: str, datasets: dict[str, Path], tmp_path: Path
 ) -> None:
-    whole = subprocess.run(_command(str(_config_file(kind, datasets[kind], tmp_path, "whole"))), env=_env(),
-                           cwd=ROOT, capture_output=True)
+    whole = subprocess.run(command("train", str(_config_file(kind, datasets[kind], tmp_path, "whole"))),
+                           env=environment(), cwd=ROOT, capture_output=True)
     assert whole.returncode == 0, whole.stderr.decode()[-3000:]
-    expected, expected_weights = _outcome(_only_run(tmp_path / "whole"))
-    total_steps = _steps_done(_only_run(tmp_path / "whole"))
+    expected, expected_weights = _outcome(only_run(tmp_path / "whole"))
+    total_steps = steps_done(only_run(tmp_path / "whole"))
     kill_at = sorted(np.random.default_rng(11 if kind == "ctr" else 12).choice(
         np.arange(3, total_steps - 3), size=3, replace=False).tolist())
 
-    run_dir, kills = _run_killed(_config_file(kind, datasets[kind], tmp_path, "killed"), tmp_path / "killed", kill_at)
+    run_dir, kills = run_killed("train", _config_file(kind, datasets[kind], tmp_path, "killed"), tmp_path / "killed",
+                                kill_at)
 
     assert kills >= 1
     resumed, resumed_weights = _outcome(run_dir)

@@ -1,0 +1,196 @@
+"""Streaming training on the daily synthetic log: speed, memory per day, vocabulary churn, staleness.
+
+Generates ``--days`` days of ``--events-per-day`` events (``terarec.data.sources.synthetic_daily``:
+new users and items every day, items age out, interests drift), then streams
+``configs/stream/<model>.yaml`` over them, one chunk per day, with ``--threads`` threads, and
+reports per day:
+
+- ``events_per_s``: training events per second of the streaming run (and the whole pass's rate,
+  evaluation, commits and deltas included);
+- ``rss_mb``: the process's resident memory at the end of each day (after its commit); the need is a
+  slope after day 3 below 1% of day 3's RSS per day (least squares over days 3..D);
+- the vocabulary: rows held, ids admitted and evicted per day (all features);
+- next-day AUC (each day scored before it is trained on) of (a) the streaming model, (b) the same
+  model frozen after day 1 (``stream.train_chunks=1``), (c) a model trained from scratch on the
+  3 days before, for each day; the need is (a) > (b) on every day after day 3;
+- the size of each day's embedding delta beside the base bundle's weights, and the seconds to
+  apply the last delta to the bundle with the earlier ones applied.
+
+    python bench/stream.py                      # 30 days x 3.4M events (100M; hours on 2 cores)
+    python bench/stream.py --events-per-day 300000
+    python bench/stream.py --quick              # 3 days x 200k events
+    python bench/stream.py --events-per-day 1000000 --capacity 300000 --skip-window   # without (c)
+
+Prints progress, then one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import terarec  # noqa: E402,F401  (before torch: passive OpenMP waits)
+import numpy as np  # noqa: E402
+
+from terarec.data.sources.synthetic_daily import DailyConfig, write_daily  # noqa: E402
+from terarec.serve.bundle import load_bundle  # noqa: E402
+from terarec.serve.delta import apply_delta  # noqa: E402
+from terarec.stream.loop import folder_source, stream  # noqa: E402
+from terarec.train.experiment import load_config  # noqa: E402
+
+WINDOW_DAYS = 3
+
+
+def rss_mb() -> float:
+    """This process's resident set (VmRSS), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class MeasuredSource:
+    """A chunk source that notes the RSS each time the run asks for the next chunk (after a commit)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.rss = inner, []
+
+    def next_chunk(self, after):
+        if after is not None:
+            self.rss.append(round(rss_mb(), 1))
+        return self.inner.next_chunk(after)
+
+
+def config_for(args: argparse.Namespace, data: Path, runs: Path, name: str, **stream_options):
+    overrides = [f"data.path={data}", f"run_dir={runs}", f"name={name}", f"train.threads={args.threads}",
+                 f"embedding.capacity={args.capacity}", f"train.seed={args.seed}", "train.log_every=1000"]
+    overrides += [f"stream.{key}={value}" for key, value in stream_options.items()]
+    return load_config(ROOT / "configs" / "stream" / f"{args.model}.yaml", overrides)
+
+
+def window_folder(data: Path, days: list[str], where: Path) -> Path:
+    """A folder holding links to the given days only."""
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    for name in days:
+        os.symlink(data / name, where / name)
+    return where
+
+
+def slope_share(values: list[float], first_day: int) -> float:
+    """Least-squares slope per day over days ``first_day``.. (1-based), as a share of that day's value."""
+    tail = np.asarray(values[first_day - 1:], dtype=np.float64)
+    if tail.size < 2:
+        return float("nan")
+    slope = np.polyfit(np.arange(tail.size), tail, 1)[0]
+    return float(slope / tail[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 days of 200k events")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--events-per-day", type=int, default=3_400_000)
+    parser.add_argument("--model", default="dlrm", help="configs/stream/<model>.yaml")
+    parser.add_argument("--capacity", type=int, default=200_000, help="managed-vocabulary rows per feature")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-window", action="store_true", help="skip (c), which trains 3 days for every day")
+    parser.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
+    args = parser.parse_args()
+    if args.quick:
+        args.days, args.events_per_day = 3, 200_000
+    work = args.work or Path(tempfile.mkdtemp(prefix="terarec-stream-"))
+    data, runs = work / "days", work / "runs"
+    daily = DailyConfig(days=args.days, events_per_day=args.events_per_day,
+                        new_users_per_day=max(100, args.events_per_day // 50),
+                        new_items_per_day=max(50, args.events_per_day // 400), seed=args.seed)
+    started = time.perf_counter()
+    write_daily(daily, data, overwrite=True)
+    generate_seconds = time.perf_counter() - started
+    print(f"generated {args.days} days x {args.events_per_day:,} events in {generate_seconds:.0f}s", flush=True)
+
+    # (a) the streaming model
+    config = config_for(args, data, runs, "streaming")
+    source = MeasuredSource(folder_source(config))
+    started = time.perf_counter()
+    result = stream(config, progress=False, source=source)
+    pass_seconds = time.perf_counter() - started
+    source.rss.append(round(rss_mb(), 1))
+    chunks = result.chunks
+    streaming_auc = [c["valid"]["auc"] for c in chunks]
+    print(f"streaming: {pass_seconds:.0f}s, next-day auc {[round(a, 4) for a in streaming_auc]}", flush=True)
+
+    # deltas: size per day beside the base bundle's weights; time to apply the last one
+    run_dir = result.run_dir
+    deltas = sorted((run_dir / "deltas").iterdir())
+    delta_bytes = [sum(f.stat().st_size for f in d.iterdir()) for d in deltas]
+    base_bytes = (run_dir / "bundle" / "ranking" / "weights.safetensors").stat().st_size
+    bundle = load_bundle(run_dir / "bundle", threads=args.threads)
+    for delta in deltas[:-1]:
+        bundle = apply_delta(bundle, delta)
+    started = time.perf_counter()
+    apply_delta(bundle, deltas[-1])
+    apply_seconds = time.perf_counter() - started
+
+    # (b) frozen after day 1
+    frozen = stream(config_for(args, data, runs, "frozen", train_chunks=1, delta_every=0), progress=False).chunks
+    frozen_auc = [c["valid"]["auc"] for c in frozen]
+    print(f"frozen after day 1: next-day auc {[round(a, 4) for a in frozen_auc]}", flush=True)
+
+    # (c) from scratch on the 3 days before each day
+    names = [c["name"] for c in chunks]
+    window_auc: list[float | None] = [None]
+    for day in range(1, 0 if args.skip_window else len(names)):
+        days = names[max(0, day - WINDOW_DAYS):day + 1]
+        folder = window_folder(data, days, work / "window")
+        trained = stream(config_for(args, folder, runs, f"window-{day:03d}", train_chunks=len(days) - 1,
+                                    delta_every=0), progress=False).chunks
+        window_auc.append(trained[-1]["valid"]["auc"])
+        print(f"window of {len(days) - 1} days before day {day + 1}: auc {window_auc[-1]:.4f}", flush=True)
+
+    trained_rows = sum(c["rows"] for c in chunks)
+    train_seconds = sum(c["train_seconds"] for c in chunks)
+    after_day3 = range(3, len(chunks))  # 0-based days 3.. are the days after day 3
+    summary = {
+        "benchmark": "stream", "model": args.model, "days": args.days, "events_per_day": args.events_per_day,
+        "events": trained_rows, "threads": args.threads, "capacity_per_feature": args.capacity,
+        "load_average": os.getloadavg()[0],
+        "generate_seconds": round(generate_seconds, 1), "pass_seconds": round(pass_seconds, 1),
+        "train_events_per_s": round(trained_rows / max(train_seconds, 1e-9)),
+        "pass_events_per_s": round(trained_rows / pass_seconds),
+        "projected_hours_for_100M": round(100e6 / (trained_rows / pass_seconds) / 3600, 2),
+        "per_day": {
+            "events_per_s": [c["examples_per_s"] for c in chunks],
+            "rss_mb": source.rss,
+            "vocabulary_size": [c["vocab"]["size"] for c in chunks],
+            "admitted": [c["vocab"]["admitted"] for c in chunks],
+            "evicted": [c["vocab"]["evicted"] for c in chunks],
+            "auc_streaming": streaming_auc, "auc_frozen_after_day1": frozen_auc, "auc_window_3_days": window_auc,
+            "delta_bytes": delta_bytes,
+        },
+        "rss_slope_share_per_day_after_day3": slope_share(source.rss, 3) if len(source.rss) >= 4 else None,
+        "streaming_beats_frozen_every_day_after_day3": (all(streaming_auc[d] > frozen_auc[d] for d in after_day3)
+                                                        if len(chunks) > 3 else None),
+        "mean_auc": {"streaming": float(np.mean(streaming_auc[1:])), "frozen": float(np.mean(frozen_auc[1:])),
+                     "window": float(np.mean(window_auc[1:])) if len(window_auc) > 1 else None},
+        "base_bundle_weights_bytes": base_bytes,
+        "delta_share_of_full_mean": round(float(np.mean(delta_bytes)) / base_bytes, 4),
+        "apply_last_delta_seconds": round(apply_seconds, 3),
+    }
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""A small daily log and a streaming config over it, shared by the stream tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from terarec.data.sources.synthetic_daily import DailyConfig, write_daily
+
+DAILY = DailyConfig(days=6, events_per_day=1_500, new_users_per_day=60, new_items_per_day=30, item_lifetime_days=2,
+                    user_lifetime_days=3.0, seed=3)
+
+STREAM_CONFIG = {
+    "name": "stream", "task": "ctr",
+    "data": {"sparse": ["user_id", "item_id", "category", "device"], "dense": [], "labels": ["click"],
+             "batch_size": 64, "eval_batch_size": 512},
+    # Dropout draws from the global RNG every step: resuming must restore it.
+    "model": {"name": "dlrm", "embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [16], "dropout": 0.1},
+    "train": {"learning_rate": 0.01, "seed": 4, "threads": 1, "log_every": 1},
+    "embedding": {"vocabulary": "managed", "capacity": 150, "eviction": "ttl", "ttl_days": 1.5,
+                  "optimizer": "rowwise_adagrad", "learning_rate": 0.05},
+    "stream": {"delta_every": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def daily_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("daily") / "days"
+    write_daily(DAILY, folder)
+    return folder
+
+
+def stream_config_file(data: Path, tmp: Path, name: str, **sections: dict) -> Path:
+    """A streaming config over ``data`` writing runs under ``tmp / name``; ``sections`` update the defaults."""
+    config = json.loads(json.dumps(STREAM_CONFIG))
+    for section, values in sections.items():
+        config[section].update(values)
+    config.update(name=name, run_dir=str(tmp / name))
+    config["data"]["path"] = str(data)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
