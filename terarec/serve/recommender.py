@@ -178,7 +178,7 @@ class Recommender:
                                                   [self._request_time(q) for q in wanted])
             depth = max(self._depth(q) for q in wanted)
             seen = max((np.unique(q.items).size for q in wanted if q.exclude_seen), default=0)
-            scores, positions = part.index.search(vectors, min(depth + seen, part.item_raw_ids.size))
+            scores, positions = part.search(vectors, min(depth + seen, part.item_raw_ids.size))
             for query, row_scores, row_positions in zip(wanted, scores, positions):
                 keep = row_positions >= 0
                 ids, values = part.item_raw_ids[row_positions[keep]], row_scores[keep]
