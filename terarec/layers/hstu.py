@@ -214,7 +214,10 @@ class HistoryCache:
 
 
 def _time_bias(
-    timestamps: torch.Tensor | None, cached_timestamps: torch.Tensor | None, cached_lengths: torch.Tensor, num_buckets: int
+    timestamps: torch.Tensor | None,
+    cached_timestamps: torch.Tensor | None,
+    cached_lengths: torch.Tensor,
+    num_buckets: int,
 ) -> bool:
     """Whether tokens appended to cached histories get a time bias; raises when only one side has times
     (an empty history has every time it needs)."""
@@ -399,7 +402,8 @@ class CandidateLayout:
         self.candidate_length = int(num_candidates.max()) if batch else 0
         self.history_length = int(lengths.max()) if batch else 0
         if batch and self.history_length >= max_length:
-            raise ValueError(f"a sequence of {self.history_length + 1} positions is longer than max_length {max_length}")
+            raise ValueError(f"a sequence of {self.history_length + 1} positions is longer than max_length "
+                             f"{max_length}")
         self.candidate_index = padded_index(num_candidates, self.candidate_length)
         self.history_index = padded_index(lengths, self.history_length)
         self.history_mask = padding_mask(lengths, self.history_length)  # (B, n)
