@@ -437,7 +437,7 @@ def serve_command(
     port: int = typer.Option(8000, min=1, max=65535),
     workers: int = typer.Option(1, min=1, help="Server processes, each with the bundle loaded."),
     max_batch: int = typer.Option(32, min=1, help="Queries answered together (1: no batching)."),
-    max_wait_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for more queries."),
+    max_wait_ms: float = typer.Option(2.0, min=0, help="A batch closes once no query has come for this long (at most 5x this after its first)."),
     queue_size: int = typer.Option(256, min=1, help="Queries waiting at most; beyond, 503 with Retry-After."),
     num_candidates: int = typer.Option(256, min=1, help="Items retrieved for ranking."),
     threads: Threads = 0,

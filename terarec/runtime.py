@@ -136,10 +136,13 @@ def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) 
 
 
 def configure_threads(threads: int = 0) -> int:
-    """Use ``threads`` threads for torch's intra-op pool and pyarrow's CPU pool (0 = ``cpu_quota()``).
+    """Use ``threads`` threads for torch's intra-op pool and pyarrow's CPU pool (0 = ``cpu_quota()``),
+    and for faiss's OpenMP searches in the calling thread when faiss is loaded.
 
     The inter-op pool is sized too while torch still allows it (before any inter-op work has
-    run in this process; afterwards it keeps its size). Returns the thread count in force.
+    run in this process; afterwards it keeps its size). faiss keeps its thread count per thread
+    (OpenMP's), so a thread that searches calls this itself: a server's compute thread does.
+    Returns the thread count in force.
     """
     import pyarrow
     import torch
@@ -152,6 +155,9 @@ def configure_threads(threads: int = 0) -> int:
         except RuntimeError:  # already started: torch refuses a second sizing, and it is harmless
             pass
     pyarrow.set_cpu_count(threads)
+    faiss = sys.modules.get("faiss")  # not imported here: training never loads it
+    if faiss is not None:
+        faiss.omp_set_num_threads(threads)
     return threads
 
 

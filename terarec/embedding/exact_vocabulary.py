@@ -41,10 +41,18 @@ class ExactVocabulary(nn.Module):
         return int(self.ids.numel()) + 1
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.ids.numel() == 0:
-            self.unknown_count += ids.numel()
-            return torch.zeros_like(ids)
-        position = torch.searchsorted(self.ids, ids).clamp_(max=self.ids.numel() - 1)
-        known = self.ids[position] == ids
+        position, known = self._find(ids)
         self.unknown_count += (~known).sum()
         return torch.where(known, position + 1, torch.zeros_like(position))
+
+    def contains(self, ids: torch.Tensor) -> torch.Tensor:
+        """Whether each id is known (not counted): a binary search in the sorted ids, where
+        ``torch.isin`` would sort the whole vocabulary on every call."""
+        return self._find(ids)[1]
+
+    def _find(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each id's position in the sorted ids and whether it is there."""
+        if self.ids.numel() == 0:
+            return torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+        position = torch.searchsorted(self.ids, ids).clamp_(max=self.ids.numel() - 1)
+        return position, self.ids[position] == ids

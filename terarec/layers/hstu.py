@@ -27,10 +27,11 @@ none in training), and the last ``num_candidates`` tokens of each sequence may b
 A candidate sees the history and itself only, never another candidate, and gets the relative
 bias of the token right after the history (position gap ``n - j`` to history key j, 0 to
 itself). M-FALCON (the paper's section 3.4, "Microbatched-Fast Attention Leveraging Cacheable
-OperatioNs") is this op with the history cached once and the candidates fed in micro-batches
-(``HSTUStack.cache_history`` then ``HSTUStack.score_candidates``): each candidate's output equals
-the stack's output at the last position of history + [candidate], at the cost of one history
-pass plus O(m (n + b) d) attention instead of O(m n^2 d).
+OperatioNs") caches the history once (``HSTUStack.cache_history``), then scores the candidates
+(``HSTUStack.score_candidates``) with ``candidate_attention``, the same attention without the
+masked block between candidates: each candidate's output equals the stack's output at the last
+position of history + [candidate], at the cost of one history pass plus O(m n d) attention
+instead of O(m n^2 d).
 
 Example:
     >>> stack = HSTUStack(HSTUStack.Options(embedding_dim=16, max_length=20)).eval()
@@ -58,10 +59,11 @@ from terarec.layers.hstu_blocked import (
     lookup,
     time_buckets,
 )
-from terarec.layers.jagged import offsets_of, padded_index, positions, to_jagged, to_padded
+from terarec.layers.jagged import offsets_of, padded_index, padding_mask, positions, to_jagged, to_padded
 
-__all__ = ["TIME_BUCKET_WIDTH", "AttentionLayout", "HSTULayer", "HSTUStack", "HistoryCache", "RelativeBias",
-           "blocked_hstu_attention", "causal_mask", "hstu_attention", "time_buckets"]
+__all__ = ["TIME_BUCKET_WIDTH", "AttentionLayout", "CandidateLayout", "HSTULayer", "HSTUStack", "HistoryCache",
+           "RelativeBias", "blocked_hstu_attention", "candidate_attention", "causal_mask", "hstu_attention",
+           "time_buckets"]
 
 ATTENTION_KINDS = ("blocked", "reference")
 
@@ -115,6 +117,56 @@ def hstu_attention(
     return (out, weights) if return_weights else out
 
 
+def candidate_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    history_keys: torch.Tensor,
+    history_values: torch.Tensor,
+    history_mask: torch.Tensor,
+    history_bias: torch.Tensor | None,
+    own_bias: torch.Tensor | None,
+    scale_length: int,
+    softmax: bool = False,
+) -> torch.Tensor:
+    """Eq. (2) for candidates that each see their user's history and themselves only (M-FALCON).
+
+    ``hstu_attention`` of candidates appended after the history under ``AttentionLayout``'s mask,
+    without the masked (m, m) block between candidates: one product against the history and one
+    dot product with the candidate's own key.
+
+    Args:
+        queries, keys, values: (B, H, m, width) the candidates' own.
+        history_keys, history_values: (B, H, n, width), zeros past each history's end.
+        history_mask: (B, n) True on a real history key (softmax only: in pointwise mode a padded
+            key's zero value adds nothing).
+        history_bias: broadcastable to (B, H, m, n), or None.
+        own_bias: broadcastable to (B, H, m): the bias of each candidate to itself, or None.
+        scale_length: n, the divisor of the pointwise weights.
+        softmax: softmax(Q K^T / sqrt(d_qk) + rab) instead of the pointwise SiLU.
+
+    Returns:
+        (B, H, m, d_v) attended values.
+    """
+    history_logits = queries @ history_keys.transpose(-1, -2)  # (B, H, m, n)
+    own_logits = (queries * keys).sum(-1)  # (B, H, m)
+    if softmax:
+        scale = 1.0 / math.sqrt(queries.shape[-1])
+        history_logits.mul_(scale)
+        own_logits.mul_(scale)
+    if history_bias is not None:
+        history_logits.add_(history_bias)
+    if own_bias is not None:
+        own_logits.add_(own_bias)
+    if softmax:
+        hidden = ~history_mask[:, None, None, :]
+        logits = torch.cat([history_logits.masked_fill_(hidden, -torch.inf), own_logits.unsqueeze(-1)], dim=-1)
+        weights = torch.softmax(logits, dim=-1)
+        return weights[..., :-1] @ history_values + weights[..., -1:] * values
+    attended = F.silu(history_logits, inplace=True) @ history_values
+    return attended.addcmul_(F.silu(own_logits).unsqueeze(-1), values).div_(scale_length)
+
+
 class RelativeBias(nn.Module):
     """rab^{p,t}: a learned scalar per relative position plus one per log-scale time-gap bucket.
 
@@ -159,6 +211,23 @@ class HistoryCache:
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]
     lengths: torch.Tensor
     timestamps: torch.Tensor | None
+
+
+def _time_bias(
+    timestamps: torch.Tensor | None,
+    cached_timestamps: torch.Tensor | None,
+    cached_lengths: torch.Tensor,
+    num_buckets: int,
+) -> bool:
+    """Whether tokens appended to cached histories get a time bias; raises when only one side has times
+    (an empty history has every time it needs)."""
+    if num_buckets <= 0:
+        return False
+    if timestamps is not None and cached_timestamps is None and bool((cached_lengths > 0).any()):
+        raise ValueError("these tokens have timestamps but the cached history has none")
+    if timestamps is None and cached_timestamps is not None and bool((cached_lengths > 0).any()):
+        raise ValueError("the cached history has timestamps: give these tokens' timestamps too")
+    return timestamps is not None
 
 
 class AttentionLayout:
@@ -237,16 +306,12 @@ class AttentionLayout:
         # The blocked attention's time buckets per tile, shared by the layers when small enough.
         small = batch * self.query_length * self.key_length <= BUCKET_CACHE_ELEMENTS
         self.tile_buckets: dict[tuple, torch.Tensor] | None = {} if small else None
-        if timestamps is not None and num_buckets > 0:
+        if _time_bias(timestamps, cached_timestamps, cached, num_buckets):
             if cached_lengths is not None and cached_timestamps is None:
-                if bool((cached > 0).any()):
-                    raise ValueError("these tokens have timestamps but the cached history has none")
                 cached_timestamps = timestamps[:0]
             query_timestamps = timestamps if query_timestamps is None else query_timestamps
             self.query_times = to_padded(query_timestamps, self.query_index, batch, self.query_length)
             self.key_times = self.keys(timestamps, cached_timestamps)
-        elif cached_timestamps is not None and num_buckets > 0 and bool((cached > 0).any()):
-            raise ValueError("the cached history has timestamps: give these tokens' timestamps too")
 
     @cached_property
     def _query_and_key_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,6 +367,86 @@ class AttentionLayout:
             return values
         flat = values.new_zeros((int(self.total_lengths.sum()),) + tuple(values.shape[1:]))
         return flat.index_copy_(0, self.cached_flat, cached).index_copy_(0, self.new_flat, values)
+
+
+class CandidateLayout:
+    """Where the candidates of one ``HSTUStack.score_candidates`` call sit beside their users' cached
+    histories, and the indexes of their relative bias; computed once per call, shared by the layers.
+
+    Each user's candidates are padded to (B, m), its history to (B, n). A candidate sits at the
+    position right after its history (L, the history's length): it sees history key j with the
+    position gap L - j and itself with gap 0, as ``AttentionLayout`` places appended candidates.
+    When every candidate of a user queries at one time (a request's), the time buckets against the
+    history are one (B, 1, n) row shared by the candidates instead of (B, m, n).
+
+    Args:
+        cache: the users' histories (B of them).
+        num_candidates: (B,) candidates per user.
+        max_length: n of the stack: a history's length must be below it.
+        num_buckets: time buckets of the bias.
+        timestamps: (M,) the candidates' own times (their keys'), or None: no time bias.
+        query_timestamps: (M,) the time each candidate queries at (default its own).
+    """
+
+    def __init__(
+        self,
+        cache: HistoryCache,
+        num_candidates: torch.Tensor,
+        max_length: int,
+        num_buckets: int,
+        timestamps: torch.Tensor | None = None,
+        query_timestamps: torch.Tensor | None = None,
+    ) -> None:
+        lengths = cache.lengths
+        self.batch = batch = lengths.numel()
+        self.candidate_length = int(num_candidates.max()) if batch else 0
+        self.history_length = int(lengths.max()) if batch else 0
+        if batch and self.history_length >= max_length:
+            raise ValueError(f"a sequence of {self.history_length + 1} positions is longer than max_length "
+                             f"{max_length}")
+        self.candidate_index = padded_index(num_candidates, self.candidate_length)
+        self.history_index = padded_index(lengths, self.history_length)
+        self.history_mask = padding_mask(lengths, self.history_length)  # (B, n)
+        history_keys = torch.arange(self.history_length, device=lengths.device)
+        self.history_relative = (lengths.unsqueeze(1) - history_keys).unsqueeze(1)  # (B, 1, n)
+        self.own_relative = torch.zeros(batch, self.candidate_length, dtype=torch.long, device=lengths.device)
+        self.history_buckets = self.own_buckets = None  # (B, m or 1, n) and (B, m)
+        if _time_bias(timestamps, cache.timestamps, lengths, num_buckets):
+            query_times = self.candidates(timestamps if query_timestamps is None else query_timestamps)  # (B, m)
+            self.own_buckets = time_buckets(query_times - self.candidates(timestamps), num_buckets)
+            history_times = timestamps[:0] if cache.timestamps is None else cache.timestamps
+            key_times = to_padded(history_times, self.history_index, batch, self.history_length)  # (B, n)
+            real = padding_mask(num_candidates, self.candidate_length)
+            if bool(((query_times == query_times[:, :1]) | ~real).all()):
+                query_times = query_times[:, :1]
+            self.history_buckets = time_buckets(query_times.unsqueeze(2) - key_times.unsqueeze(1), num_buckets)
+
+    def candidates(self, values: torch.Tensor) -> torch.Tensor:
+        """(M, ...) the candidates' values -> (B, m, ...) padded."""
+        return to_padded(values, self.candidate_index, self.batch, self.candidate_length)
+
+    def jagged(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, m, ...) padded -> (M, ...) the candidates' rows."""
+        return to_jagged(padded, self.candidate_index)
+
+    def history(self, values: torch.Tensor, heads: int) -> torch.Tensor:
+        """(N, H * width) a layer's cached keys or values, jagged -> (B, H, n, width), zeros past each end."""
+        padded = to_padded(values, self.history_index, self.batch, self.history_length)
+        return _split_heads(padded, heads)
+
+    def biases(self, bias: RelativeBias, columns: slice) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A layer's bias of the candidates in ``columns`` of the padding: against the history
+        (B, 1, b or 1, n) and to themselves (B, 1, b), or None."""
+        history_buckets = self.history_buckets
+        if history_buckets is not None and history_buckets.shape[1] > 1:
+            history_buckets = history_buckets[:, columns]
+        own_buckets = None if self.own_buckets is None else self.own_buckets[:, columns]
+        return bias(self.history_relative, history_buckets), bias(self.own_relative[:, columns], own_buckets)
+
+
+def _split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, H * width) -> (B, H, T, width), a view."""
+    return tokens.view(tokens.shape[0], tokens.shape[1], heads, tokens.shape[2] // heads).transpose(1, 2)
 
 
 class HSTULayer(nn.Module):
@@ -367,9 +512,6 @@ class HSTULayer(nn.Module):
         u, v, q, k = torch.split(F.silu(self.f1(self.input_norm(x))), sizes, dim=-1)  # eq. (1)
         cached_keys, cached_values = cached if cached is not None else (None, None)
 
-        def heads(t: torch.Tensor, width: int) -> torch.Tensor:  # (B, T, H*w) -> (B, H, T, w)
-            return t.view(t.shape[0], t.shape[1], h, width).transpose(1, 2)
-
         queries, keys, values = layout.queries(q), layout.keys(k, cached_keys), layout.keys(v, cached_values)
         dropout = self.attention_dropout if self.training else 0.0
         if self.attention == "blocked" and dropout == 0.0:
@@ -382,9 +524,9 @@ class HSTULayer(nn.Module):
             )  # (B, Tq, H, d_v)
         else:
             attended = hstu_attention(
-                heads(queries, self.attention_dim),
-                heads(keys, self.attention_dim),
-                heads(values, self.linear_dim),
+                _split_heads(queries, h),
+                _split_heads(keys, h),
+                _split_heads(values, h),
                 layout.mask.unsqueeze(1),
                 self.bias(layout.relative, layout.buckets),
                 scale_length=self.max_length,
@@ -395,6 +537,28 @@ class HSTULayer(nn.Module):
         attended = to_jagged(attended, layout.query_index)  # (N, H * d_v)
         y = x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
         return y, (k, v)
+
+    def forward_candidates(
+        self,
+        x: torch.Tensor,
+        layout: CandidateLayout,
+        history_keys: torch.Tensor,
+        history_values: torch.Tensor,
+        columns: slice,
+    ) -> torch.Tensor:
+        """Eqs. (1)-(3) for (B, b, d) padded candidate tokens (``columns`` of ``layout``'s padding),
+        each seeing its user's cached history, (B, H, n, width) keys and values, and itself only.
+        Inference only (no dropout)."""
+        h = self.num_heads
+        sizes = [h * self.linear_dim, h * self.linear_dim, h * self.attention_dim, h * self.attention_dim]
+        u, v, q, k = torch.split(F.silu(self.f1(self.input_norm(x))), sizes, dim=-1)  # eq. (1)
+        history_bias, own_bias = layout.biases(self.bias, columns)
+        attended = candidate_attention(
+            _split_heads(q, h), _split_heads(k, h), _split_heads(v, h), history_keys, history_values,
+            layout.history_mask, history_bias, own_bias, self.max_length, self.softmax,
+        )  # (B, H, b, d_v)
+        attended = attended.transpose(1, 2).reshape(x.shape[0], x.shape[1], h * self.linear_dim)
+        return x + self.f2(self.attention_norm(attended) * u)  # eq. (3)
 
 
 class HSTUStack(nn.Module):
@@ -537,10 +701,11 @@ class HSTUStack(nn.Module):
     ) -> torch.Tensor:
         """The stack's output for each candidate as if appended alone to its user's cached history.
 
-        M-FALCON's second step: each user's candidates go in micro-batches of ``micro_batch``, the
-        micro-batches of all users in one call, every token a candidate; ``micro_batch`` trades
-        memory (b x (n + b) weights per head and user) for fewer, larger products and does not
-        change the results.
+        M-FALCON's second step, in the attention of ``candidate_attention``: a candidate sees the
+        history and itself, never another candidate, so the candidates of all users go through each
+        layer together, one (B, H, b, n) product against the padded histories per micro-batch of
+        ``micro_batch`` candidates per user; ``micro_batch`` bounds that memory and does not change
+        the results.
 
         Args:
             cache: from ``cache_history`` (B users).
@@ -566,16 +731,18 @@ class HSTUStack(nn.Module):
                              f"candidates, {m} in all")
         if micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
-        outputs = candidates.new_zeros(m, candidates.shape[1])
-        round_of = positions(num_candidates) // micro_batch  # which micro-batch each candidate goes in
-        rounds = -(-int(num_candidates.max()) // micro_batch) if users and m else 0
-        for index in range(rounds):
-            chosen = torch.nonzero(round_of == index).squeeze(1)  # users stay in the cache's order
-            count = (num_candidates - index * micro_batch).clamp(0, micro_batch)
-            times = None if timestamps is None else timestamps[chosen]
-            queries = None if query_timestamps is None else query_timestamps[chosen]
-            outputs[chosen] = self(candidates[chosen], count, times, queries, num_candidates=count, cache=cache)
-        return outputs
+        layout = CandidateLayout(cache, num_candidates, self.options.max_length, self.options.num_buckets,
+                                 timestamps, query_timestamps)
+        histories = [(layout.history(keys, layer.num_heads), layout.history(values, layer.num_heads))
+                     for layer, (keys, values) in zip(self.layers, cache.keys_values, strict=True)]
+        padded = layout.candidates(candidates)  # (B, m, d)
+        for start in range(0, layout.candidate_length, micro_batch):
+            columns = slice(start, start + micro_batch)
+            x = padded[:, columns]
+            for layer, (keys, values) in zip(self.layers, histories):
+                x = layer.forward_candidates(x, layout, keys, values, columns)
+            padded[:, columns] = x
+        return layout.jagged(padded)
 
     def _check_eval(self) -> None:
         if self.training:

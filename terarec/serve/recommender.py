@@ -34,6 +34,7 @@ import torch
 from terarec.data import schema
 from terarec.data.history import history_column
 from terarec.data.ranking import RankingColumns
+from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.features.hashing import hash_array
 from terarec.serve.bundle import Bundle, BundlePart
 from terarec.train.tasks import RankingTask
@@ -93,8 +94,8 @@ class Recommender:
         bundle: a loaded bundle (``load_bundle``).
         num_candidates: items retrieved for stage 2 (with a ranking part).
         rank_by: the ranking part's output ordering the answer (default its first label).
-        micro_batch: M-FALCON candidate tokens per call, shared by the users of a batch (at least
-            16 each): larger calls only grow the (users, heads, b, n + b) attention tensors.
+        micro_batch: M-FALCON candidates per user and layer call (``HSTUStack.score_candidates``):
+            it bounds the (users, heads, b, n) attention tensors; fewer, larger calls are faster.
     """
 
     def __init__(self, bundle: Bundle, num_candidates: int = 256, rank_by: str | None = None,
@@ -177,7 +178,7 @@ class Recommender:
                                                   [self._request_time(q) for q in wanted])
             depth = max(self._depth(q) for q in wanted)
             seen = max((np.unique(q.items).size for q in wanted if q.exclude_seen), default=0)
-            scores, positions = part.index.search(vectors, min(depth + seen, part.item_raw_ids.size))
+            scores, positions = part.search(vectors, min(depth + seen, part.item_raw_ids.size))
             for query, row_scores, row_positions in zip(wanted, scores, positions):
                 keep = row_positions >= 0
                 ids, values = part.item_raw_ids[row_positions[keep]], row_scores[keep]
@@ -217,10 +218,10 @@ class Recommender:
 
     def _known_to_ranker(self, candidates: np.ndarray) -> np.ndarray:
         vocabulary = self.bundle.ranking.predictor.task.inputs.vocabularies.get(schema.ITEM_ID)
-        if vocabulary is None or candidates.size == 0 or not hasattr(vocabulary, "ids"):
+        if not isinstance(vocabulary, ExactVocabulary) or candidates.size == 0:
             return candidates  # a managed vocabulary admits new ids: nothing is unknown to it
         hashed = torch.from_numpy(hash_array(pa.array(candidates), schema.ITEM_ID))
-        known = torch.isin(hashed, vocabulary.ids).numpy()
+        known = vocabulary.contains(hashed).numpy()
         self.unknown["candidates"] += int((~known).sum())
         return candidates[known]
 
@@ -308,7 +309,7 @@ class Recommender:
         with torch.no_grad():
             outputs = predictor.model.score_candidates(columns.history_batch(pa.table(piece)), hashed,
                                                        candidate_features, times, num_candidates=counts,
-                                                       micro_batch=max(16, self.micro_batch // len(answered)))
+                                                       micro_batch=self.micro_batch)
             scores = predictor.model.predict(outputs).numpy()
         bounds = np.cumsum([0, *counts.tolist()])
         for i, start, end in zip(answered, bounds, bounds[1:]):

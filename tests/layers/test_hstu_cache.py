@@ -179,3 +179,44 @@ def test_candidates_of_several_cached_users_equal_each_user_alone(micro_batch: i
     torch.testing.assert_close(got, torch.cat(expected), atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="num_candidates"):
         stack.score_candidates(cache, candidates, torch.cat([u[3] for u in users]))
+
+
+@pytest.mark.parametrize("one_request_time", [True, False])
+def test_float32_serving_sizes_equal_the_stack_with_candidates_appended(one_request_time: bool) -> None:
+    """At serving sizes in float32 (d 64, two heads, histories of up to 150 tokens, users of 40 and 64
+    candidates), ``score_candidates`` equals the stack's general attention with every user's
+    candidates appended after its history (``num_candidates``, no cache) to 1e-5; with one request
+    time per user the time buckets against the history are shared by its candidates."""
+    torch.manual_seed(0)
+    stack = HSTUStack(HSTUStack.Options(embedding_dim=64, num_layers=2, num_heads=2, dropout=0.0, max_length=160,
+                                        num_buckets=64)).eval()
+    with torch.no_grad():
+        for layer in stack.layers:
+            layer.bias.position_weights.normal_(std=0.5)
+            layer.bias.time_weights.normal_(std=0.5)
+    generator = torch.Generator().manual_seed(6)
+    history_lengths, candidate_counts = [150, 97], [40, 64]
+    sequences, times, queries, history_parts, candidate_parts = [], [], [], [], []
+    for n, m in zip(history_lengths, candidate_counts):
+        history, candidates = torch.randn(n, 64, generator=generator), torch.randn(m, 64, generator=generator)
+        history_times = torch.cumsum(torch.randint(1, 90_000, (n,), generator=generator), 0)
+        if one_request_time:
+            candidate_times = torch.full((m,), int(history_times[-1]) + 600)
+        else:
+            candidate_times = history_times[-1] + torch.randint(0, 10**6, (m,), generator=generator)
+        history_parts.append((history, history_times))
+        candidate_parts.append((candidates, candidate_times))
+        sequences.append(torch.cat([history, candidates]))
+        times.append(torch.cat([history_times, candidate_times]))
+        queries.append(torch.cat([history_times, candidate_times]))
+    counts = torch.tensor(candidate_counts)
+    with torch.no_grad():
+        full = stack(torch.cat(sequences), torch.tensor([len(s) for s in sequences]), torch.cat(times),
+                     torch.cat(queries), num_candidates=counts)
+    ends = torch.cumsum(torch.tensor([len(s) for s in sequences]), 0).tolist()
+    expected = torch.cat([full[end - m : end] for end, m in zip(ends, candidate_counts)])
+    cache = stack.cache_history(torch.cat([h for h, _ in history_parts]), torch.cat([t for _, t in history_parts]),
+                                lengths=torch.tensor(history_lengths))
+    got = stack.score_candidates(cache, torch.cat([c for c, _ in candidate_parts]),
+                                 torch.cat([t for _, t in candidate_parts]), micro_batch=48, num_candidates=counts)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

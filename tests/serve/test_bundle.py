@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from terarec.serve import Predictor
-from terarec.serve.bundle import BundleError, build_index, export_bundle, load_bundle, recall
+from terarec.serve.bundle import (BLAS_QUERIES, BundleError, BundlePart, build_index, export_bundle, load_bundle,
+                                  recall)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,23 @@ def test_hnsw_search_parameter_reaches_the_recall_target() -> None:
     _, found = index.search(queries, 100)
     assert recall(found, truth) >= 0.9  # fresh queries: near the measured recall, not tuned on them
     assert build_index(vectors, "auto")[1]["kind"] == "exact"  # small catalogues stay exact
+
+
+def test_exact_search_of_a_batch_equals_each_query_alone() -> None:
+    """A batch of ``BLAS_QUERIES`` or more goes through faiss's matrix product, a single query through
+    its scan: the same neighbours, scores equal up to float rounding, and the brute-force top k."""
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    index, _ = build_index(vectors, "exact")
+    part = BundlePart("retrieval", predictor=None, schema={}, item_raw_ids=np.arange(3000), index=index)
+    queries = rng.normal(size=(BLAS_QUERIES + 3, 16)).astype(np.float32)
+    scores, positions = part.search(queries, 50)
+    truth = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :50]
+    np.testing.assert_array_equal(positions, truth)
+    for row, query in enumerate(queries):
+        alone_scores, alone_positions = part.search(query[None], 50)
+        np.testing.assert_array_equal(alone_positions[0], positions[row])
+        np.testing.assert_allclose(alone_scores[0], scores[row], atol=1e-5)
 
 
 def test_export_command_writes_a_loadable_bundle(serve_runs: dict[str, Path], tmp_path: Path) -> None:
