@@ -193,6 +193,8 @@ class MixedDimEmbedding(nn.Module):
         feature_name: the KJT key read by ``forward``.
         init_std: std of the table rows; projections are N(0, 1 / d_band), so outputs start
             with about this std per coordinate, as a uniform table would.
+        tail_rows: rows of the last (rarest) band's table: 0 = one per row; k > 0 = the band's
+            rows share k table rows (popularity rank modulo k; 1 = one shared vector).
 
     Example:
         >>> emb = MixedDimEmbedding.from_counts(np.array([0, 90, 9, 1]), d=8, alpha=1.0, num_bands=2)
@@ -207,8 +209,11 @@ class MixedDimEmbedding(nn.Module):
         embedding_dim: int,
         feature_name: str = "feature",
         init_std: float = 0.01,
+        tail_rows: int = 0,
     ) -> None:
         super().__init__()
+        if tail_rows < 0:
+            raise ValueError(f"MixedDimEmbedding: tail_rows must be >= 0, got {tail_rows}")
         if len(dims) != bands.num_bands:
             raise ValueError(f"MixedDimEmbedding: {len(dims)} dims for {bands.num_bands} bands")
         if any(width < 1 for width in dims) or embedding_dim < 1:
@@ -217,6 +222,10 @@ class MixedDimEmbedding(nn.Module):
         self.embedding_dim = embedding_dim
         self.dims = list(dims)
         self.band_sizes = [int(size) for size in bands.sizes]
+        if tail_rows:
+            self.band_sizes[-1] = min(self.band_sizes[-1], tail_rows)
+        # Table rows of each band: a row's index in its band is taken modulo this (identity but in a shared tail).
+        self.register_buffer("band_rows", torch.tensor(self.band_sizes, dtype=torch.int64))
         self.band_keys = [f"{feature_name}@band{band}" for band in range(bands.num_bands)]
         # A row's band and index within it follow from its popularity rank: 4 bytes per row.
         rank_dtype = torch.int32 if bands.num_rows < 2**31 else torch.int64
@@ -266,7 +275,7 @@ class MixedDimEmbedding(nn.Module):
         """Band of each row and its index in that band's table."""
         rank = self.rank_of_row[rows].long()
         band = torch.bucketize(rank, self.band_starts, right=True) - 1
-        return band, rank - self.band_starts[band]
+        return band, (rank - self.band_starts[band]) % self.band_rows[band]
 
     def pooled(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sum of the projected rows of each bag: rows (N,), lengths (B,) -> (B, d)."""
@@ -306,6 +315,10 @@ class MixedDimEmbedding(nn.Module):
     def uniform_memory_bytes(self) -> int:
         """Bytes of one uniform table of the same rows at width d (same dtype)."""
         return self.num_rows * self.embedding_dim * self.band_weight(0).element_size()
+
+    def table_weights(self) -> list[torch.Tensor]:
+        """The band tables (not the projections), for ``embedding.regularization``'s L2."""
+        return [table.weight for table in self.tables.embedding_bags.values()]
 
 
 # ----------------------------------------------------------------------------- several features
