@@ -17,6 +17,7 @@ for every sizing, and ``<ds>_target_met``: a sizing with <= 50% of the bytes wit
 uniform's mean AUC.
 
     python bench/embedding_search.py --jobs 2                 # both data sets, seeds 0 1 2
+    python bench/embedding_search.py --jobs 2 --cap frappe=4 --half ml100k --search frappe=2:2   # BENCHMARKS.md
     python bench/embedding_search.py --datasets frappe --seeds 1 --quick
 """
 
@@ -50,7 +51,7 @@ def prepare(name: str, shared: Path, folder: Path) -> Path:
     return folder
 
 
-def search_one(config_path: str, overrides: list[str], out: str, quick: bool) -> list[str]:
+def search_one(config_path: str, overrides: list[str], out: str, count: int, rungs: int) -> list[str]:
     """Run the search; returns the chosen sizing as overrides."""
     import torch
 
@@ -59,8 +60,7 @@ def search_one(config_path: str, overrides: list[str], out: str, quick: bool) ->
 
     torch.set_num_threads(1)
     config = load_config(config_path, overrides)
-    result, _ = search_embeddings(config, out, budget_share=0.5, count=2 if quick else 6, rungs=2 if quick else 3,
-                                  progress=False)
+    result, _ = search_embeddings(config, out, budget_share=0.5, count=count, rungs=rungs, progress=False)
     chosen = result.chosen
     print(f"search {out}: chose {chosen.name} ({chosen.bytes:,} bytes of {result.uniform_bytes:,}), valid "
           f"{chosen.metric:.5f}", flush=True)
@@ -93,7 +93,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 epochs per run, a smaller search, one seed")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=None, help="keep the searches' chosen.yaml and pareto.png here")
+    parser.add_argument("--cap", default="", help="epoch caps, e.g. frappe=4 (every sizing alike; default: the config's)")
+    parser.add_argument("--search", default="", help="random draws and rungs per data set, e.g. frappe=2:2 "
+                        "(default 6 draws, 3 rungs)")
+    parser.add_argument("--half", default="frappe,ml100k", help="data sets that also get the uniform d / 2 runs")
     args = parser.parse_args()
+    caps = dict(item.split("=") for item in args.cap.split(",") if item)
+    searches = {name: tuple(int(v) for v in spec.split(":")) for name, spec in
+                (item.split("=") for item in args.search.split(",") if item)}
     seeds = 1 if args.quick else args.seeds
     names = args.datasets.split(",")
     out: dict = {"seeds": list(range(seeds))}
@@ -102,8 +109,10 @@ def main() -> None:
         base = {}
         for name in names:
             data = prepare(name, args.shared, Path(tmp) / name)
+            epochs = "2" if args.quick else caps.get(name)
             base[name] = [f"data.path={data}", f"run_dir={Path(tmp) / 'runs'}", "train.threads=1",
-                          *(["train.epochs=2"] if args.quick else [])]
+                          *([f"train.epochs={epochs}"] if epochs else [])]
+            out[f"{name}_epoch_cap"] = int(epochs) if epochs else None
         sizings = {"uniform": [], "half": None, "rule": RULE}
         results: dict[tuple[str, str], list[dict]] = {}
         searched: dict[str, list[str]] = {}
@@ -117,14 +126,19 @@ def main() -> None:
             print(f"{name} {sizing} seed {seed}: test AUC {result['test']['auc']:.5f}, {result['bytes']:,} table "
                   f"bytes, best epoch {result['best_epoch']}", flush=True)
 
-        jobs = [(("search", name), ("search", str(CONFIGS[name]), base[name], str(keep / name), args.quick))
+        # The searches first: the slow data set's search beside the other's runs.
+        jobs = [(("search", name), ("search", str(CONFIGS[name]), base[name], str(keep / name),
+                                     *searches.get(name, (2, 2) if args.quick else (6, 3))))
                 for name in names]
+        out["search_draws_rungs"] = {name: searches.get(name, (2, 2) if args.quick else (6, 3)) for name in names}
         from terarec.train.experiment import load_config
 
         for name in names:
             d = int(load_config(CONFIGS[name], base[name]).model["embedding_dim"])
             sizings["half"] = [f"model.embedding_dim={d // 2}"]
             for sizing, extra in sizings.items():
+                if sizing == "half" and name not in args.half.split(","):
+                    continue
                 jobs += [((name, sizing, seed), ("train", str(CONFIGS[name]), [*base[name], f"train.seed={seed}",
                                                                                 *extra]))
                          for seed in range(seeds)]
@@ -138,7 +152,9 @@ def main() -> None:
         uniform_auc, uniform_bytes = float(np.mean([r["test"]["auc"] for r in uniform])), uniform[0]["bytes"]
         pairs = []
         for sizing in ("uniform", "half", "rule", "searched"):
-            runs = results[(name, sizing)]
+            runs = results.get((name, sizing))
+            if not runs:
+                continue
             aucs = [r["test"]["auc"] for r in runs]
             share = runs[0]["bytes"] / uniform_bytes
             out[f"{name}_{sizing}_auc"] = round(float(np.mean(aucs)), 5)
