@@ -29,26 +29,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _data import prepare
 from _runs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CONFIGS = {"frappe": ROOT / "configs" / "frappe" / "dlrm.yaml", "ml100k": ROOT / "configs" / "ml100k" / "dlrm.yaml"}
 RULE = ["embedding.bands.num_bands=4", "embedding.bands.alpha=0.5"]
-
-
-def prepare(name: str, shared: Path, folder: Path) -> Path:
-    """The data set prepared as the ranking-zoo and ML-100K CTR benchmarks prepare it."""
-    from terarec.data.prepare import write_dataset
-    from terarec.data.sources import load_source
-    from terarec.data.splits import SplitConfig
-
-    if name == "frappe":
-        write_dataset(load_source("frappe-splits", str(shared / "benchmarks" / "frappe-ctr")), folder, progress=False)
-    else:
-        source = load_source("movielens", str(shared / "datasets" / "ml-100k"), like_threshold=4, features=True)
-        write_dataset(source, folder, SplitConfig(method="time"), progress=False)
-    return folder
 
 
 def search_one(config_path: str, overrides: list[str], out: str, count: int, rungs: int) -> list[str]:
@@ -108,7 +95,7 @@ def main() -> None:
         keep = args.out or Path(tmp) / "search"
         base = {}
         for name in names:
-            data = prepare(name, args.shared, Path(tmp) / name)
+            data = prepare({"ml100k": "ml100k-ctr"}.get(name, name), args.shared, Path(tmp) / name)
             epochs = "2" if args.quick else caps.get(name)
             base[name] = [f"data.path={data}", f"run_dir={Path(tmp) / 'runs'}", "train.threads=1",
                           *([f"train.epochs={epochs}"] if epochs else [])]

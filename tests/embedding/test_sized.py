@@ -171,3 +171,18 @@ def test_recluster_keeps_every_embedding_and_moves_rows_between_clusters() -> No
     # Each centre is the mean of its rows' embeddings.
     rows = torch.nonzero(table.centre_of_row == 0).squeeze(1)
     torch.testing.assert_close(table.centres[0].detach(), before[rows].mean(0))
+
+
+def test_the_planner_counts_what_the_modules_hold() -> None:
+    from terarec.embedding.planner import TablePlan, table_memory
+
+    emb = _sized(EmbeddingConfig(bands=BandsConfig(widths={"item": [16, 8, 4]}),
+                                 residual=ResidualConfig(features=["user"], num_clusters=4)))
+    item, user = emb.special["item"], emb.special["user"]
+    banded = TablePlan("item", rows=301, dim=16, band_dims=[16, 8, 4], band_rows=item.band_sizes, optimizer="none")
+    # The module also keeps each band's first rank and row count (2 x 8 bytes a band).
+    assert table_memory(banded).weights == table_bytes(item) - 2 * 8 * 3
+    residual = TablePlan("user", rows=41, dim=16, clusters=4, optimizer="none")
+    assert table_memory(residual).weights == table_bytes(user)
+    with pytest.raises(ValueError, match="table 'item': band_rows needs one count per band_dims entry"):
+        TablePlan("item", rows=10, dim=16, band_dims=[16, 4], band_rows=[10])
