@@ -108,17 +108,18 @@ def reward(metric: float, table_bytes: int, budget_bytes: int, cost_weight: floa
 
 
 def widths_below(d: int, smallest: int = 4) -> list[int]:
-    """{d, d/2, d/4, ...} down to ``smallest``, multiples of 4 (d itself always kept).
+    """d, d/2, d/4, ... rounded to multiples of 4, down to ``smallest`` (d itself always first).
 
     Example:
-        >>> widths_below(32)
-        [32, 16, 8, 4]
+        >>> widths_below(32), widths_below(10)
+        ([32, 16, 8, 4], [10, 4])
     """
-    widths, width = [d], d // 2
-    while width >= smallest:
-        if width % 4 == 0:
+    widths, halvings = [d], 1
+    while d / 2**halvings >= smallest / 2:
+        width = max(smallest, 4 * round(d / 2**halvings / 4))
+        if width < widths[-1]:
             widths.append(width)
-        width //= 2
+        halvings += 1
     return widths
 
 
