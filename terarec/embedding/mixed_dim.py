@@ -19,14 +19,14 @@ and only the (B, d_band) sums are projected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
+from terarec.embedding.collection import sum_pooled_tables
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 BAND_SPLITS = ("mass", "rows")
@@ -319,116 +319,3 @@ class MixedDimEmbedding(nn.Module):
     def table_weights(self) -> list[torch.Tensor]:
         """The band tables (not the projections), for ``embedding.regularization``'s L2."""
         return [table.weight for table in self.tables.embedding_bags.values()]
-
-
-# ----------------------------------------------------------------------------- several features
-
-
-@dataclass
-class MixedDimConfig:
-    """Widths of several features' tables, all projected to ``embedding_dim``.
-
-    Args:
-        embedding_dim: the common width d every feature outputs.
-        d_max: width of each feature's most popular band (None: embedding_dim).
-        d_min: narrowest band width.
-        alpha: popularity exponent in [0, 1] for features split into bands.
-        num_bands: frequency bands per feature (1: one table per feature).
-        round_to: band widths are multiples of this.
-        split: "mass" (equal share of lookups per band) or "rows" (equal rows per band).
-        feature_dims: fixed widths for named features: one table of that width, no bands
-            (a feature's width as Neural Input Search would pick it).
-        feature_alpha: per-feature alpha overriding ``alpha``.
-    """
-
-    embedding_dim: int = 16
-    d_max: int | None = None
-    d_min: int = 4
-    alpha: float = 0.5
-    num_bands: int = 4
-    round_to: int = 4
-    split: str = "mass"
-    feature_dims: dict[str, int] = field(default_factory=dict)
-    feature_alpha: dict[str, float] = field(default_factory=dict)
-
-
-class MixedDimPooledEmbeddings(nn.Module):
-    """Mixed-dimension twin of ``PooledEmbeddings``: KJT of 64-bit ids -> KeyedTensor (B, F * d).
-
-    Each feature is a ``MixedDimEmbedding``: a single table of its fixed width when the config
-    names one, else bands from its row counts. Every key of the output has width d, so dense
-    parts written for ``PooledEmbeddings`` take it unchanged.
-
-    Args:
-        vocabularies: feature name -> its vocabulary (sizes the table).
-        config: the widths.
-        counts: feature name -> lookups per table row (``row_counts``), needed for every
-            feature not in ``config.feature_dims``.
-
-    Example:
-        >>> items, cities = ExactVocabulary(np.arange(100)), ExactVocabulary(np.arange(10))
-        >>> train_item_ids = np.random.default_rng(0).zipf(1.5, 1000) % 100
-        >>> emb = MixedDimPooledEmbeddings(
-        ...     {"item_id": items, "city": cities},
-        ...     MixedDimConfig(embedding_dim=16, feature_dims={"city": 4}),
-        ...     counts={"item_id": row_counts(items, train_item_ids)},
-        ... )
-    """
-
-    def __init__(
-        self,
-        vocabularies: dict[str, ExactVocabulary],
-        config: MixedDimConfig,
-        counts: dict[str, np.ndarray] | None = None,
-    ) -> None:
-        super().__init__()
-        counts = counts or {}
-        for field_name, named in (("feature_dims", config.feature_dims), ("feature_alpha", config.feature_alpha)):
-            unknown = sorted(set(named) - set(vocabularies))
-            if unknown:
-                raise ValueError(
-                    f"MixedDimConfig.{field_name}: unknown features {unknown}; known: {sorted(vocabularies)}"
-                )
-        self.feature_names = list(vocabularies)
-        self.embedding_dim = config.embedding_dim
-        self.vocabularies = nn.ModuleDict(vocabularies)
-        d_max = config.d_max or config.embedding_dim
-        features: dict[str, MixedDimEmbedding] = {}
-        for name, vocabulary in vocabularies.items():
-            if name in config.feature_dims:
-                bands = frequency_bands(np.ones(vocabulary.num_rows), 1)
-                features[name] = MixedDimEmbedding(bands, [config.feature_dims[name]], config.embedding_dim, name)
-                continue
-            if name not in counts:
-                raise ValueError(
-                    f"MixedDimPooledEmbeddings: feature {name!r} needs row counts (counts[{name!r}]) "
-                    "or a fixed width (MixedDimConfig.feature_dims)"
-                )
-            if len(counts[name]) != vocabulary.num_rows:
-                raise ValueError(
-                    f"MixedDimPooledEmbeddings: counts[{name!r}] has {len(counts[name])} entries, "
-                    f"its vocabulary {vocabulary.num_rows} rows"
-                )
-            features[name] = MixedDimEmbedding.from_counts(
-                counts[name],
-                d=config.embedding_dim,
-                d_max=d_max,
-                alpha=config.feature_alpha.get(name, config.alpha),
-                num_bands=config.num_bands,
-                d_min=config.d_min,
-                round_to=config.round_to,
-                split=config.split,
-                feature_name=name,
-            )
-        self.features = nn.ModuleDict(features)
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return pool_each_feature(features, self.vocabularies, self.features, self.embedding_dim)  # (B, F * d)
-
-    def memory_bytes(self) -> int:
-        """Bytes of all features' band tables, projections and row maps (vocabularies excluded)."""
-        return sum(feature.memory_bytes() for feature in self.features.values())
-
-    def uniform_memory_bytes(self) -> int:
-        """Bytes of ``PooledEmbeddings`` tables of width d over the same rows."""
-        return sum(feature.uniform_memory_bytes() for feature in self.features.values())

@@ -60,7 +60,9 @@ class SizedPooledEmbeddings(nn.Module):
             ``PooledEmbeddings`` or the fused engine).
 
     Example:
+        >>> from terarec.config import BandsConfig
         >>> from terarec.embedding.collection import PooledEmbeddings
+        >>> from terarec.embedding.exact_vocabulary import ExactVocabulary
         >>> vocabularies = {"item": ExactVocabulary(np.arange(200)), "city": ExactVocabulary(np.arange(5))}
         >>> config = EmbeddingConfig(dims={"city": 4}, bands=BandsConfig(num_bands=2, features=["item"]))
         >>> counts = {"item": np.r_[0, np.arange(200, 0, -1)]}
