@@ -326,6 +326,9 @@ class RankingTask(Task):
     def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
         if not config.data.actions:
             raise ConfigError("data.actions: a ranking task needs the action columns its tasks predict")
+        if config.embedding.sized:
+            raise ConfigError("embedding.dims / bands / residual: the ranking task's tables are one width d "
+                              "(size them in CTR and sequential runs)")
         config = copy.deepcopy(config)
         if not config.data.labels:
             config.data.labels = list(config.data.actions)
