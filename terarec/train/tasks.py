@@ -188,6 +188,7 @@ class CTRTask(Task):
             raise DataError("a CTR task needs at least one label column", path=folder)
         config = copy.deepcopy(config)
         config.data.sparse, config.data.dense, config.data.labels = list(spec.sparse), list(spec.dense), list(spec.labels)
+        _check_sized_features(config, spec.sparse_keys)
         if config.embedding.vocabulary == "managed":
             if config.embedding.bands.num_bands > 1 or config.embedding.bands.widths or config.embedding.residual.features:
                 raise ConfigError("embedding.bands / embedding.residual: frequency bands and clusters are fitted per "
@@ -196,7 +197,6 @@ class CTRTask(Task):
             ids = {name: torch.tensor([vocab.capacity]) for name, vocab in vocabularies.items()}
             return config, {"vocabularies": ids}
         exact = ctr_vocabularies(folder, meta, spec)
-        _check_sized_features(config, list(exact))
         record: dict[str, Any] = {"vocabularies": {name: vocab.ids for name, vocab in exact.items()}}
         banded = [name for name, vocab in exact.items() if config.embedding.bands.banded(name, vocab.num_rows)]
         if banded:
