@@ -226,15 +226,18 @@ class SuccessiveHalving:
         for rung in range(self.rungs):
             target = self.min_epochs * (self.eta**rung)  # epochs at the end of this rung
             for candidate in alive:
+                run_dir = work / candidate.name
                 if candidate.name not in trainers:
-                    run_dir = work / candidate.name
                     run_dir.mkdir(parents=True, exist_ok=True)
                     trainers[candidate.name] = Trainer(self.task(candidate), run_dir, RunLogs(run_dir, progress=False))
                 trainer = trainers[candidate.name]
+                if candidate.epochs:  # its logs are open only while it trains: log lines go to its own folder
+                    trainer.logs = RunLogs(run_dir, progress=False, resume=True)
                 while candidate.epochs < target:
                     trainer.train_epoch()
                     candidate.epochs += 1
                     bar.update(1)
+                trainer.logs.close()
                 signed = trainer.best_value
                 candidate.metric = signed if trainer.higher_is_better else -signed
                 candidate.history.append((candidate.epochs, candidate.metric))
@@ -242,11 +245,9 @@ class SuccessiveHalving:
             alive.sort(key=lambda c: reward(c.metric, c.bytes, self.budget_bytes, self.cost_weight), reverse=True)
             if rung < self.rungs - 1:
                 for dropped in alive[max(1, len(alive) // self.eta):]:
-                    trainers.pop(dropped.name).logs.close()
+                    trainers.pop(dropped.name)
                 alive = alive[: max(1, len(alive) // self.eta)]
         bar.close()
-        for trainer in trainers.values():
-            trainer.logs.close()  # (the chosen one's trainer is kept in ``trainers`` for its metric name)
         return SearchResult(candidates, alive[0], self.budget_bytes, self.cost_weight, trainers[alive[0].name].metric,
                             uniform.bytes)
 
