@@ -259,8 +259,9 @@ class SuccessiveHalving:
 
 
 def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path:
-    """Validation metric against table bytes: every candidate at the last rung it reached, the
-    uniform-d baselines, the budget, the chosen sizing and the Pareto front of the last rung."""
+    """Validation metric against table bytes: every candidate after the first rung (hollow, all
+    trained alike: comparable) and at the last rung it reached (filled, joined to the first),
+    the uniform-d baselines among them, the budget, the chosen sizing and the last rung's Pareto front."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,9 +271,14 @@ def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path
     styles = {"uniform": ("tab:blue", "s"), "rule": ("tab:green", "^"), "search": ("tab:grey", "o")}
     for kind, (colour, marker) in styles.items():
         members = [c for c in result.candidates if c.kind == kind]
+        for candidate in members:
+            kib, values = candidate.bytes / 1024, [metric for _, metric in candidate.history]
+            axes.plot([kib] * len(values), values, color=colour, lw=0.8, alpha=0.6)
+            axes.scatter([kib], values[:1], facecolors="none", edgecolors=colour, marker=marker, s=30)
+            if len(values) > 1:
+                axes.scatter([kib], values[-1:], c=colour, marker=marker, s=40)
         if members:
-            axes.scatter([c.bytes / 1024 for c in members], [c.metric for c in members], c=colour, marker=marker,
-                         s=[14 + 10 * c.epochs for c in members], alpha=0.8, label=f"{kind} (size: epochs trained)")
+            axes.scatter([], [], c=colour, marker=marker, label=kind)
     for candidate in result.candidates:
         if candidate.kind != "search" or candidate is result.chosen:
             axes.annotate(candidate.name, (candidate.bytes / 1024, candidate.metric), fontsize=7,
@@ -290,9 +296,10 @@ def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path
     axes.scatter([result.chosen.bytes / 1024], [result.chosen.metric], facecolors="none", edgecolors="red", s=160,
                  lw=1.5, label=f"chosen: {result.chosen.name}")
     axes.axvline(result.budget_bytes / 1024, color="red", ls=":", lw=1, label="budget")
+    first = min(epochs for c in result.candidates for epochs, _ in c.history[:1])
     axes.set_xlabel("table bytes (KiB)")
     axes.set_ylabel(f"validation {result.metric}")
-    axes.set_title(title or "Embedding sizes: validation quality against table bytes (marker size: epochs trained)")
+    axes.set_title(title or f"Embedding sizes: hollow after {first} epoch(s), every candidate; filled: last rung")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
