@@ -186,3 +186,17 @@ def test_the_planner_counts_what_the_modules_hold() -> None:
     assert table_memory(residual).weights == table_bytes(user)
     with pytest.raises(ValueError, match="table 'item': band_rows needs one count per band_dims entry"):
         TablePlan("item", rows=10, dim=16, band_dims=[16, 4], band_rows=[10])
+
+
+def test_the_shipped_sized_configs_load() -> None:
+    from pathlib import Path
+
+    from terarec.embedding.planner import load_plan, table_memory
+    from terarec.train.experiment import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    searched = load_config(root / "ml100k" / "dlrm_searched.yaml").embedding
+    assert searched.bands.widths == {"item_id": [16, 8, 4, 4]} and searched.dims["user_id"] == 4
+    assert load_config(root / "frappe" / "dlrm_bands.yaml").embedding.bands.num_bands == 4
+    uniform, banded, residual = (table_memory(t).weights for t in load_plan(root / "plans" / "100m_sized.yaml").tables)
+    assert banded < uniform < residual
