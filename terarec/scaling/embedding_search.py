@@ -10,8 +10,9 @@ over a shared super-network, rewarded by
 ranks candidates drawn from the same space, but the search is successive halving (Jamieson and
 Talwalkar 2016; Li et al. 2017, Hyperband) over independently trained candidates: every
 candidate trains ``min_epochs``, the better 1/eta by R train eta times longer, and so on, so most
-of the compute goes to the promising sizings. Cheaper than a super-network on a 2-core box and
-measured here (bench/embedding_search.py).
+of the compute goes to the promising sizings. NIS's shared super-network with a REINFORCE
+controller is not implemented: on a 2-core box a few short independent runs are the cheaper search,
+and bench/embedding_search.py measures what this one finds.
 
 The space, per feature f with R_f rows and the model's width d:
 * a whole table of width w in {d, d/2, d/4, d/8} (multiples of 4, >= 4), projected to d
@@ -38,10 +39,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from terarec.config import BandsConfig, EmbeddingConfig, ExperimentConfig, to_yaml
+from terarec.models import check_model_options
 from terarec.train.logs import RunLogs
 from terarec.train.loop import Trainer
 from terarec.train.setup import seed_everything, set_threads
-from terarec.models import check_model_options
 from terarec.train.tasks import Task, task_class
 
 RULE_ALPHAS = (0.25, 0.5, 1.0)
