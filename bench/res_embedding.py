@@ -44,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="din", help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes of one thread each)")
     parser.add_argument("--cap", type=int, default=0, help="epoch cap for every run (0: the configs')")
     parser.add_argument("--clusters", type=int, default=32, help="embedding.residual.num_clusters")
@@ -53,7 +54,8 @@ def main() -> None:
     names = args.models.split(",")
     residual = ["embedding.residual.features=[item_id]", f"embedding.residual.num_clusters={args.clusters}",
                 f"embedding.residual.l2={args.l2}"]
-    out: dict = {"seeds": list(range(args.seeds)), "clusters": args.clusters, "l2": args.l2, "cap": args.cap}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    out: dict = {"seeds": seeds, "clusters": args.clusters, "l2": args.l2, "cap": args.cap}
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="terarec-res-") as tmp:
         folders = {dataset: prepare(dataset, args.shared, Path(tmp) / dataset)
@@ -62,7 +64,7 @@ def main() -> None:
         for name in names:
             dataset, config, metric = MODELS[name]
             for variant, extra in (("plain", []), ("res", residual)):
-                for seed in range(args.seeds):
+                for seed in seeds:
                     overrides = [f"data.path={folders[dataset]}", f"run_dir={Path(tmp) / 'runs'}", "train.threads=1",
                                  f"train.seed={seed}", *([f"train.epochs={args.cap}"] if args.cap else []), *extra]
                     jobs.append(((name, variant, seed), (str(config), overrides, metric)))
