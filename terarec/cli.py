@@ -521,6 +521,51 @@ def plan_command(
         wide.print(part)
 
 
+@app.command("search-embeddings")
+def search_embeddings_command(
+    config: Path = typer.Argument(..., help="Experiment YAML of a CTR model, e.g. configs/frappe/dlrm.yaml."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. data.path=data/frappe."),
+    budget_bytes: int = typer.Option(0, help="Memory budget of the tables in bytes (0: --budget-share of the uniform tables)."),
+    budget_share: float = typer.Option(0.5, help="Without --budget-bytes: the budget as a share of the uniform d-wide tables."),
+    out: Path = typer.Option(Path("runs/search-embeddings"), help="Folder for chosen.yaml, candidates.json, pareto.png."),
+    candidates: int = typer.Option(6, help="Random draws from the space, beside the uniform and frequency-rule candidates."),
+    cost_weight: float = typer.Option(1.0, help="lambda: reward = valid metric - lambda * max(0, bytes / budget - 1)."),
+    bands: int = typer.Option(4, help="Frequency bands of a banded feature."),
+    eta: int = typer.Option(2, help="Successive halving: 1/eta of the candidates go on, trained eta times longer."),
+    min_epochs: int = typer.Option(1, help="Epochs of the first rung."),
+    rungs: int = typer.Option(3, help="Rungs of successive halving."),
+    threads: Threads = 0,
+    progress: Progress = None,
+) -> None:
+    """Search per-feature and per-band embedding widths (Neural Input Search's reward, successive halving).
+
+    Every candidate (uniform widths, the frequency rule, random draws under the budget) trains
+    --min-epochs; the best 1/eta by reward train eta times longer, for --rungs rungs. Writes
+    OUT/chosen.yaml (the config with the chosen embedding: section), OUT/candidates.json and
+    OUT/pareto.png (validation metric against table bytes)."""
+    _quiet_libraries()
+    from terarec.config import ConfigError
+    from terarec.data.errors import DataError
+    from terarec.scaling.embedding_search import search_embeddings
+    from terarec.train.experiment import load_config
+
+    try:
+        cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
+        result, files = search_embeddings(cfg, out, budget_bytes, budget_share, candidates, cost_weight, bands, eta,
+                                          min_epochs, rungs, progress=progress is not False)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    table = Table(title=f"embedding sizes (budget {result.budget_bytes:,} bytes, uniform {result.uniform_bytes:,})")
+    for column in ("candidate", "table bytes", f"valid {result.metric}", "epochs", "reward"):
+        table.add_column(column, justify="right")
+    for candidate in sorted(result.candidates, key=result.reward, reverse=True):
+        table.add_row(candidate.name + (" *" if candidate is result.chosen else ""), f"{candidate.bytes:,}",
+                      f"{candidate.metric:.5f}", str(candidate.epochs), f"{result.reward(candidate):.5f}")
+    console.print(table)
+    for what, path in files.items():
+        console.print(f"{what}: {path}")
+
+
 @app.command("sweep")
 def sweep_command(
     config: Path = typer.Argument(..., help="Sweep YAML: model families and their sizes, e.g. configs/scaling/sweep.yaml."),

@@ -133,6 +133,96 @@ class TrainConfig:
 
 
 @dataclass
+class BandsConfig:
+    """Frequency-banded mixed dimensions (Ginart et al. 2019): frequent rows wide, rare rows narrow.
+
+    A banded feature's rows are sorted by training count and cut into ``num_bands`` bands
+    (``split``: ``mass``, equal shares of the lookups, or ``rows``, equal row counts); band i
+    gets width d_i = d * (p_i / p_max) ** alpha (p_i: the mean share of lookups of one of its
+    rows), rounded to a multiple of 4 in [d_min, d], and one projection P_i (d x d_i) to the
+    model's width d (``terarec.embedding.mixed_dim``).
+
+    Args:
+        num_bands: bands per banded feature (0 = no banding).
+        alpha: Ginart's temperature in [0, 1]; 0 gives every band the full width.
+        d_min: narrowest band width.
+        split: ``mass`` or ``rows``.
+        features: the features to band (empty = every feature with at least ``min_rows`` rows).
+        min_rows: with ``features`` empty, smaller tables stay whole (a projection would cost more
+            than it saves).
+        widths: feature -> one width per band, most frequent band first: replaces the alpha rule
+            for that feature (what ``terarec search-embeddings`` writes).
+        tail_rows: rows of the rarest band: 0 = one per id; k > 0 = its ids share k rows (rank
+            modulo k; 1 = one shared row, the rare ids' common vector).
+    """
+
+    num_bands: int = 0
+    alpha: float = 0.5
+    d_min: int = 4
+    split: Literal["mass", "rows"] = "mass"
+    features: list[str] = field(default_factory=list)
+    min_rows: int = 100
+    widths: dict[str, list[int]] = field(default_factory=dict)
+    tail_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_bands < 0:
+            raise ConfigError(f"embedding.bands.num_bands: expected an integer >= 0, got {self.num_bands}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"embedding.bands.alpha: expected a number in [0, 1], got {self.alpha}")
+        if self.d_min < 1:
+            raise ConfigError(f"embedding.bands.d_min: expected an integer >= 1, got {self.d_min}")
+        if self.tail_rows < 0:
+            raise ConfigError(f"embedding.bands.tail_rows: expected an integer >= 0, got {self.tail_rows}")
+        for name, widths in self.widths.items():
+            if not widths or any(width < 1 for width in widths):
+                raise ConfigError(f"embedding.bands.widths.{name}: expected a non-empty list of widths >= 1, "
+                                  f"got {widths}")
+
+    def banded(self, name: str, num_rows: int) -> bool:
+        """Whether feature ``name`` (a table of ``num_rows`` rows) is cut into bands."""
+        if name in self.widths:
+            return True
+        if self.num_bands < 2:
+            return False
+        return name in self.features if self.features else num_rows >= self.min_rows
+
+
+@dataclass
+class ResidualConfig:
+    """Res-embedding (Zhou et al. 2019) for item-like features: e_i = C[cluster_i] + r_i, loss + l2 * ||r||^2.
+
+    Clusters come from item co-occurrence in the training users' histories (within ``window``
+    positions; spectral clustering, ``terarec.embedding.residual``).
+
+    Args:
+        features: the item-like features (CTR keys, ``item_id`` for sequence models); empty = off.
+        num_clusters: interest clusters (centres).
+        l2: lambda on the residuals (of the rows each batch looks up).
+        window: co-occurrence window in a history.
+        recluster_every: 0 = clusters fixed; n > 0 = every n epochs the items are re-clustered by
+            k-means on their current embeddings (each embedding kept: new centres are the cluster
+            means, residuals the rest).
+    """
+
+    features: list[str] = field(default_factory=list)
+    num_clusters: int = 64
+    l2: float = 1e-4
+    window: int = 5
+    recluster_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_clusters", "window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"embedding.residual.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.l2 < 0:
+            raise ConfigError(f"embedding.residual.l2: expected a number >= 0, got {self.l2}")
+        if self.recluster_every < 0:
+            raise ConfigError(f"embedding.residual.recluster_every: expected an integer >= 0, "
+                              f"got {self.recluster_every}")
+
+
+@dataclass
 class EmbeddingConfig:
     """How sparse ids become table rows, and how the tables are trained.
 
@@ -157,6 +247,10 @@ class EmbeddingConfig:
             GPU), ``row_wise`` (GPU), ``data_parallel``; empty (the default) is the planner's choice.
         column_shard_dim: distributed runs: the width of a column-wise shard (TorchRec's
             ``min_partition``; 0 = TorchRec's default, 128 columns, so narrower tables stay whole).
+        dims: feature -> width of its table when it differs from the model's d; the table is
+            projected to d by a learned d x width matrix (Ginart et al.'s projection, one block).
+        bands: frequency-banded mixed dimensions, see BandsConfig.
+        residual: Res-embedding for item-like features, see ResidualConfig.
     """
 
     vocabulary: Literal["exact", "managed"] = "exact"
@@ -170,6 +264,25 @@ class EmbeddingConfig:
     regularization: float = 0.0
     sharding_types: list[str] = field(default_factory=list)
     column_shard_dim: int = 0
+    dims: dict[str, int] = field(default_factory=dict)
+    bands: BandsConfig = field(default_factory=BandsConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+
+    def __post_init__(self) -> None:
+        for name, width in self.dims.items():
+            if width < 1:
+                raise ConfigError(f"embedding.dims.{name}: expected a width >= 1, got {width}")
+        for name in sorted(set(self.dims) & set(self.bands.widths)):
+            raise ConfigError(f"embedding.dims.{name}: the feature also has embedding.bands.widths; give one")
+        for name in self.residual.features:
+            if name in self.dims or name in self.bands.widths or name in self.bands.features:
+                raise ConfigError(f"embedding.residual.features: '{name}' is also sized by embedding.dims or "
+                                  "embedding.bands; a Res-embedding table is one width d")
+
+    @property
+    def sized(self) -> bool:
+        """Whether any table differs from one d-wide table per feature."""
+        return bool(self.dims or self.bands.num_bands > 1 or self.bands.widths or self.residual.features)
 
 
 EvalProtocol = Literal["exclude_history", "allow_repeats", "sampled"]

@@ -16,7 +16,8 @@ from terarec.cli import app
 
 runner = CliRunner()
 
-SUBCOMMANDS = [[], ["data"], ["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"], ["plan"]]
+SUBCOMMANDS = [[], ["data"], ["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"], ["plan"],
+               ["search-embeddings"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "terarec")
@@ -26,7 +27,8 @@ def test_every_subcommand_has_help(words: list[str]) -> None:
     assert "Usage" in result.output
 
 
-COMPUTING = [["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["predict"], ["demo"], ["sweep"]]
+COMPUTING = [["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["predict"], ["demo"], ["sweep"],
+             ["search-embeddings"]]
 
 
 @pytest.mark.parametrize("words", COMPUTING, ids=" ".join)
@@ -137,3 +139,11 @@ def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path: Path) -> None
     result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "did not write" in " ".join(result.output.split())
     assert (tmp_path / "data" / "dataset.yaml").read_text() == "the user's own prepared data\n"
+
+
+def test_search_embeddings_names_a_model_without_a_width(tmp_path: Path) -> None:
+    config = tmp_path / "popular.yaml"
+    config.write_text("task: sequential\nmodel: {name: most_popular}\n")
+    result = runner.invoke(app, ["search-embeddings", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "model 'most_popular' has no embedding_dim option" in result.output

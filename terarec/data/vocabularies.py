@@ -11,7 +11,7 @@ with the tables (``terarec.embedding.exact_vocabulary``); this layer reads data 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +56,66 @@ def vocabulary_ids(
     Example:
         >>> ids = vocabulary_ids("data/synthetic", ["item_id", "category"])  # doctest: +SKIP
     """
-    folder = Path(folder)
-    meta = meta or DatasetMeta.load(folder)
     keys = list(keys)
-    read = list(dict.fromkeys([*(keys if columns is None else columns), *([schema.SPLIT] if split else [])]))
     ids_of = ids_of or (lambda table: column_ids(table, keys))
     seen = {key: DistinctIds() for key in keys}
+    for table in split_tables(folder, keys if columns is None else columns, split, meta):
+        ids = ids_of(table)
+        for key in keys:
+            seen[key].update(ids[key])
+    return {key: distinct.values() for key, distinct in seen.items()}
+
+
+def split_tables(
+    folder: str | Path, columns: Sequence[str], split: str | None = "train", meta: DatasetMeta | None = None
+) -> Iterator[pa.Table]:
+    """The rows of one split (None: every row) of a prepared dataset, one Parquet row group at a time, in order."""
+    folder = Path(folder)
+    meta = meta or DatasetMeta.load(folder)
+    read = list(dict.fromkeys([*columns, *([schema.SPLIT] if split else [])]))
     for part in meta.parts:
         file = pq.ParquetFile(folder / part)
         for group in range(file.num_row_groups):
             table = file.read_row_group(group, columns=read)
             if split is not None:
                 table = table.filter(pc.equal(table.column(schema.SPLIT), schema.SPLIT_CODES[split]))
-            ids = ids_of(table)
-            for key in keys:
-                seen[key].update(ids[key])
-    return {key: distinct.values() for key, distinct in seen.items()}
+            yield table
+
+
+def user_histories(
+    folder: str | Path,
+    key: str,
+    user_column: str,
+    ids_of: Callable[[pa.Table], tuple[np.ndarray, np.ndarray]],
+    *,
+    columns: Sequence[str],
+    split: str | None = "train",
+    meta: DatasetMeta | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's ids of one key over a split, in row order: what item co-occurrence is counted over.
+
+    Args:
+        folder: the prepared dataset (rows sorted by user and time, as ``prepare`` writes them).
+        key: names the key in errors only.
+        user_column: the column naming the user.
+        ids_of: a table of rows -> (int64 ids of ``key``, ids per row).
+        columns: the columns ``ids_of`` reads.
+        split: the split read (None: every row).
+
+    Returns:
+        (the user of each history, the ids, their lengths): history u is
+        ``ids[offsets[u]:offsets[u + 1]]``, ordered as the rows are.
+    """
+    users, ids = [], []
+    for table in split_tables(folder, [*columns, user_column], split, meta):
+        values, per_row = ids_of(table)
+        if per_row.sum() != values.size:
+            raise ValueError(f"user_histories: {key}: ids per row sum to {per_row.sum()}, got {values.size} ids")
+        users.append(np.repeat(np.asarray(table.column(user_column).to_numpy()), per_row))
+        ids.append(np.asarray(values, dtype=np.int64))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    user, values = np.concatenate(users), np.concatenate(ids)
+    order = np.argsort(user, kind="stable")  # rows of one user together, in their order
+    names, lengths = np.unique(user[order], return_counts=True)
+    return names, values[order], lengths

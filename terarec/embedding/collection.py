@@ -40,19 +40,6 @@ def remap(features: KeyedJaggedTensor, vocabularies: nn.ModuleDict) -> KeyedJagg
     )
 
 
-def pool_each_feature(
-    features: KeyedJaggedTensor, vocabularies: nn.ModuleDict, tables: nn.ModuleDict, embedding_dim: int
-) -> KeyedTensor:
-    """Remap, then pool each key with its own module's ``pooled(rows, lengths)`` -> KeyedTensor (B, F * d).
-
-    For embeddings that are not one TorchRec table per feature (mixed dimensions, Res-embedding).
-    """
-    rows = remap(features, vocabularies).to_dict()
-    names = list(tables)
-    pooled = [tables[name].pooled(rows[name].values(), rows[name].lengths()) for name in names]
-    return KeyedTensor(keys=names, length_per_key=[embedding_dim] * len(names), values=torch.cat(pooled, dim=1))
-
-
 class PooledEmbeddings(nn.Module):
     """One table per sparse feature, sum-pooled: KJT of 64-bit ids -> KeyedTensor (B, sum of dims).
 

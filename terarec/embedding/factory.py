@@ -2,8 +2,9 @@
 
 ``adam`` keeps the tables as ordinary parameters of the dense optimizer (``PooledEmbeddings``);
 ``rowwise_adagrad`` / ``sgd`` (or a non-fp32 dtype) use the engine, whose optimizer runs
-inside backward (``FusedPooledEmbeddings``). Models call ``pooled_embeddings`` and never
-name a table class, so the choice is the config's.
+inside backward (``FusedPooledEmbeddings``); ``embedding.dims`` / ``bands`` / ``residual``
+size the tables per feature (``SizedPooledEmbeddings``). Models call ``pooled_embeddings`` (or
+``sequence_embeddings``) and never name a table class, so the choice is the config's.
 
 Under ``torch.distributed`` (``terarec train --nproc N``, docs/distributed.md) the tables are a
 TorchRec ``EmbeddingBagCollection`` (``PooledEmbeddings``) whose parameters carry their fused
@@ -22,8 +23,10 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from terarec.config import EmbeddingConfig
-from terarec.embedding.collection import PooledEmbeddings
+from terarec.embedding.collection import PooledEmbeddings, SequenceEmbeddings
 from terarec.embedding.engine import EmbeddingEngineConfig, FusedPooledEmbeddings
+from terarec.embedding.residual import ResSequenceEmbeddings
+from terarec.embedding.sized import SizedPooledEmbeddings
 
 
 class TableInputs(Protocol):
@@ -33,10 +36,46 @@ class TableInputs(Protocol):
     vocabularies: Mapping[str, Any]  # feature name -> exact or managed vocabulary
     embedding: EmbeddingConfig
     learning_rate: float
+    row_counts: Mapping[str, Any]  # feature -> training lookups per row (embedding.bands)
+    clusters: Mapping[str, Any]  # feature -> interest cluster per row (embedding.residual)
 
 
 def pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
-    """One sum-pooled table per sparse feature of ``inputs``, stored and trained as configured."""
+    """One sum-pooled table per sparse feature of ``inputs``, stored, sized and trained as configured.
+
+    With ``embedding.dims`` / ``bands`` / ``residual`` the tables are sized per feature
+    (``SizedPooledEmbeddings``); its whole tables of each width are built as below. Banded and
+    Res-embedding tables are TorchRec tables trained by the dense optimizer whatever
+    ``embedding.optimizer`` says (the engine's kernels take one width per table group).
+    """
+    config = inputs.embedding
+    if config.sized:
+        vocabularies = dict(inputs.vocabularies)
+        return SizedPooledEmbeddings(vocabularies, embedding_dim, config, _known(inputs.row_counts, vocabularies),
+                                     _known(inputs.clusters, vocabularies),
+                                     lambda group, width: _whole_tables(inputs, group, width))
+    return _whole_tables(inputs, dict(inputs.vocabularies), embedding_dim)
+
+
+def sequence_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
+    """The item table of a sequence model: ``SequenceEmbeddings``, or its Res-embedding twin when
+    ``embedding.residual.features`` names ``item_id`` (penalty over the whole table: sequence models
+    score the full ``weight``)."""
+    vocabulary = inputs.vocabularies["item_id"]
+    options = inputs.embedding.residual
+    if "item_id" in options.features:
+        return ResSequenceEmbeddings(vocabulary, inputs.clusters["item_id"], embedding_dim, residual_l2=options.l2,
+                                     num_clusters=options.num_clusters, penalty_scope="table",
+                                     recluster_every=options.recluster_every)
+    return SequenceEmbeddings(vocabulary, embedding_dim)
+
+
+def _known(per_feature: Mapping[str, Any], vocabularies: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in per_feature.items() if name in vocabularies}
+
+
+def _whole_tables(inputs: TableInputs, vocabularies: dict[str, Any], embedding_dim: int) -> nn.Module:
+    """One ``embedding_dim``-wide table per feature of ``vocabularies``: dense-Adam tables or the fused engine."""
     config = inputs.embedding
     if torch.distributed.is_initialized():
         return shardable_pooled_embeddings(inputs, embedding_dim)
@@ -46,7 +85,7 @@ def pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
                 "embedding.vocabulary=managed needs a sparse optimizer that can reset reassigned rows: "
                 "set embedding.optimizer to rowwise_adagrad or sgd"
             )
-        return PooledEmbeddings(inputs.vocabularies, embedding_dim)
+        return PooledEmbeddings(vocabularies, embedding_dim)
     if embedding_dim % 4:
         raise ValueError(
             f"embedding_dim {embedding_dim}: the fused engine (FBGEMM) needs a multiple of 4; "
@@ -58,7 +97,7 @@ def pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> nn.Module:
         weight_dtype=config.weight_dtype,
         weight_decay=config.regularization,
     )
-    return FusedPooledEmbeddings(inputs.vocabularies, embedding_dim, engine)
+    return FusedPooledEmbeddings(vocabularies, embedding_dim, engine)
 
 
 def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> PooledEmbeddings:
@@ -70,6 +109,11 @@ def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> Pool
     change under that scale, SGD's rate is divided by ``world``.
     """
     config = inputs.embedding
+    if config.sized:
+        raise ValueError(
+            "embedding.dims / bands / residual: sized tables are not supported with sharded tables (--nproc > 1) "
+            "yet: train them in one process, or drop those keys"
+        )
     if config.optimizer not in ("rowwise_adagrad", "sgd") or config.weight_dtype != "fp32":
         raise ValueError(
             f"embedding.optimizer={config.optimizer}, weight_dtype={config.weight_dtype}: sharded tables "

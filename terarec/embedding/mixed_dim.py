@@ -19,14 +19,14 @@ and only the (B, d_band) sums are projected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
+from terarec.embedding.collection import sum_pooled_tables
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 BAND_SPLITS = ("mass", "rows")
@@ -193,6 +193,8 @@ class MixedDimEmbedding(nn.Module):
         feature_name: the KJT key read by ``forward``.
         init_std: std of the table rows; projections are N(0, 1 / d_band), so outputs start
             with about this std per coordinate, as a uniform table would.
+        tail_rows: rows of the last (rarest) band's table: 0 = one per row; k > 0 = the band's
+            rows share k table rows (popularity rank modulo k; 1 = one shared vector).
 
     Example:
         >>> emb = MixedDimEmbedding.from_counts(np.array([0, 90, 9, 1]), d=8, alpha=1.0, num_bands=2)
@@ -207,8 +209,11 @@ class MixedDimEmbedding(nn.Module):
         embedding_dim: int,
         feature_name: str = "feature",
         init_std: float = 0.01,
+        tail_rows: int = 0,
     ) -> None:
         super().__init__()
+        if tail_rows < 0:
+            raise ValueError(f"MixedDimEmbedding: tail_rows must be >= 0, got {tail_rows}")
         if len(dims) != bands.num_bands:
             raise ValueError(f"MixedDimEmbedding: {len(dims)} dims for {bands.num_bands} bands")
         if any(width < 1 for width in dims) or embedding_dim < 1:
@@ -217,6 +222,10 @@ class MixedDimEmbedding(nn.Module):
         self.embedding_dim = embedding_dim
         self.dims = list(dims)
         self.band_sizes = [int(size) for size in bands.sizes]
+        if tail_rows:
+            self.band_sizes[-1] = min(self.band_sizes[-1], tail_rows)
+        # Table rows of each band: a row's index in its band is taken modulo this (identity but in a shared tail).
+        self.register_buffer("band_rows", torch.tensor(self.band_sizes, dtype=torch.int64))
         self.band_keys = [f"{feature_name}@band{band}" for band in range(bands.num_bands)]
         # A row's band and index within it follow from its popularity rank: 4 bytes per row.
         rank_dtype = torch.int32 if bands.num_rows < 2**31 else torch.int64
@@ -266,7 +275,7 @@ class MixedDimEmbedding(nn.Module):
         """Band of each row and its index in that band's table."""
         rank = self.rank_of_row[rows].long()
         band = torch.bucketize(rank, self.band_starts, right=True) - 1
-        return band, rank - self.band_starts[band]
+        return band, (rank - self.band_starts[band]) % self.band_rows[band]
 
     def pooled(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sum of the projected rows of each bag: rows (N,), lengths (B,) -> (B, d)."""
@@ -307,115 +316,6 @@ class MixedDimEmbedding(nn.Module):
         """Bytes of one uniform table of the same rows at width d (same dtype)."""
         return self.num_rows * self.embedding_dim * self.band_weight(0).element_size()
 
-
-# ----------------------------------------------------------------------------- several features
-
-
-@dataclass
-class MixedDimConfig:
-    """Widths of several features' tables, all projected to ``embedding_dim``.
-
-    Args:
-        embedding_dim: the common width d every feature outputs.
-        d_max: width of each feature's most popular band (None: embedding_dim).
-        d_min: narrowest band width.
-        alpha: popularity exponent in [0, 1] for features split into bands.
-        num_bands: frequency bands per feature (1: one table per feature).
-        round_to: band widths are multiples of this.
-        split: "mass" (equal share of lookups per band) or "rows" (equal rows per band).
-        feature_dims: fixed widths for named features: one table of that width, no bands
-            (a feature's width as Neural Input Search would pick it).
-        feature_alpha: per-feature alpha overriding ``alpha``.
-    """
-
-    embedding_dim: int = 16
-    d_max: int | None = None
-    d_min: int = 4
-    alpha: float = 0.5
-    num_bands: int = 4
-    round_to: int = 4
-    split: str = "mass"
-    feature_dims: dict[str, int] = field(default_factory=dict)
-    feature_alpha: dict[str, float] = field(default_factory=dict)
-
-
-class MixedDimPooledEmbeddings(nn.Module):
-    """Mixed-dimension twin of ``PooledEmbeddings``: KJT of 64-bit ids -> KeyedTensor (B, F * d).
-
-    Each feature is a ``MixedDimEmbedding``: a single table of its fixed width when the config
-    names one, else bands from its row counts. Every key of the output has width d, so dense
-    parts written for ``PooledEmbeddings`` take it unchanged.
-
-    Args:
-        vocabularies: feature name -> its vocabulary (sizes the table).
-        config: the widths.
-        counts: feature name -> lookups per table row (``row_counts``), needed for every
-            feature not in ``config.feature_dims``.
-
-    Example:
-        >>> items, cities = ExactVocabulary(np.arange(100)), ExactVocabulary(np.arange(10))
-        >>> train_item_ids = np.random.default_rng(0).zipf(1.5, 1000) % 100
-        >>> emb = MixedDimPooledEmbeddings(
-        ...     {"item_id": items, "city": cities},
-        ...     MixedDimConfig(embedding_dim=16, feature_dims={"city": 4}),
-        ...     counts={"item_id": row_counts(items, train_item_ids)},
-        ... )
-    """
-
-    def __init__(
-        self,
-        vocabularies: dict[str, ExactVocabulary],
-        config: MixedDimConfig,
-        counts: dict[str, np.ndarray] | None = None,
-    ) -> None:
-        super().__init__()
-        counts = counts or {}
-        for field_name, named in (("feature_dims", config.feature_dims), ("feature_alpha", config.feature_alpha)):
-            unknown = sorted(set(named) - set(vocabularies))
-            if unknown:
-                raise ValueError(
-                    f"MixedDimConfig.{field_name}: unknown features {unknown}; known: {sorted(vocabularies)}"
-                )
-        self.feature_names = list(vocabularies)
-        self.embedding_dim = config.embedding_dim
-        self.vocabularies = nn.ModuleDict(vocabularies)
-        d_max = config.d_max or config.embedding_dim
-        features: dict[str, MixedDimEmbedding] = {}
-        for name, vocabulary in vocabularies.items():
-            if name in config.feature_dims:
-                bands = frequency_bands(np.ones(vocabulary.num_rows), 1)
-                features[name] = MixedDimEmbedding(bands, [config.feature_dims[name]], config.embedding_dim, name)
-                continue
-            if name not in counts:
-                raise ValueError(
-                    f"MixedDimPooledEmbeddings: feature {name!r} needs row counts (counts[{name!r}]) "
-                    "or a fixed width (MixedDimConfig.feature_dims)"
-                )
-            if len(counts[name]) != vocabulary.num_rows:
-                raise ValueError(
-                    f"MixedDimPooledEmbeddings: counts[{name!r}] has {len(counts[name])} entries, "
-                    f"its vocabulary {vocabulary.num_rows} rows"
-                )
-            features[name] = MixedDimEmbedding.from_counts(
-                counts[name],
-                d=config.embedding_dim,
-                d_max=d_max,
-                alpha=config.feature_alpha.get(name, config.alpha),
-                num_bands=config.num_bands,
-                d_min=config.d_min,
-                round_to=config.round_to,
-                split=config.split,
-                feature_name=name,
-            )
-        self.features = nn.ModuleDict(features)
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return pool_each_feature(features, self.vocabularies, self.features, self.embedding_dim)  # (B, F * d)
-
-    def memory_bytes(self) -> int:
-        """Bytes of all features' band tables, projections and row maps (vocabularies excluded)."""
-        return sum(feature.memory_bytes() for feature in self.features.values())
-
-    def uniform_memory_bytes(self) -> int:
-        """Bytes of ``PooledEmbeddings`` tables of width d over the same rows."""
-        return sum(feature.uniform_memory_bytes() for feature in self.features.values())
+    def table_weights(self) -> list[torch.Tensor]:
+        """The band tables (not the projections), for ``embedding.regularization``'s L2."""
+        return [table.weight for table in self.tables.embedding_bags.values()]

@@ -120,6 +120,10 @@ class TablePlan:
             plan's traffic and step time read it (TorchRec: ``feature_names`` of the table).
         pooling_factor: mean ids per bag (TorchRec's ``pooling_factors`` constraint); only the
             sharding plan reads it.
+        band_dims: a mixed-dimension table (``embedding.bands``): one width per band, most
+            frequent first (``dim`` is then the model's width they are projected to).
+        band_rows: rows of each band (default: ``rows`` split evenly); see ``sized_table_memory``.
+        clusters: a Res-embedding table (``embedding.residual``) with this many centres.
 
     Example:
         >>> table_memory(TablePlan("item", rows=1000, dim=16, dtype="fp16", hash_overhead=0)).total
@@ -136,6 +140,9 @@ class TablePlan:
     metadata_bytes: int = 0
     features: int = 1
     pooling_factor: float = 1.0
+    band_dims: list[int] = field(default_factory=list)
+    band_rows: list[int] = field(default_factory=list)
+    clusters: int = 0
 
     def __post_init__(self) -> None:
         where = f"table '{self.name}'"
@@ -144,6 +151,8 @@ class TablePlan:
                 f"{where}: expected features >= 1 and pooling_factor > 0, "
                 f"got {self.features} and {self.pooling_factor}"
             )
+        if self.band_rows and (len(self.band_rows) != len(self.band_dims) or sum(self.band_rows) > self.rows):
+            raise ValueError(f"{where}: band_rows needs one count per band_dims entry, summing to <= rows")
         if self.rows < 0:
             raise ValueError(f"{where}: rows must be >= 0, got {self.rows}")
         if self.dim < 1:
@@ -299,8 +308,40 @@ class TableMemory:
         )
 
 
+def sized_table_memory(table: TablePlan) -> TableMemory:
+    """Bytes of a mixed-dimension (``band_dims``) or Res-embedding (``clusters``) table, by part.
+
+    Bands (Ginart et al. 2019): band i holds band_rows[i] rows of width band_dims[i] (the last band
+    may be a shared tail of fewer rows) and, unless that width is ``dim``, an fp32 projection
+    dim x band_dims[i]; a 4-byte popularity rank per row finds a row's band. Res-embedding (Zhou et
+    al. 2019): ``rows`` residual rows and clusters + 1 centres of width ``dim``, and an 8-byte
+    cluster per row. Ids, hash map and metadata are per id, as in ``table_memory``.
+
+    Example:
+        >>> sized_table_memory(TablePlan("item", rows=1000, dim=16, band_dims=[16, 4], band_rows=[100, 900],
+        ...                                hash_overhead=0)).weights
+        25056
+    """
+    rows = table.rows
+    if table.band_dims:
+        band_rows = table.band_rows or [rows // len(table.band_dims) + (i < rows % len(table.band_dims))
+                                        for i in range(len(table.band_dims))]
+        widths = list(zip(band_rows, table.band_dims))
+        projections = sum(table.dim * width * 4 for _, width in widths if width != table.dim)
+        weights = sum(n * weight_bytes_per_row(width, table.dtype) for n, width in widths) + projections + rows * 4
+        optimizer = sum(n * optimizer_bytes_per_row(width, table.optimizer) for n, width in widths)
+    else:
+        centres = table.clusters + 1
+        weights = (rows + centres) * weight_bytes_per_row(table.dim, table.dtype) + rows * 8
+        optimizer = (rows + centres) * optimizer_bytes_per_row(table.dim, table.optimizer)
+    return TableMemory(weights=weights, ids=rows * table.id_bytes, optimizer=optimizer,
+                       hash_map=math.ceil(rows * table.hash_overhead), metadata=rows * table.metadata_bytes)
+
+
 def table_memory(table: TablePlan) -> TableMemory:
     """Bytes of one table by part: weights, ids, optimizer state, hash map, eviction metadata."""
+    if table.band_dims or table.clusters:
+        return sized_table_memory(table)
     return TableMemory(
         weights=table.rows * weight_bytes_per_row(table.dim, table.dtype),
         ids=table.rows * table.id_bytes,

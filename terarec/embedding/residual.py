@@ -32,9 +32,9 @@ import torch
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.utils.extmath import randomized_svd
 from torch import nn
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from terarec.embedding.collection import pool_each_feature, sum_pooled_tables
+from terarec.embedding.collection import sum_pooled_tables
 from terarec.embedding.exact_vocabulary import DEFAULT_ROW, ExactVocabulary
 
 NO_CLUSTER = -1
@@ -178,6 +178,9 @@ class ResEmbedding(nn.Module):
         centre_init_std: std of the initial centres.
         residual_init_std: std of the initial residuals (small: items start near their centre).
         penalty_scope: "batch" or "table".
+        recluster_every: 0 = clusters fixed; n > 0 = ``end_epoch`` re-clusters every n epochs
+            (``recluster``).
+        seed: seeds the re-clustering's k-means.
 
     Example:
         >>> emb = ResEmbedding(np.array([-1, 0, 0, 1]), embedding_dim=8)
@@ -195,6 +198,8 @@ class ResEmbedding(nn.Module):
         centre_init_std: float = 0.02,
         residual_init_std: float = 1e-3,
         penalty_scope: Literal["batch", "table"] = "batch",
+        recluster_every: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         clusters = torch.as_tensor(np.asarray(cluster_of_row, dtype=np.int64))
@@ -213,6 +218,7 @@ class ResEmbedding(nn.Module):
         self.num_clusters = num_clusters
         self.residual_l2 = residual_l2
         self.penalty_scope = penalty_scope
+        self.recluster_every, self.seed = recluster_every, seed
         # NO_CLUSTER rows read the extra centre at index num_clusters.
         self.register_buffer("centre_of_row", torch.where(clusters == NO_CLUSTER, num_clusters, clusters))
         self.keys = [f"{feature_name}@centre", f"{feature_name}@residual"]
@@ -275,6 +281,32 @@ class ResEmbedding(nn.Module):
         flat = rows.reshape(-1)
         return self.pooled(flat, torch.ones_like(flat)).reshape(*rows.shape, self.embedding_dim)
 
+    @torch.no_grad()
+    def recluster(self, seed: int = 0) -> None:
+        """Re-partition the clustered rows by k-means on their current embeddings, keeping every embedding.
+
+        The new centre of a cluster is the mean of its rows' e = C[cluster] + R, and each residual
+        becomes e - centre, so lookups are unchanged; what changes is which rows the L2 on the
+        residuals pulls together from here on. Rows without a cluster keep the cold centre.
+        """
+        clustered = torch.nonzero(self.centre_of_row < self.num_clusters).squeeze(1)
+        if clustered.numel() <= self.num_clusters:
+            return
+        embeddings = self.weight[clustered]  # (n, d)
+        kmeans = KMeans(self.num_clusters, random_state=seed, n_init=1)
+        labels = torch.from_numpy(kmeans.fit_predict(embeddings.double().numpy())).long()
+        centres = torch.zeros(self.num_clusters, self.embedding_dim, dtype=embeddings.dtype)
+        centres.index_add_(0, labels, embeddings)
+        centres /= torch.bincount(labels, minlength=self.num_clusters).clamp(min=1).unsqueeze(1).to(embeddings.dtype)
+        self.centres[: self.num_clusters] = centres
+        self.residuals[clustered] = embeddings - centres[labels]
+        self.centre_of_row[clustered] = labels
+
+    def end_epoch(self, epoch: int) -> None:
+        """The trainer's call after each training epoch (1-based): re-cluster every ``recluster_every`` epochs."""
+        if self.recluster_every and epoch % self.recluster_every == 0:
+            self.recluster(self.seed + epoch)
+
     def regularization(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """lambda * sum of ||r_row||^2 over distinct rows: ``rows`` if given, else per ``penalty_scope``.
 
@@ -290,49 +322,7 @@ class ResEmbedding(nn.Module):
         return self.residual_l2 * self.residuals[torch.unique(rows.reshape(-1))].pow(2).sum()
 
 
-# ----------------------------------------------------------------------------- drop-in wrappers
-
-
-class ResPooledEmbeddings(nn.Module):
-    """Res-embedding twin of ``PooledEmbeddings``: KJT of 64-bit ids -> KeyedTensor (B, F * d).
-
-    Args:
-        vocabularies: feature name -> its vocabulary.
-        clusters: feature name -> cluster id per table row (``cooccurrence_clusters``), for every feature.
-        embedding_dim: row width.
-        **kwargs: passed to every ``ResEmbedding`` (residual_l2, penalty_scope, ...).
-    """
-
-    def __init__(
-        self,
-        vocabularies: dict[str, ExactVocabulary],
-        clusters: dict[str, np.ndarray],
-        embedding_dim: int,
-        **kwargs,
-    ) -> None:
-        super().__init__()
-        missing = sorted(set(vocabularies) - set(clusters))
-        if missing:
-            raise ValueError(f"ResPooledEmbeddings: no clusters for features {missing}")
-        for name, vocabulary in vocabularies.items():
-            if len(clusters[name]) != vocabulary.num_rows:
-                raise ValueError(
-                    f"ResPooledEmbeddings: clusters[{name!r}] has {len(clusters[name])} entries, "
-                    f"its vocabulary {vocabulary.num_rows} rows"
-                )
-        self.feature_names = list(vocabularies)
-        self.embedding_dim = embedding_dim
-        self.vocabularies = nn.ModuleDict(vocabularies)
-        self.features = nn.ModuleDict(
-            {name: ResEmbedding(clusters[name], embedding_dim, feature_name=name, **kwargs) for name in vocabularies}
-        )
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return pool_each_feature(features, self.vocabularies, self.features, self.embedding_dim)  # (B, F * d)
-
-    def regularization(self) -> torch.Tensor:
-        """Sum of every feature's residual penalty."""
-        return sum((feature.regularization() for feature in self.features.values()), torch.zeros(()))
+# ----------------------------------------------------------------------------- drop-in wrapper
 
 
 class ResSequenceEmbeddings(nn.Module):
@@ -377,6 +367,3 @@ class ResSequenceEmbeddings(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> JaggedTensor:
         jagged = features[self.feature_name]
         return JaggedTensor(values=self.table(self.rows(jagged.values())), lengths=jagged.lengths())
-
-    def regularization(self) -> torch.Tensor:
-        return self.table.regularization()

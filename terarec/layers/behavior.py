@@ -23,6 +23,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from terarec.config import ConfigError
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.embedding.factory import TableInputs, pooled_embeddings
+from terarec.embedding.residual import NO_CLUSTER, ResEmbedding
 
 
 def last_k(ids: JaggedTensor, k: int) -> JaggedTensor:
@@ -91,6 +92,19 @@ class Behaviors:
         return torch.cat([self.history, self.extra], dim=2)
 
 
+def _residual_table(inputs: TableInputs, target: str, pair: ExactVocabulary, embedding_dim: int) -> ResEmbedding:
+    """A Res-embedding table over a pair's vocabulary, each row in the cluster its id has in the target's own."""
+    if target not in inputs.clusters:
+        raise ConfigError(f"embedding.residual.features: no clusters were fitted for '{target}'")
+    own = inputs.vocabularies[target]
+    own_rows = own(pair.ids).numpy()  # 0 for history-only ids: no cluster
+    clusters = np.concatenate([[NO_CLUSTER], np.where(own_rows > 0, np.asarray(inputs.clusters[target])[own_rows],
+                                                      NO_CLUSTER)])
+    options = inputs.embedding.residual
+    return ResEmbedding(clusters, embedding_dim, options.l2, options.num_clusters, target,
+                        recluster_every=options.recluster_every)
+
+
 class BehaviorEmbeddings(nn.Module):
     """Shared target / history tables plus the pooled other features: KJT -> ``Behaviors``.
 
@@ -152,8 +166,18 @@ class BehaviorEmbeddings(nn.Module):
             }
             | {key: inputs.vocabularies[key] for key in extra}
         )
+        # Res-embedding pairs (embedding.residual.features names the target key): e = C[cluster] + r.
+        self.residual = nn.ModuleDict({
+            target: _residual_table(inputs, target, self.vocabularies[target], embedding_dim)
+            for target in self.target_keys if target in inputs.embedding.residual.features
+        })
+        for key in inputs.embedding.residual.features:
+            if key in history:
+                raise ConfigError(f"embedding.residual.features: '{key}' shares its table with '{history[key]}'; "
+                                  f"name the target '{history[key]}'")
         # A pair's two keys name one table: TorchRec's way of sharing it.
-        table_features = {target: [target, hist] for hist, target in history.items()} | {key: [key] for key in extra}
+        table_features = {target: [target, hist] for hist, target in history.items() if target not in self.residual}
+        table_features |= {key: [key] for key in extra}
         self.tables = EmbeddingCollection(
             tables=[
                 EmbeddingConfig(name=f"t_{name}", embedding_dim=embedding_dim,
@@ -193,20 +217,23 @@ class BehaviorEmbeddings(nn.Module):
         pairs = zip(self.history_keys, self.target_keys)
         lookups |= {hist: (histories[hist].values(), lengths, target) for hist, target in pairs}
         lookups |= {key: (histories[key].values(), lengths, key) for key in self.extra_keys}
-        rows = [self.vocabularies[vocabulary](ids) for ids, _, vocabulary in lookups.values()]
-        looked_up = self.tables(KeyedJaggedTensor(keys=list(lookups), values=torch.cat(rows),
-                                                  lengths=torch.cat([lens for _, lens, _ in lookups.values()])))
+        rows = {key: self.vocabularies[vocabulary](ids) for key, (ids, _, vocabulary) in lookups.items()}
+        plain = [key for key, (_, _, vocabulary) in lookups.items() if vocabulary not in self.residual]
+        looked_up = {key: jagged.values() for key, jagged in self.tables(KeyedJaggedTensor(
+            keys=plain, values=torch.cat([rows[key] for key in plain]),
+            lengths=torch.cat([lookups[key][1] for key in plain]))).items()} if plain else {}
+        looked_up |= {key: self.residual[lookups[key][2]](rows[key]) for key in lookups if key not in plain}
         width = max(1, int(lengths.max())) if lengths.numel() else 1  # T
         mask = torch.arange(width) < lengths.unsqueeze(1)  # (B, T): right padding
 
         def padded(keys: list[str]) -> torch.Tensor:  # (B, T, len(keys) * d)
-            parts = [pad_jagged(looked_up[key].values(), lengths, width)[0] for key in keys]
+            parts = [pad_jagged(looked_up[key], lengths, width)[0] for key in keys]
             return torch.cat(parts, dim=2) if parts else torch.zeros(batch, width, 0)
 
         history_ids = [pad_jagged(lookups[key][0].unsqueeze(1), lengths, width)[0] for key in self.history_keys]
         return Behaviors(
             context=context,
-            target=torch.cat([looked_up[key].values() for key in self.target_keys], dim=1),  # (B, D)
+            target=torch.cat([looked_up[key] for key in self.target_keys], dim=1),  # (B, D)
             history=padded(self.history_keys),  # (B, T, D)
             extra=padded(self.extra_keys),  # (B, T, E * d)
             mask=mask,  # (B, T)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from terarec.data.batches import SequenceBatch
-from terarec.embedding.collection import SequenceEmbeddings
+from terarec.embedding.factory import sequence_embeddings
 from terarec.layers.mlp import MLP
 from terarec.layers.retrieval import SampledSoftmax
 from terarec.models.inputs import ModelInputs
@@ -43,7 +43,7 @@ class BagOfItems(nn.Module):
         if config.hidden and config.hidden[-1] != config.embedding_dim:
             raise ValueError("bag_of_items: the last hidden width must equal embedding_dim")
         self.config = config
-        self.items = SequenceEmbeddings(inputs.item_vocabulary, config.embedding_dim)
+        self.items = sequence_embeddings(inputs, config.embedding_dim)
         self.user_tower = MLP(config.embedding_dim, config.hidden) if config.hidden else nn.Identity()
         self.head = SampledSoftmax(num_negatives=config.num_negatives)  # raw dot products, no temperature
 

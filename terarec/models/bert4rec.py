@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from terarec.data.batches import SequenceBatch
-from terarec.embedding.collection import SequenceEmbeddings
+from terarec.embedding.factory import sequence_embeddings
 from terarec.layers.jagged import last_index, positions_from_end
 from terarec.layers.retrieval import RetrievalLoss, SampledSoftmax
 from terarec.layers.transformer import TransformerEncoder
@@ -73,7 +73,7 @@ class BERT4Rec(nn.Module):
             raise ValueError(f"bert4rec: mask_probability must be in (0, 1], got {config.mask_probability}")
         self.config = config
         d = config.embedding_dim
-        self.items = SequenceEmbeddings(inputs.item_vocabulary, d)
+        self.items = sequence_embeddings(inputs, d)
         self.mask_embedding = nn.Parameter(torch.empty(d).normal_(std=0.02))
         self.positions = nn.Embedding(config.max_length + 1, d)
         nn.init.normal_(self.positions.weight, std=0.02)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from terarec.data.batches import SequenceBatch
-from terarec.embedding.collection import SequenceEmbeddings
+from terarec.embedding.factory import sequence_embeddings
 from terarec.layers.jagged import (
     padded_index,
     to_jagged,
@@ -57,7 +57,7 @@ class GRU4Rec(NextItemRetrieval, nn.Module):
         self.config = config
         d = config.embedding_dim
         hidden = config.hidden_dim or d
-        self.items = SequenceEmbeddings(inputs.item_vocabulary, d)
+        self.items = sequence_embeddings(inputs, d)
         self.gru = nn.GRU(d, hidden, num_layers=config.num_layers, batch_first=True)
         self.output = nn.Linear(hidden, d) if hidden != d else nn.Identity()
         self.head = SampledSoftmax.from_options(config)

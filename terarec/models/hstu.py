@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from terarec.data.batches import SequenceBatch
-from terarec.embedding.collection import SequenceEmbeddings
+from terarec.embedding.factory import sequence_embeddings
 from terarec.layers.hstu import HSTUStack
 from terarec.layers.jagged import last_index, positions
 from terarec.layers.retrieval import NextItemRetrieval, RetrievalLoss, SampledSoftmax
@@ -82,7 +82,7 @@ class HSTU(NextItemRetrieval, nn.Module):
         super().__init__()
         self.config = config
         d = config.embedding_dim
-        self.items = SequenceEmbeddings(inputs.item_vocabulary, d)
+        self.items = sequence_embeddings(inputs, d)
         self.positions = nn.Embedding(config.max_length, d)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.actions = nn.Linear(config.num_actions, d, bias=False) if config.num_actions else None

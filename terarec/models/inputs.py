@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from terarec.config import EmbeddingConfig
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 
@@ -18,6 +20,8 @@ class ModelInputs:
         labels: label names, one logit each (CTR).
         embedding: how tables are stored and trained (see ``terarec.embedding.factory``).
         learning_rate: the run's learning rate, the sparse optimizer's default.
+        row_counts: feature -> training lookups per table row (for ``embedding.bands``).
+        clusters: feature -> interest cluster per table row (for ``embedding.residual``).
     """
 
     vocabularies: dict[str, ExactVocabulary] = field(default_factory=dict)
@@ -25,6 +29,8 @@ class ModelInputs:
     labels: list[str] = field(default_factory=list)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     learning_rate: float = 1e-3
+    row_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    clusters: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def item_vocabulary(self) -> ExactVocabulary:

@@ -77,6 +77,22 @@ class RegularizedTables(Protocol):
     def table_weights(self) -> list[torch.Tensor]: ...
 
 
+@runtime_checkable
+class PenalisedTables(Protocol):
+    """A table with its own penalty added to the training loss each step (Res-embedding's
+    lambda * ||r||^2 over the residual rows, ``terarec.embedding.residual.ResEmbedding``)."""
+
+    def regularization(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class EndsEpochs(Protocol):
+    """A module with work to do after each training epoch (1-based ``epoch``), such as
+    re-clustering Res-embedding's items on a schedule."""
+
+    def end_epoch(self, epoch: int) -> None: ...
+
+
 def fused_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     """Every table trained inside backward, over all the model's modules."""
     return [tensor for module in model.modules() if isinstance(module, FusedTables)

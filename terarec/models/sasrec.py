@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from terarec.data.batches import SequenceBatch
-from terarec.embedding.collection import SequenceEmbeddings
+from terarec.embedding.factory import sequence_embeddings
 from terarec.layers.jagged import positions
 from terarec.layers.retrieval import NextItemRetrieval, RetrievalLoss, SampledSoftmax
 from terarec.layers.transformer import TransformerEncoder
@@ -61,7 +61,7 @@ class SASRec(NextItemRetrieval, nn.Module):
         super().__init__()
         self.config = config
         d = config.embedding_dim
-        self.items = SequenceEmbeddings(inputs.item_vocabulary, d)
+        self.items = sequence_embeddings(inputs, d)
         self.positions = nn.Embedding(config.max_length, d)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.encoder = TransformerEncoder(d, config.num_layers, config.num_heads, config.dropout, causal=True)

@@ -46,7 +46,14 @@ import yaml
 
 from terarec.config import ExperimentConfig, from_dict, to_yaml
 from terarec.data.batches import make_loader
-from terarec.models.protocols import FitsStatistics, FusedTables, RegularizedTables, parameter_count
+from terarec.models.protocols import (
+    EndsEpochs,
+    FitsStatistics,
+    FusedTables,
+    PenalisedTables,
+    RegularizedTables,
+    parameter_count,
+)
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
 from terarec.train.experiment import check_config
 from terarec.train.logs import RunLogs
@@ -112,13 +119,13 @@ def write_status(run_dir: Path, status: str, reason: str = "") -> None:
 
 
 def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
-    """lambda/2 * sum ||W||^2 over the tables kept as parameters (``embedding.regularization``)."""
-    if coefficient <= 0:
-        return None
+    """lambda/2 * sum ||W||^2 over the tables kept as parameters (``embedding.regularization``), plus
+    each table's own penalty (``PenalisedTables``: Res-embedding's residual L2)."""
+    penalties = [module.regularization() for module in model.modules() if isinstance(module, PenalisedTables)]
     weights = [w for module in model.modules() if isinstance(module, RegularizedTables) for w in module.table_weights()]
-    if not weights:
-        return None
-    return 0.5 * coefficient * sum(weight.square().sum() for weight in weights)
+    if coefficient > 0 and weights:
+        penalties.append(0.5 * coefficient * sum(weight.square().sum() for weight in weights))
+    return sum(penalties[1:], penalties[0]) if penalties else None
 
 
 class LearningRates:
@@ -382,8 +389,7 @@ class Trainer:
                 save_checkpoint(self.run_dir / "checkpoint.pt", checkpoint_payload(self.task, 0, self.best_valid))
         else:
             while self.epoch < config.train.epochs and not self._patience_spent():
-                self._train_epoch()
-                self._end_epoch()
+                self.train_epoch()
             if config.train.checkpoint and self.best_epoch > 0:
                 self.load_best()
         test = self.task.evaluate("test")
@@ -393,6 +399,16 @@ class Trainer:
         log.info("best epoch %d; test %s", self.best_epoch, json.dumps(_json_safe(test)))
         return RunResult(self.run_dir, self.best_epoch, self.best_valid, test, self.record["epochs"],
                          self.record["seconds"])
+
+    def train_epoch(self) -> dict[str, float]:
+        """One more epoch: train, let modules end it (``EndsEpochs``), validate, keep the best;
+        returns the validation metrics."""
+        self._train_epoch()
+        for module in self.task.model.modules():
+            if isinstance(module, EndsEpochs):
+                module.end_epoch(self.epoch + 1)
+        self._end_epoch()
+        return self.record["epochs"][-1]["valid"]
 
     def _patience_spent(self) -> bool:
         patience = self.config.train.patience

@@ -14,8 +14,12 @@ from terarec.config import ExperimentConfig
 from terarec.data.ctr_dataset import FeatureSpec, ctr_batch_from_table
 from terarec.data.sequence_dataset import SequenceSpec
 from terarec.data.schema import DatasetMeta
-from terarec.data.vocabularies import vocabulary_ids
+from terarec.data import schema
+from terarec.data.vocabularies import split_tables, user_histories, vocabulary_ids
 from terarec.embedding.exact_vocabulary import ExactVocabulary
+from terarec.embedding.mixed_dim import row_counts
+from terarec.embedding.residual import cooccurrence_clusters
+from terarec.features.hashing import hash_array
 from terarec.features.crosses import crosses_from_config
 from terarec.runtime import configure_threads
 
@@ -99,3 +103,54 @@ def managed_vocabularies(
         )
         for name in spec.sparse_keys
     }
+
+
+# ----------------------------------------------------------------------------- table sizing inputs
+
+
+def ctr_row_counts(
+    folder: Path, meta: DatasetMeta, spec: FeatureSpec, vocabularies: dict[str, ExactVocabulary], keys: list[str]
+) -> dict[str, np.ndarray]:
+    """Training lookups per table row of each of ``keys`` (what frequency bands are cut from)."""
+    key_spec = FeatureSpec(sparse=spec.sparse, crosses=spec.crosses)
+    counts = {key: np.zeros(vocabularies[key].num_rows, dtype=np.int64) for key in keys}
+    for table in split_tables(folder, key_spec.input_columns, "train", meta):
+        features = ctr_batch_from_table(table, key_spec).sparse_features
+        for key in keys:
+            counts[key] += row_counts(vocabularies[key], features[key].values().numpy())
+    return counts
+
+
+def ctr_clusters(
+    config: ExperimentConfig, folder: Path, meta: DatasetMeta, spec: FeatureSpec,
+    vocabularies: dict[str, ExactVocabulary],
+) -> dict[str, np.ndarray]:
+    """Interest cluster of every row of each ``embedding.residual.features`` key, from co-occurrence
+    of its ids in each user's training rows (``data.user_column``), in row (time) order."""
+    options = config.embedding.residual
+    key_spec = FeatureSpec(sparse=spec.sparse, crosses=spec.crosses)
+    clusters = {}
+    for key in options.features:
+        def ids_of(table, key=key):
+            jagged = ctr_batch_from_table(table, key_spec).sparse_features[key]
+            return jagged.values().numpy(), jagged.lengths().numpy()
+
+        _, ids, lengths = user_histories(folder, key, config.data.user_column, ids_of,
+                                         columns=key_spec.input_columns, meta=meta)
+        rows = vocabularies[key](torch.from_numpy(ids)).numpy()
+        clusters[key] = cooccurrence_clusters((rows, lengths), vocabularies[key].num_rows, options.num_clusters,
+                                              options.window, config.train.seed)
+    return clusters
+
+
+def sequence_clusters(config: ExperimentConfig, folder: Path, meta: DatasetMeta,
+                      catalogue: ExactVocabulary) -> np.ndarray:
+    """Interest cluster of every catalogue row, from co-occurrence in the users' training histories."""
+    options = config.embedding.residual
+    _, ids, lengths = user_histories(
+        folder, schema.ITEM_ID, schema.USER_ID,
+        lambda table: (hash_array(table.column(schema.ITEM_ID), schema.ITEM_ID), np.ones(table.num_rows, np.int64)),
+        columns=[schema.ITEM_ID], meta=meta)
+    rows = catalogue(torch.from_numpy(ids)).numpy()
+    return cooccurrence_clusters((rows, lengths), catalogue.num_rows, options.num_clusters, options.window,
+                                 config.train.seed)

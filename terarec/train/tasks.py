@@ -49,7 +49,15 @@ from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.models import check_model_options, model_class
 from terarec.models.inputs import ModelInputs
 from terarec.models.protocols import HasLoss, MultiTask
-from terarec.train.setup import ctr_vocabularies, feature_spec, managed_vocabularies, sequence_spec
+from terarec.train.setup import (
+    ctr_clusters,
+    ctr_row_counts,
+    ctr_vocabularies,
+    feature_spec,
+    managed_vocabularies,
+    sequence_clusters,
+    sequence_spec,
+)
 
 # Metrics where lower is better; every other monitored metric is maximised.
 LOWER_IS_BETTER = ("logloss", "rmse", "loss")
@@ -163,6 +171,27 @@ class Task(ABC):
         return name, not any(word in name for word in LOWER_IS_BETTER)
 
 
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()}
+
+
+def _sizing_inputs(record: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """The row counts and clusters a record keeps (``embedding.bands`` / ``embedding.residual``)."""
+    return {part: {name: tensor.numpy() for name, tensor in record.get(part, {}).items()}
+            for part in ("row_counts", "clusters")}
+
+
+def _check_sized_features(config: ExperimentConfig, features: list[str]) -> None:
+    """Every feature the ``embedding:`` sizing names is one of the run's."""
+    options = config.embedding
+    named = {"embedding.dims": list(options.dims), "embedding.bands.widths": list(options.bands.widths),
+             "embedding.bands.features": options.bands.features, "embedding.residual.features": options.residual.features}
+    for field_name, names in named.items():
+        unknown = [name for name in names if name not in features]
+        if unknown:
+            raise ConfigError(f"{field_name}: {unknown} are not sparse features of this run (it has: {features})")
+
+
 def _check_split(split: str) -> None:
     if split not in schema.SPLIT_CODES:
         raise ValueError(f"split must be one of {list(schema.SPLIT_CODES)}, got {split!r}")
@@ -183,12 +212,22 @@ class CTRTask(Task):
             raise DataError("a CTR task needs at least one label column", path=folder)
         config = copy.deepcopy(config)
         config.data.sparse, config.data.dense, config.data.labels = list(spec.sparse), list(spec.dense), list(spec.labels)
+        _check_sized_features(config, spec.sparse_keys)
         if config.embedding.vocabulary == "managed":
+            if config.embedding.bands.num_bands > 1 or config.embedding.bands.widths or config.embedding.residual.features:
+                raise ConfigError("embedding.bands / embedding.residual: frequency bands and clusters are fitted per "
+                                  "row of an exact vocabulary; with embedding.vocabulary=managed use embedding.dims")
             vocabularies = managed_vocabularies(config, folder, meta, spec)
             ids = {name: torch.tensor([vocab.capacity]) for name, vocab in vocabularies.items()}
-        else:
-            ids = {name: vocab.ids for name, vocab in ctr_vocabularies(folder, meta, spec).items()}
-        return config, {"vocabularies": ids}
+            return config, {"vocabularies": ids}
+        exact = ctr_vocabularies(folder, meta, spec)
+        record: dict[str, Any] = {"vocabularies": {name: vocab.ids for name, vocab in exact.items()}}
+        banded = [name for name, vocab in exact.items() if config.embedding.bands.banded(name, vocab.num_rows)]
+        if banded:
+            record["row_counts"] = _tensors(ctr_row_counts(folder, meta, spec, exact, banded))
+        if config.embedding.residual.features:
+            record["clusters"] = _tensors(ctr_clusters(config, folder, meta, spec, exact))
+        return config, record
 
     @classmethod
     def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
@@ -202,7 +241,8 @@ class CTRTask(Task):
         else:
             vocabularies = {name: ExactVocabulary(saved[name].numpy()) for name in spec.sparse_keys}
         return ModelInputs(vocabularies=vocabularies, num_dense=len(spec.dense), labels=spec.labels,
-                           embedding=config.embedding, learning_rate=config.train.learning_rate)
+                           embedding=config.embedding, learning_rate=config.train.learning_rate,
+                           **_sizing_inputs(record))
 
     def dataset(self, split: str, shuffle: bool = False) -> CTRDataset:
         return CTRDataset(self.folder, split, feature_spec(self.config, None), batch_size=self.batch_size(split),
@@ -255,7 +295,15 @@ class SequentialTask(Task):
             schema.ITEM_ID: table.column(schema.ITEM_ID).to_numpy().astype(np.int64)})[schema.ITEM_ID]
         hashed = hash_array(pa.array(raw_ids), schema.ITEM_ID)
         order = np.argsort(hashed, kind="stable")  # the catalogue's row r + 1 holds hashed[order[r]]
-        return config, {"item_id": torch.from_numpy(hashed[order]), "item_raw_ids": torch.from_numpy(raw_ids[order])}
+        record = {"item_id": torch.from_numpy(hashed[order]), "item_raw_ids": torch.from_numpy(raw_ids[order])}
+        _check_sized_features(config, [schema.ITEM_ID])
+        if config.embedding.dims or config.embedding.bands.num_bands > 1 or config.embedding.bands.widths:
+            raise ConfigError("embedding.dims / embedding.bands: sequence models keep one d-wide item table "
+                              "(scored against the user vector); use embedding.residual")
+        if config.embedding.residual.features:
+            catalogue = ExactVocabulary(record["item_id"].numpy())
+            record["clusters"] = _tensors({schema.ITEM_ID: sequence_clusters(config, folder, meta, catalogue)})
+        return config, record
 
     @classmethod
     def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
@@ -263,7 +311,7 @@ class SequentialTask(Task):
             raise ValueError("the checkpoint has no item catalogue ('item_id' vocabulary)")
         catalogue = ExactVocabulary(record[schema.ITEM_ID].numpy())
         return ModelInputs(vocabularies={schema.ITEM_ID: catalogue}, embedding=config.embedding,
-                           learning_rate=config.train.learning_rate)
+                           learning_rate=config.train.learning_rate, **_sizing_inputs(record))
 
     def dataset(self, split: str, shuffle: bool = False) -> SequenceDataset:
         return SequenceDataset(self.folder, split, sequence_spec(self.config), batch_size=self.batch_size(split),
@@ -326,6 +374,9 @@ class RankingTask(Task):
     def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
         if not config.data.actions:
             raise ConfigError("data.actions: a ranking task needs the action columns its tasks predict")
+        if config.embedding.sized:
+            raise ConfigError("embedding.dims / bands / residual: the ranking task's tables are one width d "
+                              "(size them in CTR and sequential runs)")
         config = copy.deepcopy(config)
         if not config.data.labels:
             config.data.labels = list(config.data.actions)

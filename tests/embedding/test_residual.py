@@ -11,7 +11,6 @@ from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.embedding.residual import (
     NO_CLUSTER,
     ResEmbedding,
-    ResPooledEmbeddings,
     ResSequenceEmbeddings,
     cooccurrence_clusters,
     cooccurrence_matrix,
@@ -196,22 +195,6 @@ def test_from_histories_is_deterministic_under_a_seed() -> None:
 
 
 # ----------------------------------------------------------------------------- drop-in wrappers
-
-
-def test_pooled_wrapper_takes_64_bit_ids_like_pooled_embeddings() -> None:
-    vocab = ExactVocabulary(np.array([100, 200, 300, 400]))
-    clusters = np.array([NO_CLUSTER, 0, 0, 1, 1])
-    emb = ResPooledEmbeddings({"item_id": vocab}, {"item_id": clusters}, embedding_dim=8, residual_l2=1.0)
-    ids = torch.tensor([100, 300, 999, 400])
-    features = KeyedJaggedTensor(keys=["item_id"], values=ids, lengths=torch.tensor([2, 2]))
-    out = emb(features)
-    assert out.keys() == ["item_id"] and out.values().shape == (2, 8)
-    table = emb.features["item_id"]
-    expected = torch.stack([table(torch.tensor([1, 3])).sum(0), table(torch.tensor([0, 4])).sum(0)])
-    torch.testing.assert_close(out["item_id"], expected)
-    assert emb.regularization().item() > 0
-    with pytest.raises(ValueError, match=r"no clusters for features \['item_id'\]"):
-        ResPooledEmbeddings({"item_id": vocab}, {}, embedding_dim=8)
 
 
 def test_sequence_wrapper_matches_the_sequence_embeddings_interface() -> None:
