@@ -19,7 +19,8 @@ its last state; ``terarec train --resume RUN`` (``resume(run_dir)``) continues i
 included, and ends with the same weights and metrics as a run never stopped (same thread count).
 
 Optimizers: Adam for the dense parameters (and for tables kept as parameters,
-``embedding.optimizer: adam``); tables on the embedding engine are updated inside backward
+``embedding.optimizer: adam``), its fused kernel (one pass over all parameters instead of a
+loop of small ops per tensor; the same update within float rounding); tables on the embedding engine are updated inside backward
 by their own sparse optimizer (row-wise Adagrad by default). ``train.warmup_steps`` ramps
 both learning rates linearly; ``train.plateau_decay`` lowers both after an epoch without a
 better validation metric.
@@ -264,7 +265,7 @@ class Trainer:
         self.optimizer = None
         if self.trainable:
             self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.train.learning_rate,
-                                              weight_decay=self.config.train.weight_decay)
+                                              weight_decay=self.config.train.weight_decay, fused=True)
             self.rates = LearningRates(self.optimizer, model, self.config.train.warmup_steps,
                                        self.config.embedding.learning_rate or self.config.train.learning_rate)
         if state is not None:
