@@ -50,6 +50,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from terarec.layers.hstu_blocked import (
     BUCKET_CACHE_ELEMENTS,
@@ -350,6 +351,10 @@ class HSTULayer(nn.Module):
         self.f2 = nn.Linear(num_heads * linear_dim, embedding_dim)
         self.bias = RelativeBias(max_length, num_buckets, position_bias)
 
+    def _projections(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU(f1(LN(X))) of eq. (1), before the split into U, V, Q, K."""
+        return F.silu(self.f1(self.input_norm(x)))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -364,7 +369,14 @@ class HSTULayer(nn.Module):
         """
         h = self.num_heads
         sizes = [h * self.linear_dim, h * self.linear_dim, h * self.attention_dim, h * self.attention_dim]
-        u, v, q, k = torch.split(F.silu(self.f1(self.input_norm(x))), sizes, dim=-1)  # eq. (1)
+        if self.training and torch.is_grad_enabled():
+            # Backward recomputes eq. (1) (one d x 4d product) rather than keep f1's 4d-wide output
+            # for SiLU's backward and the norm's output for f1's.
+            projected = checkpoint(self._projections, x, use_reentrant=False, preserve_rng_state=False)
+        else:
+            projected = self._projections(x)
+        u, v, q, k = torch.split(projected, sizes, dim=-1)  # eq. (1)
+        u = u.contiguous()  # held until backward: on its own, not as a view that keeps all four alive
         cached_keys, cached_values = cached if cached is not None else (None, None)
 
         def heads(t: torch.Tensor, width: int) -> torch.Tensor:  # (B, T, H*w) -> (B, H, T, w)
