@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from terarec.layers.dropout import dropout
 from terarec.layers.hstu_blocked import (
     BUCKET_CACHE_ELEMENTS,
     TIME_BUCKET_WIDTH,
@@ -383,8 +384,8 @@ class HSTULayer(nn.Module):
             return t.view(t.shape[0], t.shape[1], h, width).transpose(1, 2)
 
         queries, keys, values = layout.queries(q), layout.keys(k, cached_keys), layout.keys(v, cached_values)
-        dropout = self.attention_dropout if self.training else 0.0
-        if self.attention == "blocked" and dropout == 0.0:
+        weights_dropout = self.attention_dropout if self.training else 0.0
+        if self.attention == "blocked" and weights_dropout == 0.0:
             attended = blocked_hstu_attention(
                 queries.view(*queries.shape[:2], h, self.attention_dim),
                 keys.view(*keys.shape[:2], h, self.attention_dim),
@@ -401,11 +402,11 @@ class HSTULayer(nn.Module):
                 self.bias(layout.relative, layout.buckets),
                 scale_length=self.max_length,
                 softmax=self.softmax,
-                dropout=dropout,
+                dropout=weights_dropout,
             ).transpose(1, 2)  # (B, Tq, H, d_v)
         attended = attended.reshape(layout.batch, layout.query_length, h * self.linear_dim)
         attended = to_jagged(attended, layout.query_index)  # (N, H * d_v)
-        y = x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
+        y = x + self.f2(dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
         return y, (k, v)
 
 
