@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from terarec.data.batches import SequenceBatch

@@ -19,11 +19,11 @@ its last state; ``terarec train --resume RUN`` (``resume(run_dir)``) continues i
 included, and ends with the same weights and metrics as a run never stopped (same thread count).
 
 Optimizers: Adam for the dense parameters (and for tables kept as parameters,
-``embedding.optimizer: adam``), its fused kernel (one pass over all parameters instead of a
-loop of small ops per tensor; the same update within float rounding); tables on the embedding engine are updated inside backward
-by their own sparse optimizer (row-wise Adagrad by default). ``train.warmup_steps`` ramps
-both learning rates linearly; ``train.plateau_decay`` lowers both after an epoch without a
-better validation metric.
+``embedding.optimizer: adam``), with its fused kernel (one pass over all parameters instead
+of a loop of small ops per tensor; the same update within float rounding); tables on the
+embedding engine are updated inside backward by their own sparse optimizer (row-wise Adagrad
+by default). ``train.warmup_steps`` ramps both learning rates linearly; ``train.plateau_decay``
+lowers both after an epoch without a better validation metric.
 """
 
 from __future__ import annotations
