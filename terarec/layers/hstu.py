@@ -51,7 +51,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from terarec.layers.dropout import dropout
 from terarec.layers.hstu_blocked import (
     BUCKET_CACHE_ELEMENTS,
     TIME_BUCKET_WIDTH,
@@ -495,6 +497,10 @@ class HSTULayer(nn.Module):
         self.f2 = nn.Linear(num_heads * linear_dim, embedding_dim)
         self.bias = RelativeBias(max_length, num_buckets, position_bias)
 
+    def _projections(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU(f1(LN(X))) of eq. (1), before the split into U, V, Q, K."""
+        return F.silu(self.f1(self.input_norm(x)))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -509,12 +515,19 @@ class HSTULayer(nn.Module):
         """
         h = self.num_heads
         sizes = [h * self.linear_dim, h * self.linear_dim, h * self.attention_dim, h * self.attention_dim]
-        u, v, q, k = torch.split(F.silu(self.f1(self.input_norm(x))), sizes, dim=-1)  # eq. (1)
+        if self.training and torch.is_grad_enabled():
+            # Backward recomputes eq. (1) (one d x 4d product) rather than keep f1's 4d-wide output
+            # for SiLU's backward and the norm's output for f1's.
+            projected = checkpoint(self._projections, x, use_reentrant=False, preserve_rng_state=False)
+        else:
+            projected = self._projections(x)
+        u, v, q, k = torch.split(projected, sizes, dim=-1)  # eq. (1)
+        u = u.contiguous()  # held until backward: on its own, not as a view that keeps all four alive
         cached_keys, cached_values = cached if cached is not None else (None, None)
 
         queries, keys, values = layout.queries(q), layout.keys(k, cached_keys), layout.keys(v, cached_values)
-        dropout = self.attention_dropout if self.training else 0.0
-        if self.attention == "blocked" and dropout == 0.0:
+        weights_dropout = self.attention_dropout if self.training else 0.0
+        if self.attention == "blocked" and weights_dropout == 0.0:
             attended = blocked_hstu_attention(
                 queries.view(*queries.shape[:2], h, self.attention_dim),
                 keys.view(*keys.shape[:2], h, self.attention_dim),
@@ -531,11 +544,11 @@ class HSTULayer(nn.Module):
                 self.bias(layout.relative, layout.buckets),
                 scale_length=self.max_length,
                 softmax=self.softmax,
-                dropout=dropout,
+                dropout=weights_dropout,
             ).transpose(1, 2)  # (B, Tq, H, d_v)
         attended = attended.reshape(layout.batch, layout.query_length, h * self.linear_dim)
         attended = to_jagged(attended, layout.query_index)  # (N, H * d_v)
-        y = x + self.f2(F.dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
+        y = x + self.f2(dropout(self.attention_norm(attended) * u, self.dropout, self.training))  # eq. (3)
         return y, (k, v)
 
     def forward_candidates(

@@ -112,31 +112,40 @@ class SampledSoftmax(nn.Module):
             or (N, M) with ``per_position``; masked negatives (a position's own target) hold -inf.
         """
         users = self.normalise(users)
+        if not self.per_position:
+            return self._shared_negative_logits(users, targets, table, generator)
         positives = self.normalise(table[targets])
-        columns = [(users * positives).sum(-1, keepdim=True)]
-        if self.per_position:  # num_negatives > 0, checked in __init__
-            shape = (len(targets), self.num_negatives)
-            rows = torch.randint(1, table.shape[0], shape, generator=generator, device=table.device)
-            if self.in_batch:
-                rows = torch.cat([rows, torch.unique(targets).expand(len(targets), -1)], 1)
-            if rows.numel() > table.shape[0]:  # fewer rows than draws: score every row once, then pick
-                negatives = torch.gather(users @ self.normalise(table).T, 1, rows)
-            else:
-                negatives = torch.einsum("nd,nmd->nm", users, self.normalise(table[rows]))  # (N, M)
-            same = rows == targets.unsqueeze(1)
+        shape = (len(targets), self.num_negatives)  # num_negatives > 0 with per_position, checked in __init__
+        rows = torch.randint(1, table.shape[0], shape, generator=generator, device=table.device)
+        if self.in_batch:
+            rows = torch.cat([rows, torch.unique(targets).expand(len(targets), -1)], 1)
+        if rows.numel() > table.shape[0]:  # fewer rows than draws: score every row once, then pick
+            negatives = torch.gather(users @ self.normalise(table).T, 1, rows)
         else:
-            negative_rows = []
-            if self.num_negatives > 0:
-                sampled = torch.randint(1, table.shape[0], (self.num_negatives,), generator=generator, device=table.device)
-                negative_rows.append(sampled)
-            if self.in_batch:
-                negative_rows.append(torch.unique(targets))
-            if not negative_rows:  # the full catalogue; the positive stays in its own column
-                negative_rows.append(torch.arange(1, table.shape[0], device=table.device))
-            rows = torch.cat(negative_rows)
-            negatives = users @ self.normalise(table[rows]).T  # (N, M)
-            same = rows.unsqueeze(0) == targets.unsqueeze(1)
-        columns.append(negatives.masked_fill(same, -torch.inf))
+            negatives = torch.einsum("nd,nmd->nm", users, self.normalise(table[rows]))  # (N, M)
+        same = rows == targets.unsqueeze(1)
+        columns = [(users * positives).sum(-1, keepdim=True), negatives.masked_fill(same, -torch.inf)]
+        return torch.cat(columns, 1) / self.temperature, rows
+
+    def _shared_negative_logits(
+        self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logits`` with one set of negatives for every position. The positives' and the negatives'
+        rows are gathered at once: each gather's backward writes a dense table-sized gradient, so one
+        gather instead of two saves a table-sized zero fill and sum per step."""
+        negative_rows = []
+        if self.num_negatives > 0:
+            sampled = torch.randint(1, table.shape[0], (self.num_negatives,), generator=generator, device=table.device)
+            negative_rows.append(sampled)
+        if self.in_batch:
+            negative_rows.append(torch.unique(targets))
+        if not negative_rows:  # the full catalogue; the positive stays in its own column
+            negative_rows.append(torch.arange(1, table.shape[0], device=table.device))
+        rows = torch.cat(negative_rows)
+        gathered = self.normalise(table[torch.cat([targets, rows])])
+        positives, negatives = gathered[: len(targets)], gathered[len(targets) :]
+        same = rows.unsqueeze(0) == targets.unsqueeze(1)
+        columns = [(users * positives).sum(-1, keepdim=True), (users @ negatives.T).masked_fill(same, -torch.inf)]
         return torch.cat(columns, 1) / self.temperature, rows
 
     def loss(

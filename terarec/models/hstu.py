@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from terarec.data.batches import SequenceBatch
 from terarec.embedding.factory import sequence_embeddings
+from terarec.layers.dropout import dropout
 from terarec.layers.hstu import HSTUStack
 from terarec.layers.jagged import last_index, positions
 from terarec.layers.retrieval import NextItemRetrieval, RetrievalLoss, SampledSoftmax
@@ -121,5 +121,5 @@ class HSTU(NextItemRetrieval, nn.Module):
         if keep is not None:
             embeddings, timestamps, query_times = embeddings[keep], timestamps[keep], query_times[keep]
         x = embeddings * math.sqrt(self.config.embedding_dim) + self.positions(positions(lengths))
-        x = F.dropout(x, self.config.dropout, self.training)
+        x = dropout(x, self.config.dropout, self.training)
         return self.stack(x, lengths, timestamps, query_times)

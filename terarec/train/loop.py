@@ -19,10 +19,11 @@ its last state; ``terarec train --resume RUN`` (``resume(run_dir)``) continues i
 included, and ends with the same weights and metrics as a run never stopped (same thread count).
 
 Optimizers: Adam for the dense parameters (and for tables kept as parameters,
-``embedding.optimizer: adam``); tables on the embedding engine are updated inside backward
-by their own sparse optimizer (row-wise Adagrad by default). ``train.warmup_steps`` ramps
-both learning rates linearly; ``train.plateau_decay`` lowers both after an epoch without a
-better validation metric.
+``embedding.optimizer: adam``), with its fused kernel (one pass over all parameters instead
+of a loop of small ops per tensor; the same update within float rounding); tables on the
+embedding engine are updated inside backward by their own sparse optimizer (row-wise Adagrad
+by default). ``train.warmup_steps`` ramps both learning rates linearly; ``train.plateau_decay``
+lowers both after an epoch without a better validation metric.
 """
 
 from __future__ import annotations
@@ -169,10 +170,12 @@ class LearningRates:
 
 
 def dense_optimizer(task: Task) -> torch.optim.Optimizer:
-    """Adam over the model's parameters (the fused tables are not among them)."""
+    """Adam over the model's parameters (the fused tables are not among them), with torch's fused
+    kernel: one pass over the parameters instead of a loop of per-tensor ops (the same update to
+    float rounding; on Beauty HSTU the per-tensor loop was ~1 s of a 7.6 s epoch)."""
     config = task.config
     return torch.optim.Adam(task.model.parameters(), lr=config.train.learning_rate,
-                            weight_decay=config.train.weight_decay)
+                            weight_decay=config.train.weight_decay, fused=True)
 
 
 def make_optimizer(task: Task) -> tuple[torch.optim.Optimizer, LearningRates]:

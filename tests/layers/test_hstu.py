@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from terarec.layers.hstu import (
+    AttentionLayout,
+    HSTULayer,
     HSTUStack,
     RelativeBias,
     causal_mask,
@@ -67,3 +69,22 @@ def test_stack_is_causal_padding_invariant_and_exposes_keys_values() -> None:
     torch.testing.assert_close(out[4:], alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(later[:3], out[:3])
     assert not torch.allclose(later[3], out[3])
+
+
+def test_training_recomputes_the_projections_with_the_same_gradients() -> None:
+    """In training the layer recomputes eq. (1) in backward (checkpoint): outputs and every gradient
+    equal those of the plain graph (eval mode with dropout 0, gradients on), in float64."""
+    torch.manual_seed(0)
+    layer = HSTULayer(8, 2, 4, 4, dropout=0.0, max_length=6, num_buckets=16).double()
+    x = torch.randn(7, 8, dtype=torch.float64)
+    times = torch.tensor([0, 5, 50, 5000, 0, 1, 2])
+    runs = []
+    for training in (True, False):
+        layer.train(training)
+        layer.zero_grad()
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs, AttentionLayout(torch.tensor([4, 3]), 6, times, None, 16))[0]
+        (out * torch.linspace(-1, 1, 8, dtype=torch.float64)).sum().backward()
+        runs.append([out, inputs.grad] + [p.grad.clone() for p in layer.parameters()])
+    for checkpointed, plain in zip(*runs):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-12, atol=1e-12)

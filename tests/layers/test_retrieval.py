@@ -88,3 +88,24 @@ def test_per_position_scores_agree_whether_rows_are_gathered_or_the_catalogue_sc
 def test_per_position_without_negatives_is_refused() -> None:
     with pytest.raises(ValueError, match="num_negatives > 0"):
         SampledSoftmax(num_negatives=0, per_position=True)
+
+
+def test_shared_negatives_loss_and_table_gradient_match_the_formula() -> None:
+    """The positives and negatives come from one gather of the table: loss and the table's gradient
+    equal the written-out sampled softmax (separate lookups, L2 norm, temperature), in float64."""
+    generator = torch.Generator().manual_seed(3)
+    users = torch.randn(6, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    table = torch.randn(9, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.tensor([1, 2, 3, 8, 2, 5])
+    head = SampledSoftmax(num_negatives=7, temperature=0.2, l2_norm=True)
+    loss = head.loss(users, targets, table, torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad(loss, (users, table))
+
+    rows = torch.randint(1, 9, (7,), generator=torch.Generator().manual_seed(1))  # the head's draw
+    unit_users, unit_table = F.normalize(users, dim=-1), F.normalize(table, dim=-1)
+    negatives = (unit_users @ unit_table[rows].T).masked_fill(rows == targets.unsqueeze(1), -math.inf)
+    positives = (unit_users * unit_table[targets]).sum(-1, keepdim=True)
+    expected = F.cross_entropy(torch.cat([positives, negatives], 1) / 0.2, torch.zeros(6, dtype=torch.long))
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected, (users, table))):
+        torch.testing.assert_close(got, want)
