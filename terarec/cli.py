@@ -259,6 +259,7 @@ def train_command(
     from terarec.data.errors import DataError
     from terarec.train import distributed
     from terarec.train.experiment import load_config
+    from terarec.embedding.factory import check_shardable
     from terarec.train.loop import new_run_dir, resume as resume_run, train, write_status
 
     try:
@@ -273,6 +274,8 @@ def train_command(
             if distributed.rank() != 0:
                 return
         elif nproc > 0 or nnodes != "1" or (resume is not None and distributed.latest_state(resume) is not None):
+            if cfg is not None and cfg.task == "ctr":
+                check_shardable(cfg.embedding)  # before any process starts: one clear error, not one per rank
             folder = resume or run_dir or (new_run_dir(cfg) if nnodes == "1" else None)
             command = ["train", *([str(config), *(overrides or [])] if resume is None else ["--resume", str(resume)]),
                        *(["--run-dir", str(folder)] if folder is not None and resume is None else []),

@@ -17,7 +17,7 @@ from terarec.cli import app
 runner = CliRunner()
 
 SUBCOMMANDS = [[], ["data"], ["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["demo"], ["plan"],
-               ["search-embeddings"]]
+               ["search-embeddings"], ["stream"], ["export"], ["serve"], ["delta"], ["predict"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "terarec")
@@ -28,7 +28,7 @@ def test_every_subcommand_has_help(words: list[str]) -> None:
 
 
 COMPUTING = [["data", "synth"], ["data", "prepare"], ["train"], ["eval"], ["predict"], ["demo"], ["sweep"],
-             ["search-embeddings"]]
+             ["search-embeddings"], ["stream"]]
 
 
 @pytest.mark.parametrize("words", COMPUTING, ids=" ".join)
@@ -119,6 +119,16 @@ def test_train_unknown_key_names_nearest(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(config), "train.epochz=2"])
     assert result.exit_code == 2
     assert "train.epochz" in result.output and "epochs" in result.output
+
+
+def test_train_nproc_refuses_unshardable_tables_before_starting_processes(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("task: ctr\nmodel: {name: embedding_mlp}\n")
+    result = runner.invoke(app, ["train", str(config), "embedding.optimizer=adam", "--nproc", "2",
+                                 "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "embedding.optimizer=adam" in result.output and "rowwise_adagrad" in result.output
+    assert not (tmp_path / "run").exists()  # refused before any folder or process
 
 
 @pytest.mark.slow

@@ -100,15 +100,9 @@ def _whole_tables(inputs: TableInputs, vocabularies: dict[str, Any], embedding_d
     return FusedPooledEmbeddings(vocabularies, embedding_dim, engine)
 
 
-def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> PooledEmbeddings:
-    """The tables as a TorchRec collection for ``DistributedModelParallel`` to shard, each parameter
-    tagged with the fused optimizer its sharded kernel runs (``embedding.optimizer``).
-
-    With ``world`` processes a table's gradient is the sum of every process's mean-loss gradient,
-    ``world`` times the one-process gradient of the same global batch: row-wise Adagrad does not
-    change under that scale, SGD's rate is divided by ``world``.
-    """
-    config = inputs.embedding
+def check_shardable(config: EmbeddingConfig) -> None:
+    """Raise ValueError naming the ``embedding.`` field that sharded tables (``--nproc > 1``) cannot
+    take; the launcher calls it before starting any process."""
     if config.sized:
         raise ValueError(
             "embedding.dims / bands / residual: sized tables are not supported with sharded tables (--nproc > 1) "
@@ -130,6 +124,18 @@ def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> Pool
             f"embedding.regularization={config.regularization}: sharded tables (--nproc > 1) have no weight decay "
             "(FBGEMM's CPU kernels ignore it); set embedding.regularization=0"
         )
+
+
+def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> PooledEmbeddings:
+    """The tables as a TorchRec collection for ``DistributedModelParallel`` to shard, each parameter
+    tagged with the fused optimizer its sharded kernel runs (``embedding.optimizer``).
+
+    With ``world`` processes a table's gradient is the sum of every process's mean-loss gradient,
+    ``world`` times the one-process gradient of the same global batch: row-wise Adagrad does not
+    change under that scale, SGD's rate is divided by ``world``.
+    """
+    config = inputs.embedding
+    check_shardable(config)
     embeddings = PooledEmbeddings(inputs.vocabularies, embedding_dim)
     learning_rate = config.learning_rate or inputs.learning_rate
     if config.optimizer == "rowwise_adagrad":
