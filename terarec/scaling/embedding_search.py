@@ -188,7 +188,8 @@ class SuccessiveHalving:
 
     def __init__(self, config: ExperimentConfig, budget_bytes: int, cost_weight: float = 1.0, num_bands: int = 4,
                  eta: int = 2, min_epochs: int = 1, rungs: int = 3, work_dir: Path | None = None) -> None:
-        self.config = copy.deepcopy(config)
+        self.user_config = copy.deepcopy(config)  # what chosen.yaml keeps: the user's training settings
+        self.config = copy.deepcopy(config)  # the candidates': no checkpoints, no early stop (rungs set the epochs)
         self.config.train.checkpoint = False
         self.config.train.patience = 0
         self.budget_bytes, self.cost_weight, self.num_bands = budget_bytes, cost_weight, num_bands
@@ -253,8 +254,9 @@ class SuccessiveHalving:
                             uniform.bytes)
 
     def chosen_config(self, candidate: Candidate) -> ExperimentConfig:
-        """The experiment config with the candidate's sizing (columns as the user wrote them)."""
-        config = copy.deepcopy(self.config)
+        """The user's experiment config (its training settings, early stopping included) with the
+        candidate's sizing (columns as the user wrote them)."""
+        config = copy.deepcopy(self.user_config)
         config.embedding = candidate.embedding(config.embedding, self.num_bands)
         return config
 

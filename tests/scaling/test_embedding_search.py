@@ -64,7 +64,7 @@ def test_candidates_hold_the_baselines_and_draws_under_the_budget() -> None:
 @pytest.mark.slow
 def test_successive_halving_trains_the_better_half_longer_and_writes_its_choice(ctr_data: Path, tmp_path: Path) -> None:
     config = _ctr_config(ctr_data, tmp_path, "data.sparse=[user_id, item_id, device]",
-                         "model={name: embedding_mlp, embedding_dim: 16, hidden: [32]}")
+                         "model={name: embedding_mlp, embedding_dim: 16, hidden: [32]}", "train.patience=3")
     result, files = search_embeddings(config, tmp_path / "search", budget_share=0.5, count=1, rungs=2, eta=2,
                                       num_bands=2, progress=False)
     assert len(result.candidates) == 7  # 3 uniform, 3 rule, 1 drawn
@@ -79,6 +79,8 @@ def test_successive_halving_trains_the_better_half_longer_and_writes_its_choice(
 
     chosen = parse_config(files["config"])
     assert chosen.embedding.dims == result.chosen.dims
+    # The candidates ran without early stopping or checkpoints; the written config keeps the user's settings.
+    assert (chosen.train.patience, chosen.train.checkpoint) == (config.train.patience, config.train.checkpoint)
     table = json.loads(files["candidates"].read_text())
     assert table["chosen"] == result.chosen.name and len(table["candidates"]) == 7
     assert files["plot"].stat().st_size > 10_000
