@@ -18,6 +18,7 @@ uniform's mean AUC.
 
     python bench/embedding_search.py --jobs 2                 # both data sets, seeds 0 1 2
     python bench/embedding_search.py --jobs 2 --cap frappe=4 --half ml100k --search frappe=2:2   # BENCHMARKS.md
+    python bench/embedding_search.py --jobs 2 --datasets frappe --half "" --search frappe=0:3:3   # converged Frappe
     python bench/embedding_search.py --datasets frappe --seeds 1 --quick
 """
 
@@ -39,7 +40,8 @@ RULE = ["embedding.bands.num_bands=4", "embedding.bands.alpha=0.5"]
 RULE_CANDIDATE = "rule-a0.5"  # the search's name for the same sizing
 
 
-def search_one(config_path: str, overrides: list[str], out: str, count: int, rungs: int) -> tuple[str, list[str]]:
+def search_one(config_path: str, overrides: list[str], out: str, count: int, rungs: int,
+               min_epochs: int = 1) -> tuple[str, list[str]]:
     """Run the search; returns the chosen candidate's name and its sizing as overrides."""
     import torch
 
@@ -48,7 +50,8 @@ def search_one(config_path: str, overrides: list[str], out: str, count: int, run
 
     torch.set_num_threads(1)
     config = load_config(config_path, overrides)
-    result, _ = search_embeddings(config, out, budget_share=0.5, count=count, rungs=rungs, progress=False)
+    result, _ = search_embeddings(config, out, budget_share=0.5, count=count, rungs=rungs, min_epochs=min_epochs,
+                                  progress=False)
     chosen = result.chosen
     print(f"search {out}: chose {chosen.name} ({chosen.bytes:,} bytes of {result.uniform_bytes:,}), valid "
           f"{chosen.metric:.5f}", flush=True)
@@ -82,8 +85,8 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=None, help="keep the searches' chosen.yaml and pareto.png here")
     parser.add_argument("--cap", default="", help="epoch caps, e.g. frappe=4 (every sizing alike; default: the config's)")
-    parser.add_argument("--search", default="", help="random draws and rungs per data set, e.g. frappe=2:2 "
-                        "(default 6 draws, 3 rungs)")
+    parser.add_argument("--search", default="", help="random draws, rungs and (optionally) first-rung epochs per "
+                        "data set, e.g. frappe=0:3:3 (default 6 draws, 3 rungs, 1 epoch)")
     parser.add_argument("--half", default="frappe,ml100k", help="data sets that also get the uniform d / 2 runs")
     args = parser.parse_args()
     caps = dict(item.split("=") for item in args.cap.split(",") if item)
