@@ -201,9 +201,9 @@ class StreamTrainer:
 
 def _run(task: Task, run_dir: Path, source: ChunkSource | None, progress: bool | None,
          state: dict[str, Any] | None) -> StreamResult:
+    source = source or folder_source(task.config)  # a bad source fails here, before the run's logs start
     logs = RunLogs(run_dir, progress=progress, resume=state is not None, unit="chunk")
-    return run_in_folder(run_dir, logs, lambda: StreamTrainer(task, run_dir, logs, source or folder_source(task.config),
-                                                              state).run())
+    return run_in_folder(run_dir, logs, lambda: StreamTrainer(task, run_dir, logs, source, state).run())
 
 
 def stream(config: ExperimentConfig, progress: bool | None = None, run_dir: Path | None = None,
@@ -218,6 +218,7 @@ def stream(config: ExperimentConfig, progress: bool | None = None, run_dir: Path
     config.data.path = str(Path(config.data.path).resolve())
     cls = task_class(config.task)
     task = cls.from_record(config, cls.streaming_record(config))
+    source = source or folder_source(config)  # a bad source fails before a run folder is made
     run_dir = run_dir or new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))

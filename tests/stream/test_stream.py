@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from terarec.config import ConfigError
+from terarec.data.errors import DataError
 from terarec.embedding.eviction import EMPTY
 from terarec.features.hashing import hash_array
 from terarec.serve.bundle import export_bundle, load_bundle
@@ -129,6 +130,14 @@ def test_a_stream_config_without_managed_capacity_or_of_another_task_is_refused(
     config.model = {"name": "sasrec"}
     with pytest.raises(ConfigError, match="'sequential' is not streamed yet"):
         stream(config, progress=False)
+
+
+def test_a_missing_source_folder_is_refused_before_a_run_folder_is_made(daily_folder: Path, tmp_path: Path) -> None:
+    config = load_config(stream_config_file(daily_folder, tmp_path, "missing"))
+    config.data.path = str(tmp_path / "no-such-days")
+    with pytest.raises(DataError, match="not a folder of Parquet partitions"):
+        stream(config, progress=False, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_deltas_every_two_chunks_across_a_resume_that_picks_up_new_days(daily_folder: Path, tmp_path: Path) -> None:
