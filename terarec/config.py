@@ -339,7 +339,9 @@ class StreamConfig:
         delta_every: write an embedding delta every this many chunks (0 = none); the run
             exports its base bundle before the first chunk.
         shuffle: shuffle each chunk's rows before training (seeded by ``train.seed`` and the
-            chunk's position; evaluation reads them in order).
+            chunk's position; evaluation reads them in order); sequential: the users' order.
+        history_ttl_days: sequential: a user's stored history is dropped after this many days
+            (event time) without a positive event (0 = ``embedding.ttl_days``).
     """
 
     time_column: str = "timestamp"
@@ -350,6 +352,7 @@ class StreamConfig:
     train_chunks: int = 0
     delta_every: int = 1
     shuffle: bool = True
+    history_ttl_days: float = 0.0
 
 
 @dataclass

@@ -72,6 +72,9 @@ class SequenceBatch:
             holding each user's FULL history before the target (every earlier event, oldest
             first, however long ``item_ids``' window is): what an evaluation protocol excludes
             from the candidates (``terarec.eval.protocols``). None for training batches.
+        target_mask: training batches: (N,) bool aligned with ``item_ids.values()``, the values the
+            loss may predict (a stream trains on the day's events only, its stored history being
+            input); None: every value but each user's first.
     """
 
     user_ids: torch.Tensor
@@ -81,6 +84,7 @@ class SequenceBatch:
     target_item_ids: torch.Tensor | None = None
     target_timestamps: torch.Tensor | None = None
     seen_item_ids: KeyedJaggedTensor | None = None
+    target_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.user_ids.shape[0])
@@ -99,6 +103,7 @@ class SequenceBatch:
             move(self.target_item_ids),
             move(self.target_timestamps),
             move(self.seen_item_ids),
+            move(self.target_mask),
         )
 
 

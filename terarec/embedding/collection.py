@@ -91,6 +91,8 @@ class SequenceEmbeddings(nn.Module):
         feature_name: the KJT key looked up.
     """
 
+    INIT_STD = 0.02  # rows start ~ N(0, INIT_STD^2); a managed vocabulary's reassigned rows too
+
     def __init__(self, vocabulary: ExactVocabulary, embedding_dim: int, feature_name: str = "item_id") -> None:
         super().__init__()
         self.feature_name = feature_name
@@ -106,7 +108,7 @@ class SequenceEmbeddings(nn.Module):
             ],
             device=torch.device("cpu"),
         )
-        nn.init.normal_(self.weight, std=0.02)
+        nn.init.normal_(self.weight, std=self.INIT_STD)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -264,6 +264,10 @@ class ManagedVocabulary(nn.Module):
         """Rows now held by an id."""
         return self.capacity - int(self.free_count)
 
+    def held(self) -> torch.Tensor:
+        """(num_rows,) bool: the rows now held by an id (never row 0)."""
+        return self.row_ids != EMPTY
+
     def extra_repr(self) -> str:
         admit = f"min_count={self.min_count}" if self.admit == "count" else f"p={self.admit_probability}"
         return f"capacity={self.capacity}, admit={self.admit}({admit}), evict={self.evict_policy}"

@@ -168,8 +168,9 @@ class NextItemRetrieval:
     A model mixing this in holds ``items`` (``SequenceEmbeddings``) and ``head``
     (``SampledSoftmax``) and defines ``encode(batch, keep, lengths) -> (N', d)``: the outputs
     of the values kept by the boolean ``keep`` (None: all), read as sequences of ``lengths``.
-    Training: every position but each user's last predicts the next event; scoring: the
-    last position's output is the user vector.
+    Training: every position but each user's last predicts the next event (only those whose next
+    event ``batch.target_mask`` marks, when it is set); scoring: the last position's output is the
+    user vector.
     """
 
     def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -178,8 +179,11 @@ class NextItemRetrieval:
     def loss(self, batch) -> torch.Tensor:
         is_input, is_target, lengths = next_item_split(batch.lengths)
         users = self.encode(batch, is_input, lengths)  # position i predicts event i + 1
-        targets = self.items.rows(batch.item_ids.values()[is_target])
-        return self.head.loss(users, targets, self.items.weight)
+        target_ids = batch.item_ids.values()[is_target]
+        if batch.target_mask is not None:  # only some values are predicted (a stream's new events)
+            predicted = batch.target_mask[is_target]
+            users, target_ids = users[predicted], target_ids[predicted]
+        return self.head.loss(users, self.items.rows(target_ids), self.items.weight)
 
     def user_vectors(self, batch) -> torch.Tensor:
         return self.encode(batch, None, batch.lengths)[last_index(batch.lengths)]  # (B, d)

@@ -32,11 +32,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from terarec.config import ExperimentConfig, to_yaml
@@ -69,8 +67,7 @@ class StreamResult:
 def folder_source(config: ExperimentConfig) -> ParquetFolderSource:
     """The config's source: the Parquet partitions of ``data.path``, read for the task's columns (and the
     user column for gAUC, where the files have one)."""
-    columns = list(dict.fromkeys([*config.data.sparse, *(config.data.dense or []), *config.data.labels,
-                                  config.stream.time_column]))
+    columns = task_class(config.task).stream_columns(config)
     options = config.stream
     return ParquetFolderSource(config.data.path, columns, follow=options.follow, poll_seconds=options.poll_seconds,
                                idle_seconds=options.idle_seconds, optional_columns=[config.data.user_column])
@@ -102,6 +99,7 @@ class StreamTrainer:
             "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
             "position": {"chunks_done": self.chunks_done, "global_step": self.global_step},
             "last_chunk": self.last_chunk or "", "record": json.dumps(self.record),
+            "task_state": self.task.stream_state(),
         }
         if self.publisher is not None:
             payload["publisher"] = self.publisher.state()
@@ -113,6 +111,7 @@ class StreamTrainer:
         self.global_step = int(state["position"]["global_step"])
         self.last_chunk = state["last_chunk"] or None
         self.record = json.loads(state["record"])
+        self.task.load_stream_state(state.get("task_state", {}))
         self.rates.restore(1.0, self.global_step)
         if self.publisher is not None:
             self.publisher.restore(state["publisher"], self.task.model)
@@ -143,13 +142,6 @@ class StreamTrainer:
         log.info("stream ended after %d chunks (last: %s)", self.chunks_done, self.last_chunk)
         return StreamResult(self.run_dir, self.record["chunks"], self.record["seconds"])
 
-    def _batches(self, table: pa.Table, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[int, Any]]:
-        """(latest event time, batch) of ``table``'s rows, in ``order`` (default: as they are)."""
-        time_column = self.config.stream.time_column
-        for start in range(0, table.num_rows, batch_size):
-            rows = table.slice(start, batch_size) if order is None else table.take(order[start:start + batch_size])
-            yield int(pc.max(rows.column(time_column)).as_py()), self.task.batch_from_table(rows)
-
     def _vocabulary_counts(self) -> dict[str, int]:
         counts = {"size": sum(vocab.num_admitted for vocab in self.vocabularies)}
         for counter in VOCABULARY_COUNTERS:
@@ -161,19 +153,18 @@ class StreamTrainer:
         config, model, table = self.config, self.task.model, chunk.table
         if config.stream.time_column not in table.column_names:
             raise ValueError(f"{chunk.name}: no column '{config.stream.time_column}' (stream.time_column)")
-        valid = self.task.evaluate_batches(batch for _, batch in self._batches(table, config.data.eval_batch_size))
+        valid = self.task.stream_evaluate(table)
         before = self._vocabulary_counts()
         trains = not config.stream.train_chunks or self.chunks_done < config.stream.train_chunks
         losses, clock = [], time.perf_counter()
         if trains:
             model.train()
-            order = None
-            if config.stream.shuffle:
-                order = np.random.default_rng([config.train.seed, self.chunks_done]).permutation(table.num_rows)
-            for event_time, batch in self._batches(table, config.data.batch_size, order):
+            rng = np.random.default_rng([config.train.seed, self.chunks_done]) if config.stream.shuffle else None
+            for event_time, batch in self.task.stream_batches(table, rng):
                 for vocab in self.vocabularies:
                     vocab.set_event_time(event_time)
                 factor = self.rates.step(self.global_step)
+                batch = self.task.before_stream_step(batch, self.optimizer)
                 losses.append(train_step(self.task, self.optimizer, batch))
                 self.global_step += 1
                 if self.global_step % config.train.log_every == 0:
@@ -181,6 +172,7 @@ class StreamTrainer:
                     self.logs.step(self.global_step, self.chunks_done + 1, config.train.learning_rate * factor,
                                    sum(window) / len(window))
         seconds = time.perf_counter() - clock
+        carried = self.task.after_stream_chunk(table)  # trained on or not: e.g. the users' histories
         after = self._vocabulary_counts()
         self.chunks_done += 1
         self.last_chunk = chunk.name
@@ -191,6 +183,8 @@ class StreamTrainer:
                  "vocab": {"size": after["size"], **{key: after[key] - before[key] for key in after if key != "size"}}}
         if losses:
             entry["train_loss"] = sum(losses) / len(losses)
+        if carried:
+            entry["carried"] = carried
         self.record["chunks"].append(entry)
         if self.publisher is not None:
             self.publisher.after_chunk(self.chunks_done, model)

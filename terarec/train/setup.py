@@ -83,8 +83,6 @@ def managed_vocabularies(
     Capacity: ``embedding.capacity``, or 1.25 x the key's distinct training ids (one counting
     pass); a checkpoint's saved capacities (``saved``) win, so its state loads into them.
     """
-    from terarec.embedding.vocabulary import ManagedVocabulary
-
     options = config.embedding
     if saved is not None:
         capacities = {name: int(saved[name][0]) for name in spec.sparse_keys}
@@ -93,16 +91,21 @@ def managed_vocabularies(
     else:
         exact = ctr_vocabularies(folder, meta, spec)
         capacities = {name: max(16, math.ceil(1.25 * (vocab.num_rows - 1))) for name, vocab in exact.items()}
-    return {
-        name: ManagedVocabulary(
-            capacities[name],
-            min_count=options.min_count,
-            evict=options.eviction,
-            ttl_seconds=options.ttl_days * 86400 if options.eviction == "ttl" else None,
-            seed=config.train.seed,
-        )
-        for name in spec.sparse_keys
-    }
+    return {name: managed_vocabulary(config, capacities[name]) for name in spec.sparse_keys}
+
+
+def managed_vocabulary(config: ExperimentConfig, capacity: int) -> nn.Module:
+    """One bounded managed vocabulary of ``capacity`` rows, admitting and evicting as ``embedding:`` says."""
+    from terarec.embedding.vocabulary import ManagedVocabulary
+
+    options = config.embedding
+    return ManagedVocabulary(
+        capacity,
+        min_count=options.min_count,
+        evict=options.eviction,
+        ttl_seconds=options.ttl_days * 86400 if options.eviction == "ttl" else None,
+        seed=config.train.seed,
+    )
 
 
 # ----------------------------------------------------------------------------- table sizing inputs

@@ -23,11 +23,12 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,12 +50,14 @@ from terarec.embedding.exact_vocabulary import ExactVocabulary
 from terarec.models import check_model_options, model_class
 from terarec.models.inputs import ModelInputs
 from terarec.models.protocols import HasLoss, MultiTask
+from terarec.train.sequence_stream import SequenceStream, check_streaming, stream_columns
 from terarec.train.setup import (
     ctr_clusters,
     ctr_row_counts,
     ctr_vocabularies,
     feature_spec,
     managed_vocabularies,
+    managed_vocabulary,
     sequence_clusters,
     sequence_spec,
 )
@@ -150,15 +153,36 @@ class Task(ABC):
     @classmethod
     def streaming_record(cls, config: ExperimentConfig) -> dict[str, Any]:
         """The input record of a streaming run, from its config alone (no data is read up front)."""
-        raise ConfigError(f"task: terarec stream trains ctr tasks; '{cls.kind}' is not streamed yet")
+        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{cls.kind}' is not streamed yet")
 
-    def batch_from_table(self, table: pa.Table) -> Any:
-        """One batch of a chunk's rows."""
-        raise ConfigError(f"task: terarec stream trains ctr tasks; '{self.kind}' is not streamed yet")
+    @classmethod
+    def stream_columns(cls, config: ExperimentConfig) -> list[str]:
+        """The columns a streaming run reads from each chunk."""
+        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{cls.kind}' is not streamed yet")
 
-    def evaluate_batches(self, batches: Any) -> dict[str, float]:
-        """Metrics of the model on batches (a chunk's, before it is trained on)."""
-        raise ConfigError(f"task: terarec stream trains ctr tasks; '{self.kind}' is not streamed yet")
+    def stream_evaluate(self, table: pa.Table) -> dict[str, float]:
+        """Progressive validation: metrics of the model on a chunk's rows, before it is trained on them."""
+        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{self.kind}' is not streamed yet")
+
+    def stream_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[tuple[int, Any]]:
+        """(latest event time, training batch) over a chunk's rows, shuffled by ``rng`` (None: in order)."""
+        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{self.kind}' is not streamed yet")
+
+    def before_stream_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> Any:
+        """The batch a streaming step trains on (a task may admit ids or mask targets first)."""
+        return batch
+
+    def after_stream_chunk(self, table: pa.Table) -> dict[str, int]:
+        """Carry what the task remembers across chunks past this one (trained on or not); returns counts
+        for the chunk's log row (none: an empty dict)."""
+        return {}
+
+    def stream_state(self) -> dict[str, Any]:
+        """What a streaming run's commit keeps of the task beyond the model (tensors, numbers, dicts of them)."""
+        return {}
+
+    def load_stream_state(self, state: dict[str, Any]) -> None:
+        """Restore ``stream_state``'s answer."""
 
     @abstractmethod
     def default_monitor(self) -> str:
@@ -272,11 +296,26 @@ class CTRTask(Task):
         spec = feature_spec(config, None)
         return {"vocabularies": {name: torch.tensor([config.embedding.capacity]) for name in spec.sparse_keys}}
 
+    @classmethod
+    def stream_columns(cls, config: ExperimentConfig) -> list[str]:
+        return list(dict.fromkeys([*config.data.sparse, *(config.data.dense or []), *config.data.labels,
+                                   config.stream.time_column]))
+
     def batch_from_table(self, table: pa.Table) -> CTRBatch:
+        """One batch of a chunk's rows."""
         return ctr_batch_from_table(table, feature_spec(self.config, None))
 
-    def evaluate_batches(self, batches: Any) -> dict[str, float]:
+    def stream_evaluate(self, table: pa.Table) -> dict[str, float]:
+        size = self.config.data.eval_batch_size
+        batches = (self.batch_from_table(table.slice(start, size)) for start in range(0, table.num_rows, size))
         return evaluate_ctr(self.model, batches, self.inputs.labels)
+
+    def stream_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[tuple[int, CTRBatch]]:
+        order = None if rng is None else rng.permutation(table.num_rows)
+        size, time_column = self.config.data.batch_size, self.config.stream.time_column
+        for start in range(0, table.num_rows, size):
+            rows = table.slice(start, size) if order is None else table.take(order[start:start + size])
+            yield int(pc.max(rows.column(time_column)).as_py()), self.batch_from_table(rows)
 
     def default_monitor(self) -> str:
         return "auc" if len(self.inputs.labels) == 1 else "mean_auc"
@@ -286,6 +325,7 @@ class SequentialTask(Task):
     """Next-item retrieval over user histories; HR / NDCG / MRR over the full catalogue."""
 
     kind = "sequential"
+    _stream: SequenceStream | None = None
 
     @classmethod
     def fit(cls, config: ExperimentConfig, folder: Path, meta: DatasetMeta) -> tuple[ExperimentConfig, dict[str, Any]]:
@@ -307,11 +347,50 @@ class SequentialTask(Task):
 
     @classmethod
     def inputs_from_record(cls, config: ExperimentConfig, record: dict[str, Any]) -> ModelInputs:
+        if config.embedding.vocabulary == "managed":  # a streaming run's: its capacity
+            capacity = int(record["vocabularies"][schema.ITEM_ID][0])
+            return ModelInputs(vocabularies={schema.ITEM_ID: managed_vocabulary(config, capacity)},
+                               embedding=config.embedding, learning_rate=config.train.learning_rate)
         if schema.ITEM_ID not in record:
             raise ValueError("the checkpoint has no item catalogue ('item_id' vocabulary)")
         catalogue = ExactVocabulary(record[schema.ITEM_ID].numpy())
         return ModelInputs(vocabularies={schema.ITEM_ID: catalogue}, embedding=config.embedding,
                            learning_rate=config.train.learning_rate, **_sizing_inputs(record))
+
+    @property
+    def stream(self) -> SequenceStream:
+        """The stream-side state and steps (``terarec.train.sequence_stream``), made on first use."""
+        if self._stream is None:
+            self._stream = SequenceStream(self.config, self.model, self.inputs.vocabularies[schema.ITEM_ID])
+        return self._stream
+
+    @classmethod
+    def streaming_record(cls, config: ExperimentConfig) -> dict[str, Any]:
+        """A managed item vocabulary of ``embedding.capacity`` rows: items are admitted as they stream in."""
+        check_streaming(config)
+        return {"vocabularies": {schema.ITEM_ID: torch.tensor([config.embedding.capacity])}}
+
+    @classmethod
+    def stream_columns(cls, config: ExperimentConfig) -> list[str]:
+        return stream_columns(config)
+
+    def stream_evaluate(self, table: pa.Table) -> dict[str, float]:
+        return self.stream.evaluate(table)
+
+    def stream_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[tuple[int, Any]]:
+        return self.stream.batches(table, rng)
+
+    def before_stream_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> Any:
+        return self.stream.before_step(batch, optimizer)
+
+    def after_stream_chunk(self, table: pa.Table) -> dict[str, int]:
+        return self.stream.after_chunk(table)
+
+    def stream_state(self) -> dict[str, Any]:
+        return {"histories": self.stream.histories.state_dict()}
+
+    def load_stream_state(self, state: dict[str, Any]) -> None:
+        self.stream.histories.load_state_dict(state["histories"])
 
     def dataset(self, split: str, shuffle: bool = False) -> SequenceDataset:
         return SequenceDataset(self.folder, split, sequence_spec(self.config), batch_size=self.batch_size(split),
