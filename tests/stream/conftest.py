@@ -26,6 +26,19 @@ STREAM_CONFIG = {
 }
 
 
+SEQUENCE_CONFIG = {
+    "name": "sequence-stream", "task": "sequential",
+    "data": {"keep_if": "click", "max_length": 12, "batch_size": 16, "eval_batch_size": 64},
+    # Dropout draws from the global RNG every step: resuming must restore it.
+    "model": {"name": "sasrec", "embedding_dim": 8, "num_layers": 1, "max_length": 12, "dropout": 0.1,
+              "num_negatives": 16},
+    "train": {"learning_rate": 0.01, "seed": 4, "threads": 1, "log_every": 1},
+    "eval": {"ks": [10]},
+    "embedding": {"vocabulary": "managed", "capacity": 150, "eviction": "ttl", "ttl_days": 1.5},
+    "stream": {"delta_every": 0, "history_ttl_days": 1.5},
+}
+
+
 @pytest.fixture(scope="session")
 def daily_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("daily") / "days"
@@ -33,9 +46,10 @@ def daily_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def stream_config_file(data: Path, tmp: Path, name: str, **sections: dict) -> Path:
-    """A streaming config over ``data`` writing runs under ``tmp / name``; ``sections`` update the defaults."""
-    config = json.loads(json.dumps(STREAM_CONFIG))
+def stream_config_file(data: Path, tmp: Path, name: str, base: dict = STREAM_CONFIG, **sections: dict) -> Path:
+    """A streaming config over ``data`` writing runs under ``tmp / name``; ``sections`` update ``base``
+    (``STREAM_CONFIG``, a ctr stream, or ``SEQUENCE_CONFIG``)."""
+    config = json.loads(json.dumps(base))
     for section, values in sections.items():
         config[section].update(values)
     config.update(name=name, run_dir=str(tmp / name))
