@@ -16,10 +16,18 @@ reports per day:
 - the size of each day's embedding delta beside the base bundle's weights, and the seconds to
   apply the last delta to the bundle with the earlier ones applied.
 
+With a sequence model (``--model hstu`` or ``sasrec``: next-item retrieval over the clicks,
+``terarec.train.sequence_stream``) it reports per day instead: next-day NDCG@10 and HR@10 (each
+user's first click of the day ranked from the clicks before it, against the catalogue held) of
+(a) the streaming model and (b) the same model frozen after day 1, the users ranked, the share
+of targets the catalogue does not hold (new items, or items aged out), the catalogue size and
+the items admitted and evicted, events/s and RSS.
+
     python bench/stream.py                      # 30 days x 3.4M events (100M; hours on 2 cores)
     python bench/stream.py --events-per-day 300000
     python bench/stream.py --quick              # 3 days x 200k events
     python bench/stream.py --events-per-day 1000000 --capacity 300000 --skip-window   # without (c)
+    python bench/stream.py --model hstu --events-per-day 100000    # a sequence model, 30 days
 
 Prints progress, then one JSON object as its last line.
 """
@@ -95,13 +103,67 @@ def slope_share(values: list[float], first_day: int) -> float:
     return float(slope / tail[0])
 
 
+def sequence_summary(args: argparse.Namespace, data: Path, runs: Path) -> dict:
+    """A sequence model streamed over the days, and frozen after day 1: next-day ranking per day."""
+    config = config_for(args, data, runs, "streaming")
+    source = MeasuredSource(folder_source(config))
+    started = time.perf_counter()
+    chunks = stream(config, progress=False, source=source).chunks
+    pass_seconds = time.perf_counter() - started
+    source.rss.append(round(rss_mb(), 1))
+    frozen = stream(config_for(args, data, runs, "frozen", train_chunks=1), progress=False).chunks
+
+    def series(run: list[dict], name: str, digits: int = 4) -> list:
+        return [round(c["valid"][name], digits) if name in c["valid"] else None for c in run]
+
+    def not_held_share(run: list[dict]) -> list:
+        return [round(c["valid"]["targets_not_held"] / c["valid"]["count"], 4) if c["valid"]["count"] else None
+                for c in run]
+
+    streaming_ndcg, frozen_ndcg = series(chunks, "ndcg@10"), series(frozen, "ndcg@10")
+    print(f"streaming: {pass_seconds:.0f}s, next-day ndcg@10 {streaming_ndcg}", flush=True)
+    print(f"frozen after day 1: next-day ndcg@10 {frozen_ndcg}", flush=True)
+    positives = sum(c["carried"]["positives"] for c in chunks)
+    train_seconds = sum(c["train_seconds"] for c in chunks)
+    ranked = range(1, len(chunks))  # day 1 has no history to rank from
+    return {
+        "benchmark": "stream", "model": args.model, "task": "sequential", "days": args.days,
+        "events_per_day": args.events_per_day, "events": sum(c["rows"] for c in chunks), "positives": positives,
+        "threads": args.threads, "capacity": args.capacity, "load_average": os.getloadavg()[0],
+        "pass_seconds": round(pass_seconds, 1),
+        "train_positives_per_s": round(positives / max(train_seconds, 1e-9)),
+        "per_day": {
+            "ndcg@10_streaming": streaming_ndcg, "ndcg@10_frozen_after_day1": frozen_ndcg,
+            "hr@10_streaming": series(chunks, "hr@10"), "hr@10_frozen_after_day1": series(frozen, "hr@10"),
+            "users_ranked": [c["valid"]["count"] for c in chunks],
+            "targets_not_held_share_streaming": not_held_share(chunks),
+            "targets_not_held_share_frozen": not_held_share(frozen),
+            "catalogue_streaming": [c["valid"]["catalogue"] for c in chunks],
+            "catalogue_frozen": [c["valid"]["catalogue"] for c in frozen],
+            "admitted": [c["vocab"]["admitted"] for c in chunks],
+            "evicted": [c["vocab"]["evicted"] for c in chunks],
+            "users_held": [c["carried"]["users"] for c in chunks],
+            "positives_per_s": [round(c["carried"]["positives"] / max(c["train_seconds"], 1e-9)) for c in chunks],
+            "rss_mb": source.rss,
+        },
+        "mean_ndcg@10_days_2_on": {"streaming": float(np.mean([streaming_ndcg[d] for d in ranked])),
+                                   "frozen": float(np.mean([frozen_ndcg[d] for d in ranked]))},
+        "streaming_beats_frozen_every_day_after_day3": (all(streaming_ndcg[d] > frozen_ndcg[d]
+                                                            for d in range(3, len(chunks)))
+                                                        if len(chunks) > 3 else None),
+        "rss_slope_share_per_day_after_day3": slope_share(source.rss, 3) if len(source.rss) >= 4 else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 days of 200k events")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--events-per-day", type=int, default=3_400_000)
     parser.add_argument("--model", default="dlrm", help="configs/stream/<model>.yaml")
-    parser.add_argument("--capacity", type=int, default=200_000, help="managed-vocabulary rows per feature")
+    parser.add_argument("--capacity", type=int, default=0,
+                        help="managed-vocabulary rows per feature (default: 200,000; sequence models: 12 days of "
+                             "new items, about 1.2x the catalogue, as negatives are drawn from every row)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-window", action="store_true", help="skip (c), which trains 3 days for every day")
@@ -118,6 +180,15 @@ def main() -> None:
     write_daily(daily, data, overwrite=True)
     generate_seconds = time.perf_counter() - started
     print(f"generated {args.days} days x {args.events_per_day:,} events in {generate_seconds:.0f}s", flush=True)
+    sequential = load_config(ROOT / "configs" / "stream" / f"{args.model}.yaml").task == "sequential"
+    args.capacity = args.capacity or (12 * daily.new_items_per_day if sequential else 200_000)
+    if sequential:
+        summary = sequence_summary(args, data, runs)
+        summary.update(generate_seconds=round(generate_seconds, 1))
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(summary))
+        return
 
     # (a) the streaming model
     config = config_for(args, data, runs, "streaming")
