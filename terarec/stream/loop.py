@@ -1,17 +1,23 @@
 """The streaming loop: each chunk evaluated, then trained on, then committed with its name; one pass; resumable.
 
-For every chunk the source hands out, in order:
+For every chunk the source hands out, in order (the task kind says how a chunk becomes metrics and
+batches: ``Task.stream_evaluate`` / ``stream_batches`` / ``before_stream_step`` /
+``after_stream_chunk``; ``ctr`` rows are examples, ``sequential`` rows are positives appended to
+users' histories, ``terarec.train.sequence_stream``):
 
 1. **progressive validation**: the model as it stands scores the chunk (evaluation mode: the
    managed vocabularies only look up, so ids never seen score on the default row);
-2. **training** on the chunk's rows (shuffled with a seed of ``train.seed`` and the chunk's
-   position), one step per batch with the trainer's step (``terarec.train.loop.train_step``); before
-   each batch the batch's latest event time is the managed vocabularies' clock, so TTL eviction
-   runs in event time; the ids admitted, evicted and not admitted are counted per chunk;
-3. **publishing**: a delta every ``stream.delta_every`` chunks (``terarec.stream.publish``);
-4. **commit**: ``state.pt`` (weights, optimizer, vocabulary state, RNG, the last chunk's name, the
-   record) written beside itself and renamed over the old one, then ``checkpoint.pt`` (the latest
-   weights, self-contained: ``terarec eval``, ``Predictor.from_run`` and ``export`` read it).
+2. **training** on the chunk (shuffled with a seed of ``train.seed`` and the chunk's position),
+   one step per batch with the trainer's step (``terarec.train.loop.train_step``); before each
+   batch the batch's latest event time is the managed vocabularies' clock, so TTL eviction runs
+   in event time; the ids admitted, evicted and not admitted are counted per chunk;
+3. **carrying** what the task remembers past the chunk (a sequential task's user histories),
+   trained on or not;
+4. **publishing**: a delta every ``stream.delta_every`` chunks (``terarec.stream.publish``);
+5. **commit**: ``state.pt`` (weights, optimizer, vocabulary state, the task's carried state, RNG,
+   the last chunk's name, the record) written beside itself and renamed over the old one, then
+   ``checkpoint.pt`` (the latest weights, self-contained: ``terarec eval``, ``Predictor.from_run``
+   and ``export`` read it).
 
 A run killed at any moment resumes (``resume_stream``) after the last committed chunk and ends with
 the weights and metrics of a run never stopped (same thread count). The run folder holds the
