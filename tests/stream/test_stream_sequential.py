@@ -12,11 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.config import ConfigError
 from terarec.data.batches import SequenceBatch
-from terarec.embedding.eviction import EMPTY
 from terarec.features.hashing import hash_array
 from terarec.layers.jagged import next_item_split
 from terarec.stream.loop import resume_stream, stream
