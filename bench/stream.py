@@ -77,6 +77,14 @@ class MeasuredSource:
             self.rss.append(round(rss_mb(), 1))
         return self.inner.next_chunk(after)
 
+    def per_chunk(self, chunks: int) -> list[float]:
+        """One RSS per chunk. The run reads the last chunk's when it asks for the next (and gets none);
+        a run that stops without asking gets it read now. (Reading it after the run as well counted a
+        31st, post-run value of 30 days, which pulled the slope down.)"""
+        if len(self.rss) < chunks:
+            self.rss.append(round(rss_mb(), 1))
+        return self.rss[:chunks]
+
 
 def config_for(args: argparse.Namespace, data: Path, runs: Path, name: str, **stream_options):
     overrides = [f"data.path={data}", f"run_dir={runs}", f"name={name}", f"train.threads={args.threads}",
@@ -110,7 +118,7 @@ def sequence_summary(args: argparse.Namespace, data: Path, runs: Path) -> dict:
     started = time.perf_counter()
     chunks = stream(config, progress=False, source=source).chunks
     pass_seconds = time.perf_counter() - started
-    source.rss.append(round(rss_mb(), 1))
+    source.rss = source.per_chunk(len(chunks))
     frozen = stream(config_for(args, data, runs, "frozen", train_chunks=1), progress=False).chunks
 
     def series(run: list[dict], name: str, digits: int = 4) -> list:
@@ -196,8 +204,8 @@ def main() -> None:
     started = time.perf_counter()
     result = stream(config, progress=False, source=source)
     pass_seconds = time.perf_counter() - started
-    source.rss.append(round(rss_mb(), 1))
     chunks = result.chunks
+    source.rss = source.per_chunk(len(chunks))
     streaming_auc = [c["valid"]["auc"] for c in chunks]
     print(f"streaming: {pass_seconds:.0f}s, next-day auc {[round(a, 4) for a in streaming_auc]}", flush=True)
 
