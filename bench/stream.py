@@ -27,6 +27,7 @@ the items admitted and evicted, events/s and RSS.
     python bench/stream.py --events-per-day 300000
     python bench/stream.py --quick              # 3 days x 200k events
     python bench/stream.py --events-per-day 1000000 --capacity 300000 --skip-window   # without (c)
+    python bench/stream.py --capacity 600000 --window-every 5   # 100M, (c) on days 5, 10, ..., 30
     python bench/stream.py --model hstu --events-per-day 100000    # a sequence model, 30 days
 
 Prints progress, then one JSON object as its last line.
@@ -102,6 +103,22 @@ def window_folder(data: Path, days: list[str], where: Path) -> Path:
     return where
 
 
+def window_aucs(args: argparse.Namespace, data: Path, runs: Path, work: Path, names: list[str]) -> list[float | None]:
+    """(c): for every ``--window-every``'th day d (1-based d = k, 2k, ...; day 1 never), a model trained
+    from scratch on the ``WINDOW_DAYS`` days before d, scored on d; None on the days not scored."""
+    aucs: list[float | None] = [None] * len(names)
+    for day in range(1, len(names)):
+        if (day + 1) % args.window_every:
+            continue
+        days = names[max(0, day - WINDOW_DAYS):day + 1]
+        folder = window_folder(data, days, work / "window")
+        trained = stream(config_for(args, folder, runs, f"window-{day:03d}", train_chunks=len(days) - 1,
+                                    delta_every=0), progress=False).chunks
+        aucs[day] = trained[-1]["valid"]["auc"]
+        print(f"window of {len(days) - 1} days before day {day + 1}: auc {aucs[day]:.4f}", flush=True)
+    return aucs
+
+
 def slope_share(values: list[float], first_day: int) -> float:
     """Least-squares slope per day over days ``first_day``.. (1-based), as a share of that day's value."""
     tail = np.asarray(values[first_day - 1:], dtype=np.float64)
@@ -175,6 +192,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-window", action="store_true", help="skip (c), which trains 3 days for every day")
+    parser.add_argument("--window-every", type=int, default=1,
+                        help="score (c) on every k-th day only (each costs 3 days of training)")
     parser.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
     args = parser.parse_args()
     if args.quick:
@@ -226,16 +245,10 @@ def main() -> None:
     frozen_auc = [c["valid"]["auc"] for c in frozen]
     print(f"frozen after day 1: next-day auc {[round(a, 4) for a in frozen_auc]}", flush=True)
 
-    # (c) from scratch on the 3 days before each day
+    # (c) from scratch on the 3 days before each day (every --window-every'th day)
     names = [c["name"] for c in chunks]
-    window_auc: list[float | None] = [None]
-    for day in range(1, 0 if args.skip_window else len(names)):
-        days = names[max(0, day - WINDOW_DAYS):day + 1]
-        folder = window_folder(data, days, work / "window")
-        trained = stream(config_for(args, folder, runs, f"window-{day:03d}", train_chunks=len(days) - 1,
-                                    delta_every=0), progress=False).chunks
-        window_auc.append(trained[-1]["valid"]["auc"])
-        print(f"window of {len(days) - 1} days before day {day + 1}: auc {window_auc[-1]:.4f}", flush=True)
+    window_auc = [None] * len(names) if args.skip_window else window_aucs(args, data, runs, work, names)
+    scored = [day for day, auc in enumerate(window_auc) if auc is not None]
 
     trained_rows = sum(c["rows"] for c in chunks)
     train_seconds = sum(c["train_seconds"] for c in chunks)
@@ -261,7 +274,11 @@ def main() -> None:
         "streaming_beats_frozen_every_day_after_day3": (all(streaming_auc[d] > frozen_auc[d] for d in after_day3)
                                                         if len(chunks) > 3 else None),
         "mean_auc": {"streaming": float(np.mean(streaming_auc[1:])), "frozen": float(np.mean(frozen_auc[1:])),
-                     "window": float(np.mean(window_auc[1:])) if len(window_auc) > 1 else None},
+                     "window": float(np.mean([window_auc[d] for d in scored])) if scored else None},
+        "mean_auc_on_window_days": ({"days": [d + 1 for d in scored],
+                                     "streaming": float(np.mean([streaming_auc[d] for d in scored])),
+                                     "frozen": float(np.mean([frozen_auc[d] for d in scored])),
+                                     "window": float(np.mean([window_auc[d] for d in scored]))} if scored else None),
         "base_bundle_weights_bytes": base_bytes,
         "delta_share_of_full_mean": round(float(np.mean(delta_bytes)) / base_bytes, 4),
         "apply_last_delta_seconds": round(apply_seconds, 3),
