@@ -324,6 +324,49 @@ class Served:
         return results
 
 
+class Guard:
+    """ASGI middleware of every request: its id (``x-request-id``, given or made; in
+    ``request.state.request_id`` and the answer's headers), a 500 naming it when the app fails
+    unanswered, the request count by endpoint and status, and ``/v1/`` latencies.
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``),
+    which streams each answer through a task and a memory stream: BENCHMARKS.md (issue 14) has
+    the event loop's CPU per request with each."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = given.decode("latin-1") if given else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started, status = time.perf_counter(), None
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if status is not None:  # answered already (the body limit signals its 413 so): pass it on
+                raise
+            log.exception("request %s failed", request_id)
+            await JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)(
+                scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            self.metrics.requests.labels(path, str(status)).inc()
+            if path.startswith("/v1/"):
+                self.metrics.latency.labels("request").observe(time.perf_counter() - started)
+
+
 def _guarded(call: Callable[[], Any]) -> Any:
     try:
         return call()
@@ -375,22 +418,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # FastAPI answers 413 to a body over the limit, whether announced by Content-Length or streamed.
     app = FastAPI(title="terarec", lifespan=lifespan, max_body_size=settings.max_body_bytes)
     app.state.served = served
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        try:
-            response: Response = await call_next(request)
-        except Exception:
-            log.exception("request %s failed", request_id)
-            response = JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
-        response.headers["x-request-id"] = request_id
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        if request.url.path.startswith("/v1/"):
-            metrics.latency.labels("request").observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Guard, metrics=metrics)
 
     async def _submit(request: Request, job: tuple[str, Any]) -> Any:
         try:
@@ -431,8 +459,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return answer
         if isinstance(answer, Exception):
             return _failed(request, answer)
-        return {"items": answer.items, "scores": answer.scores, "task_scores": answer.task_scores,
-                "stage_ms": answer.stage_ms, "bundle": served.recommender.bundle.version}
+        # A JSONResponse as is: FastAPI would first walk a returned dict with jsonable_encoder.
+        return JSONResponse({"items": answer.items, "scores": answer.scores, "task_scores": answer.task_scores,
+                             "stage_ms": answer.stage_ms, "bundle": served.recommender.bundle.version})
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest, request: Request):

@@ -144,6 +144,11 @@ def test_model_error_answers_500_with_a_request_id(bundles: dict[str, Path], mon
         response = client.post("/v1/recommend", json={"history": {"items": [1, 2]}}, headers={"x-request-id": "abc"})
         assert response.status_code == 500 and response.json()["request_id"] == "abc"
         assert client.get("/healthz").status_code == 200
+        monkeypatch.setattr(client.app.state.served, "recommender", None)  # the endpoint itself fails
+        response = client.post("/v1/recommend", json={"history": {"items": [1, 2]}})
+        assert response.status_code == 500 and response.json()["request_id"] == response.headers["x-request-id"]
+        assert client.get("/healthz").status_code == 200
+        assert 'terarec_requests_total{endpoint="/v1/recommend",status="500"} 2.0' in client.get("/metrics").text
 
 
 def test_burst_beyond_the_queue_is_turned_away_with_503(bundles: dict[str, Path], user: dict) -> None:
