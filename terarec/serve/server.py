@@ -70,7 +70,8 @@ class ServerSettings:
         max_rows: the most rows a score request may give.
         max_body_bytes: larger request bodies answer 413.
         num_candidates: items retrieved for ranking.
-        threads: torch threads of the compute thread (0: this process's CPU quota).
+        threads: torch and faiss threads of the compute thread (0: ``compute_threads``, the
+            CPUs this process may use less the event loop's one, at least 1).
     """
 
     bundle: str | Path
@@ -229,10 +230,21 @@ class Batcher:
                     future.set_result(result)
 
 
+def compute_threads(threads: int) -> int:
+    """The compute thread's torch / faiss threads: ``threads``, or for 0 the CPUs this process may
+    use less one, which the event loop (HTTP, JSON, validation) keeps, at least 1. On the 2-core
+    box of BENCHMARKS.md (issue 14) one thread answered (b) at 8 clients with 15% less server CPU
+    per request and a lower p50 than two: a parallel region of many small ops wakes a thread
+    that the event loop and the load generator also need."""
+    from terarec.runtime import cpu_quota
+
+    return threads if threads > 0 else max(1, cpu_quota() - 1)
+
+
 def _set_compute_threads(threads: int) -> None:
     from terarec.train.setup import set_threads
 
-    set_threads(threads)
+    set_threads(compute_threads(threads))
 
 
 # ---- the served state
@@ -250,7 +262,7 @@ class Served:
 
     def load(self, path: str | Path) -> Recommender:
         """Load, verify and self-check the bundle at ``path`` (raises on any failure)."""
-        recommender = Recommender(load_bundle(path, threads=self.settings.threads),
+        recommender = Recommender(load_bundle(path, threads=compute_threads(self.settings.threads)),
                                   num_candidates=self.settings.num_candidates)
         recommender.self_check()
         return recommender
@@ -587,4 +599,4 @@ def app_from_environment() -> FastAPI:
     return create_app(ServerSettings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
-__all__ = ["Batcher", "Metrics", "ServerSettings", "create_app", "running_server", "serve"]
+__all__ = ["Batcher", "Metrics", "ServerSettings", "compute_threads", "create_app", "running_server", "serve"]

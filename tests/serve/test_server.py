@@ -346,3 +346,13 @@ def test_delta_command_refuses_a_run_of_another_shape(serve_runs: dict[str, Path
     other = CliRunner().invoke(app, ["delta", str(bundles["hstu"]), str(serve_runs["ctr"]), "--out",
                                      str(tmp_path / "e")])
     assert other.exit_code != 0 and "does not match" in other.output
+
+
+def test_compute_threads_leave_one_cpu_to_the_event_loop(monkeypatch) -> None:
+    import terarec.runtime
+    from terarec.serve.server import compute_threads
+
+    assert compute_threads(3) == 3
+    for quota, expected in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(terarec.runtime, "cpu_quota", lambda quota=quota: quota)
+        assert compute_threads(0) == expected
