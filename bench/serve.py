@@ -132,14 +132,15 @@ def free_port() -> int:
 class Server:
     """`terarec serve BUNDLE` on 127.0.0.1 in a subprocess, stopped on exit (killed if it lingers)."""
 
-    def __init__(self, bundle: Path, max_batch: int, log: Path, queue_size: int = 512, threads: int = 0) -> None:
+    def __init__(self, bundle: Path, max_batch: int, log: Path, queue_size: int = 512, threads: int = 0,
+                 lanes: int = 1) -> None:
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.log = open(log, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "terarec.cli", "serve", str(bundle), "--host", "127.0.0.1",
              "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", "2", "--queue-size", str(queue_size),
-             "--threads", str(threads)],
+             "--threads", str(threads), "--lanes", str(lanes)],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -265,6 +266,7 @@ def main() -> None:
     parser.add_argument("--batching", default="on,off", help="on, off or both (on,off)")
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch with batching on")
     parser.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
+    parser.add_argument("--lanes", type=int, default=1, help="the server's --lanes (compute threads)")
     parser.add_argument("--no-faults", action="store_true", help="skip the burst and reload checks")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
@@ -292,7 +294,7 @@ def main() -> None:
             bundle = bundles[scenario]
             bodies = request_bodies(bundle, 64)
             for batching, max_batch in batching_modes:
-                with Server(bundle, max_batch, folder / "server.log", threads=args.threads) as server:
+                with Server(bundle, max_batch, folder / "server.log", threads=args.threads, lanes=args.lanes) as server:
                     asyncio.run(load_loop(server.url, bodies, 2, 4, seconds))  # warm-up
                     for clients in client_counts:
                         figures = measured_loop(server, bodies, clients, requests, seconds)
@@ -313,7 +315,7 @@ def main() -> None:
                 for scenario, r in results.items() if "64" in r.get("batching", {}) and "64" in r.get("no_batching", {})}
     summary = {"bench": "serve", "quick": args.quick, "items": catalogue["items"], "index": catalogue["kind"],
                "history": HISTORY, "candidates": 256, "threads": threads, "server_threads": args.threads,
-               "max_batch": args.max_batch, "requests_per_loop": requests,
+               "max_batch": args.max_batch, "lanes": args.lanes, "requests_per_loop": requests,
                "seconds_per_loop": seconds, "results": results, "errors": errors,
                "hstu_ranking_p99_ms_8_clients": hstu.get("p99_ms"),
                "hstu_ranking_server_cpu_ms_8_clients": hstu.get("server_cpu_ms"),

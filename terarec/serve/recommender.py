@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,13 +104,22 @@ class Recommender:
         self.bundle = bundle
         self.num_candidates = num_candidates
         self.micro_batch = micro_batch
-        self.unknown: dict[str, int] = {"history": 0, "candidates": 0}
+        self._per_thread = threading.local()
         ranking = bundle.ranking
         self.outputs = ranking.predictor.outputs if ranking else []
         self.rank_by = rank_by or (self.outputs[0] if self.outputs else None)
         if ranking and self.rank_by not in self.outputs:
             raise ValueError(f"rank_by: the ranking model's outputs are {self.outputs}, got {self.rank_by!r}")
         self._catalogue_rows = self._catalogue_lookup(ranking)
+
+    @property
+    def unknown(self) -> dict[str, int]:
+        """Ids the bundle did not know, by request field, counted per thread: a server with several
+        compute threads reads the increase over each batch on the thread that answered it."""
+        counts = getattr(self._per_thread, "unknown", None)
+        if counts is None:
+            counts = self._per_thread.unknown = {"history": 0, "candidates": 0}
+        return counts
 
     # ---- limits the server validates against
 

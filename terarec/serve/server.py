@@ -14,7 +14,8 @@ Endpoints (request and answer fields in docs/serving.md):
 
 Requests wait in a queue of ``queue_size`` jobs; one worker takes up to ``max_batch`` of them (until
 none has come for ``max_wait_ms``, and at most ``HOLD_WAITS`` x ``max_wait_ms`` after the first) and
-answers them together on one compute thread.
+answers them together on a compute thread; ``lanes`` compute threads answer that many batches at
+once (default 1).
 A full queue answers 503 with Retry-After at once, so memory stays bounded under any load. Malformed
 requests answer 4xx naming the field; an error inside the model answers 500 with the request id,
 and the server stays up.
@@ -70,8 +71,10 @@ class ServerSettings:
         max_rows: the most rows a score request may give.
         max_body_bytes: larger request bodies answer 413.
         num_candidates: items retrieved for ranking.
-        threads: torch and faiss threads of the compute thread (0: ``compute_threads``, the
-            CPUs this process may use less the event loop's one, at least 1).
+        threads: torch and faiss threads of a compute thread (0: ``compute_threads``, the
+            CPUs this process may use less the event loop's one, shared by the lanes, at least 1).
+        lanes: compute threads, each answering one batch at a time (a batch forms while the
+            lanes are busy, as with one); torch ops release the GIL, so lanes run in parallel.
     """
 
     bundle: str | Path
@@ -84,6 +87,7 @@ class ServerSettings:
     max_body_bytes: int = 4 << 20
     num_candidates: int = 256
     threads: int = 0
+    lanes: int = 1
 
 
 # ---- request bodies
@@ -167,30 +171,34 @@ class QueueFull(Exception):
 
 
 class Batcher:
-    """A bounded queue and one worker answering jobs in batches on a single compute thread.
+    """A bounded queue and one worker answering jobs in batches on ``lanes`` compute threads.
 
-    ``answer(jobs)`` receives the payloads of one batch and returns one result (or exception) each.
+    ``answer(jobs)`` receives the payloads of one batch and returns one result (or exception) each;
+    with several lanes it is called from several threads at once.
     """
 
     def __init__(self, answer: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_ms: float,
-                 capacity: int, metrics: Metrics, threads: int) -> None:
+                 capacity: int, metrics: Metrics, threads: int, lanes: int = 1) -> None:
         self.answer, self.max_batch, self.max_wait = answer, max(1, max_batch), max_wait_ms / 1e3
+        self.lanes = max(1, lanes)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=capacity)
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="terarec-compute",
-                                           initializer=_set_compute_threads, initargs=(threads,))
+        self.executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="terarec-compute",
+                                           initializer=_set_compute_threads, initargs=(threads, self.lanes))
         self.task: asyncio.Task | None = None
+        self.answering: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        for task in [self.task, *self.answering]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, payload: Any) -> Any:
@@ -204,7 +212,9 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        free_lanes = asyncio.Semaphore(self.lanes)
         while True:
+            await free_lanes.acquire()  # a batch is taken when a lane can answer it at once
             jobs = [await self.queue.get()]
             opened = last = loop.time()
             while len(jobs) < self.max_batch:
@@ -221,30 +231,39 @@ class Batcher:
                 last = loop.time()
             self.metrics.queue_depth.set(self.queue.qsize())
             self.metrics.batch_size.observe(len(jobs))
-            try:
-                results = await loop.run_in_executor(self.executor, self.answer, [payload for payload, _ in jobs])
-            except Exception as error:  # answer() isolates per-job errors; this is a bug in it
-                results = [error] * len(jobs)
-            for (_, future), result in zip(jobs, results):
-                if not future.done():
-                    future.set_result(result)
+            task = loop.create_task(self._answer(jobs, free_lanes))
+            self.answering.add(task)
+            task.add_done_callback(self.answering.discard)
+
+    async def _answer(self, jobs: list[tuple[Any, asyncio.Future]], free_lanes: asyncio.Semaphore) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.answer, [payload for payload, _ in jobs])
+        except Exception as error:  # answer() isolates per-job errors; this is a bug in it
+            results = [error] * len(jobs)
+        finally:
+            free_lanes.release()
+        for (_, future), result in zip(jobs, results):
+            if not future.done():
+                future.set_result(result)
 
 
-def compute_threads(threads: int) -> int:
-    """The compute thread's torch / faiss threads: ``threads``, or for 0 the CPUs this process may
-    use less one, which the event loop (HTTP, JSON, validation) keeps, at least 1. On the 2-core
+def compute_threads(threads: int, lanes: int = 1) -> int:
+    """A compute thread's torch / faiss threads: ``threads``, or for 0 the CPUs this process may
+    use less one, which the event loop (HTTP, JSON, validation) keeps, shared by the ``lanes``,
+    at least 1. On the 2-core
     box of BENCHMARKS.md (issue 14) one thread answered (b) at 8 clients with 15% less server CPU
     per request and a lower p50 than two: a parallel region of many small ops wakes a thread
     that the event loop and the load generator also need."""
     from terarec.runtime import cpu_quota
 
-    return threads if threads > 0 else max(1, cpu_quota() - 1)
+    return threads if threads > 0 else max(1, (cpu_quota() - 1) // max(1, lanes))
 
 
-def _set_compute_threads(threads: int) -> None:
+def _set_compute_threads(threads: int, lanes: int) -> None:
     from terarec.train.setup import set_threads
 
-    set_threads(compute_threads(threads))
+    set_threads(compute_threads(threads, lanes))
 
 
 # ---- the served state
@@ -262,7 +281,7 @@ class Served:
 
     def load(self, path: str | Path) -> Recommender:
         """Load, verify and self-check the bundle at ``path`` (raises on any failure)."""
-        recommender = Recommender(load_bundle(path, threads=compute_threads(self.settings.threads)),
+        recommender = Recommender(load_bundle(path, threads=compute_threads(self.settings.threads, self.settings.lanes)),
                                   num_candidates=self.settings.num_candidates)
         recommender.self_check()
         return recommender
@@ -405,7 +424,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = Batcher(served.answer, settings.max_batch, settings.max_wait_ms, settings.queue_size, metrics,
-                          settings.threads)
+                          settings.threads, settings.lanes)
         batcher.start()
         app.state.batcher = batcher
         loop = asyncio.get_running_loop()
