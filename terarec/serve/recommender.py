@@ -142,7 +142,7 @@ class Recommender:
         if ranking is None:
             answers = [Answer(c[:q.k].tolist(), s[:q.k].tolist()) for q, c, s in zip(queries, candidates, retrieval_scores)]
         else:
-            candidates = [self._known_to_ranker(c) for c in candidates]
+            candidates = self._known_to_ranker(candidates)
             rank = self._rank_hstu if ranking.predictor.kind == "ranking" else self._rank_ctr
             task_scores = rank(queries, candidates)
             answers = [self._top(q, c, s) for q, c, s in zip(queries, candidates, task_scores)]
@@ -228,14 +228,17 @@ class Recommender:
 
     # ---- stage 2
 
-    def _known_to_ranker(self, candidates: np.ndarray) -> np.ndarray:
+    def _known_to_ranker(self, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Each query's candidates less those the ranking model's item vocabulary does not know
+        (counted), the whole batch looked up in one call."""
         vocabulary = self.bundle.ranking.predictor.task.inputs.vocabularies.get(schema.ITEM_ID)
-        if not isinstance(vocabulary, ExactVocabulary) or candidates.size == 0:
+        flat = np.concatenate(candidates).astype(np.int64, copy=False)
+        if not isinstance(vocabulary, ExactVocabulary) or flat.size == 0:
             return candidates  # a managed vocabulary admits new ids: nothing is unknown to it
-        hashed = torch.from_numpy(hash_array(pa.array(candidates), schema.ITEM_ID))
-        known = vocabulary.contains(hashed).numpy()
+        known = vocabulary.contains(torch.from_numpy(hash_array(pa.array(flat), schema.ITEM_ID))).numpy()
         self.unknown["candidates"] += int((~known).sum())
-        return candidates[known]
+        bounds = np.cumsum([0, *[items.size for items in candidates]])
+        return [items[known[start:end]] for items, start, end in zip(candidates, bounds, bounds[1:])]
 
     @staticmethod
     def _catalogue_lookup(part: BundlePart | None) -> tuple[np.ndarray, np.ndarray] | None:
