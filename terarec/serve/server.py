@@ -251,10 +251,9 @@ class Batcher:
 def compute_threads(threads: int, lanes: int = 1) -> int:
     """A compute thread's torch / faiss threads: ``threads``, or for 0 the CPUs this process may
     use less one, which the event loop (HTTP, JSON, validation) keeps, shared by the ``lanes``,
-    at least 1. On the 2-core
-    box of BENCHMARKS.md (issue 14) one thread answered (b) at 8 clients with 15% less server CPU
-    per request and a lower p50 than two: a parallel region of many small ops wakes a thread
-    that the event loop and the load generator also need."""
+    at least 1. On the 2-core box of BENCHMARKS.md (issue 14) one thread answered (b) at 8
+    clients with ~14% less server CPU per request and a lower p50 than two: a parallel region of
+    many small ops wakes a thread that the event loop and the load generator also need."""
     from terarec.runtime import cpu_quota
 
     return threads if threads > 0 else max(1, (cpu_quota() - 1) // max(1, lanes))
