@@ -305,7 +305,7 @@ def main() -> None:
         if not args.no_faults:
             queue_size = 32
             with Server(bundles["hstu_ranking"], 32, folder / "server.log", queue_size=queue_size,
-                        threads=args.threads) as server:
+                        threads=args.threads, lanes=args.lanes) as server:
                 faults = asyncio.run(burst_and_reload(server, bundles["hstu_ranking"],
                                                       request_bodies(bundles["hstu_ranking"], 64), queue_size))
             print(f"burst and reload: {faults}", flush=True)
