@@ -268,7 +268,7 @@ class Recommender:
         predictor = self.bundle.ranking.predictor
         item_features, user_features = RankingTask._feature_columns(predictor.config)
         count = candidates.size
-        history = self._history_columns(query, item_features)
+        history, _ = self._history_columns([query], item_features)
         columns: dict[str, Any] = {schema.USER_ID: pa.array([query.user_id or -1] * count, pa.int64()),
                                    schema.ITEM_ID: pa.array(candidates, pa.int64()),
                                    schema.TIMESTAMP: pa.array([self._request_time(query)] * count, pa.int64())}
@@ -278,22 +278,30 @@ class Recommender:
             columns[history_column(name)] = pa.array([values] * count, pa.list_(values.type))
         return pa.table(columns)
 
-    def _history_columns(self, query: Query, item_features: list[str]) -> dict[str, pa.Array]:
-        """The history's last ``max_events`` events (the ranking model's window) as columns."""
+    def _history_columns(self, queries: list[Query], item_features: list[str]) -> tuple[dict[str, pa.Array], np.ndarray]:
+        """Each history's last ``max_events`` events (the ranking model's window) as columns, the
+        queries' events concatenated (one array per column for the batch), and their counts."""
         ranking = self.bundle.ranking
         actions = list(ranking.predictor.config.data.actions)
-        unknown = sorted(set(query.actions) - set(actions))
-        if unknown:
-            raise QueryError("history.actions", f"unknown action(s) {unknown}; this model's actions are {actions}")
-        n = query.items.size
-        kept = slice(max(0, n - int(ranking.schema.get("max_events") or n)), n)
-        items = query.items[kept]
-        times = query.timestamps if query.timestamps is not None else np.arange(n)
-        history = {schema.ITEM_ID: pa.array(items, pa.int64()), schema.TIMESTAMP: pa.array(times[kept], pa.int64())}
+        window = int(ranking.schema.get("max_events") or 0)
+        items, times, values = [], [], {name: [] for name in actions}
+        for query in queries:
+            unknown = sorted(set(query.actions) - set(actions))
+            if unknown:
+                raise QueryError("history.actions", f"unknown action(s) {unknown}; this model's actions are {actions}")
+            n = query.items.size
+            kept = slice(max(0, n - (window or n)), n)
+            items.append(query.items[kept])
+            times.append((query.timestamps if query.timestamps is not None else np.arange(n))[kept])
+            for name in actions:
+                values[name].append(np.asarray(query.actions.get(name, np.zeros(n)), np.float32)[kept])
+        flat_items = np.concatenate(items).astype(np.int64, copy=False)
+        history = {schema.ITEM_ID: pa.array(flat_items, pa.int64()),
+                   schema.TIMESTAMP: pa.array(np.concatenate(times).astype(np.int64, copy=False), pa.int64())}
         for name in actions:
-            history[name] = pa.array(np.asarray(query.actions.get(name, np.zeros(n)), np.float32)[kept])
-        history.update(self.item_features(items, item_features))
-        return history
+            history[name] = pa.array(np.concatenate(values[name]))
+        history.update(self.item_features(flat_items, item_features))
+        return history, np.array([part.size for part in items])
 
     @staticmethod
     def _context_column(query: Query, name: str, count: int) -> pa.Array:
@@ -310,11 +318,11 @@ class Recommender:
         results = [{name: np.zeros(0, np.float32) for name in self.outputs} for _ in queries]
         if not answered:
             return results
-        histories = [self._history_columns(queries[i], item_features) for i in answered]
+        history, lengths = self._history_columns([queries[i] for i in answered], item_features)
         piece = {schema.USER_ID: pa.array([queries[i].user_id or -1 for i in answered], pa.int64())}
-        offsets = pa.array(np.cumsum([0, *[len(h[schema.ITEM_ID]) for h in histories]]), pa.int32())
-        for name in histories[0]:
-            piece[history_column(name)] = pa.ListArray.from_arrays(offsets, pa.concat_arrays([h[name] for h in histories]))
+        offsets = pa.array(np.cumsum([0, *lengths]), pa.int32())
+        for name, values in history.items():
+            piece[history_column(name)] = pa.ListArray.from_arrays(offsets, values)
         for name in user_features:
             piece[name] = pa.concat_arrays([self._context_column(queries[i], name, 1) for i in answered])
         flat = np.concatenate([candidates[i] for i in answered])
