@@ -16,6 +16,12 @@ subprocess bound to 127.0.0.1 and is stopped after each pair of loops.
 
     python bench/serve.py            # 120k items; 400 requests or 20 s per loop
     python bench/serve.py --quick    # 20k items; 60 requests or 5 s per loop
+    python bench/serve.py --scenarios hstu_ranking --clients 8 --batching on --no-faults  # one loop
+
+Each loop also reports the server's CPU milliseconds per request (user + system time of the server
+process over the loop), split into its event-loop thread (HTTP, JSON, validation, batching) and
+the rest (the compute thread and its torch / faiss threads), and the load generator's: on a shared
+box these move far less with other work than wall-clock latencies do.
 
 Targets (issue 14): (b) p99 <= 80 ms at 8 clients; batching >= 2x the QPS of no batching at 64
 clients; 0 errors. Last, a burst of twice the queue's capacity (queue 32: 503s counted, server RSS
@@ -86,6 +92,37 @@ def build_bundles(folder: Path, num_items: int, num_events: int) -> dict[str, Pa
     }
 
 
+def cpu_seconds(process) -> tuple[float, float]:
+    """(event-loop thread, other threads) user + system CPU seconds of a server process so far
+    (its main thread runs uvicorn's event loop)."""
+    loop = other = 0.0
+    for thread in process.threads():
+        if thread.id == process.pid:
+            loop += thread.user_time + thread.system_time
+        else:
+            other += thread.user_time + thread.system_time
+    return loop, other
+
+
+def measured_loop(server: "Server", bodies: list[dict], clients: int, requests: int, seconds: float) -> dict:
+    """``load_loop`` figures plus CPU milliseconds per request: the server's (event loop, the rest,
+    total) and the load generator's (this process)."""
+    import psutil
+
+    server_process, me = psutil.Process(server.process.pid), psutil.Process()
+    loop0, other0 = cpu_seconds(server_process)
+    client0 = sum(me.cpu_times()[:2])
+    figures = asyncio.run(load_loop(server.url, bodies, clients, requests, seconds))
+    loop1, other1 = cpu_seconds(server_process)
+    client1 = sum(me.cpu_times()[:2])
+    per_request = 1e3 / max(figures["requests"], 1)
+    figures.update(server_cpu_ms=round((loop1 - loop0 + other1 - other0) * per_request, 2),
+                   server_loop_cpu_ms=round((loop1 - loop0) * per_request, 2),
+                   server_compute_cpu_ms=round((other1 - other0) * per_request, 2),
+                   client_cpu_ms=round((client1 - client0) * per_request, 2))
+    return figures
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -95,13 +132,15 @@ def free_port() -> int:
 class Server:
     """`terarec serve BUNDLE` on 127.0.0.1 in a subprocess, stopped on exit (killed if it lingers)."""
 
-    def __init__(self, bundle: Path, max_batch: int, log: Path, queue_size: int = 512) -> None:
+    def __init__(self, bundle: Path, max_batch: int, log: Path, queue_size: int = 512, threads: int = 0,
+                 lanes: int = 1) -> None:
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.log = open(log, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "terarec.cli", "serve", str(bundle), "--host", "127.0.0.1",
-             "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", "2", "--queue-size", str(queue_size)],
+             "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", "2", "--queue-size", str(queue_size),
+             "--threads", str(threads), "--lanes", str(lanes)],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -222,7 +261,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None, help="requests per loop at most")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per loop at most")
     parser.add_argument("--keep", type=Path, default=None, help="build (or reuse) the bundles in this folder")
+    parser.add_argument("--scenarios", default="retrieval,hstu_ranking,wukong", help="comma-separated subset")
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="comma-separated client counts")
+    parser.add_argument("--batching", default="on,off", help="on, off or both (on,off)")
+    parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch with batching on")
+    parser.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
+    parser.add_argument("--lanes", type=int, default=1, help="the server's --lanes (compute threads)")
+    parser.add_argument("--no-faults", action="store_true", help="skip the burst and reload checks")
     args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    client_counts = [int(count) for count in args.clients.split(",")]
+    modes = {"on": ("batching", args.max_batch), "off": ("no_batching", 1)}
+    batching_modes = [modes[mode] for mode in args.batching.split(",")]
     num_items, num_events = (20_000, 100_000) if args.quick else (120_000, 600_000)
     requests = args.requests or (60 if args.quick else 400)
     seconds = args.seconds or (5.0 if args.quick else 20.0)
@@ -240,29 +290,35 @@ def main() -> None:
         print(f"bundles built in {time.perf_counter() - started:.0f}s; catalogue {catalogue}", flush=True)
         results: dict[str, dict] = {}
         errors = 0
-        for scenario, bundle in bundles.items():
+        for scenario in scenarios:
+            bundle = bundles[scenario]
             bodies = request_bodies(bundle, 64)
-            for batching, max_batch in (("batching", 32), ("no_batching", 1)):
-                with Server(bundle, max_batch, folder / "server.log") as server:
+            for batching, max_batch in batching_modes:
+                with Server(bundle, max_batch, folder / "server.log", threads=args.threads, lanes=args.lanes) as server:
                     asyncio.run(load_loop(server.url, bodies, 2, 4, seconds))  # warm-up
-                    for clients in CLIENTS:
-                        figures = asyncio.run(load_loop(server.url, bodies, clients, requests, seconds))
+                    for clients in client_counts:
+                        figures = measured_loop(server, bodies, clients, requests, seconds)
                         results.setdefault(scenario, {}).setdefault(batching, {})[str(clients)] = figures
                         errors += figures["errors"]
                         print(f"{scenario:13s} {batching:11s} {clients:3d} clients: {figures}", flush=True)
-        queue_size = 32
-        with Server(bundles["hstu_ranking"], 32, folder / "server.log", queue_size=queue_size) as server:
-            faults = asyncio.run(burst_and_reload(server, bundles["hstu_ranking"],
-                                                  request_bodies(bundles["hstu_ranking"], 64), queue_size))
-        print(f"burst and reload: {faults}", flush=True)
-        errors += faults["failed_during_reload"] + faults["burst_other"]
-    hstu = results["hstu_ranking"]
+        faults = None
+        if not args.no_faults:
+            queue_size = 32
+            with Server(bundles["hstu_ranking"], 32, folder / "server.log", queue_size=queue_size,
+                        threads=args.threads, lanes=args.lanes) as server:
+                faults = asyncio.run(burst_and_reload(server, bundles["hstu_ranking"],
+                                                      request_bodies(bundles["hstu_ranking"], 64), queue_size))
+            print(f"burst and reload: {faults}", flush=True)
+            errors += faults["failed_during_reload"] + faults["burst_other"]
+    hstu = results.get("hstu_ranking", {}).get("batching", {}).get("8", {})
     speedups = {scenario: round(r["batching"]["64"]["qps"] / max(r["no_batching"]["64"]["qps"], 1e-9), 2)
-                for scenario, r in results.items()}
+                for scenario, r in results.items() if "64" in r.get("batching", {}) and "64" in r.get("no_batching", {})}
     summary = {"bench": "serve", "quick": args.quick, "items": catalogue["items"], "index": catalogue["kind"],
-               "history": HISTORY, "candidates": 256, "threads": threads, "requests_per_loop": requests,
+               "history": HISTORY, "candidates": 256, "threads": threads, "server_threads": args.threads,
+               "max_batch": args.max_batch, "lanes": args.lanes, "requests_per_loop": requests,
                "seconds_per_loop": seconds, "results": results, "errors": errors,
-               "hstu_ranking_p99_ms_8_clients": hstu["batching"]["8"]["p99_ms"],
+               "hstu_ranking_p99_ms_8_clients": hstu.get("p99_ms"),
+               "hstu_ranking_server_cpu_ms_8_clients": hstu.get("server_cpu_ms"),
                "batching_speedup_64_clients": speedups, "faults": faults,
                "targets": {"hstu_ranking_p99_ms_8_clients_max": 80, "batching_speedup_min": 2.0, "errors": 0}}
     print(json.dumps(summary))

@@ -443,7 +443,9 @@ def serve_command(
     max_wait_ms: float = typer.Option(2.0, min=0, help="A batch closes once no query has come for this long (at most 5x this after its first)."),
     queue_size: int = typer.Option(256, min=1, help="Queries waiting at most; beyond, 503 with Retry-After."),
     num_candidates: int = typer.Option(256, min=1, help="Items retrieved for ranking."),
-    threads: Threads = 0,
+    threads: int = typer.Option(0, "--threads", min=0, help="Threads of the compute thread (torch, faiss; 0 = the CPUs "
+                                "this process may use less one, which the event loop keeps; at least 1)."),
+    lanes: int = typer.Option(1, min=1, help="Compute threads answering batches at once (each with --threads threads)."),
 ) -> None:
     """Serve a bundle over HTTP: /v1/recommend, /v1/score, /healthz, /readyz, /metrics, /admin/reload."""
     _quiet_libraries()
@@ -451,7 +453,7 @@ def serve_command(
     from terarec.serve.server import ServerSettings, serve
 
     settings = ServerSettings(bundle=bundle, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                              num_candidates=num_candidates, threads=threads)
+                              num_candidates=num_candidates, threads=threads, lanes=lanes)
     try:
         serve(settings, host=host, port=port, workers=workers)
     except (BundleError, ValueError, FileNotFoundError) as error:

@@ -501,6 +501,18 @@ class HSTULayer(nn.Module):
         """SiLU(f1(LN(X))) of eq. (1), before the split into U, V, Q, K."""
         return F.silu(self.f1(self.input_norm(x)))
 
+    def _split(self, projected: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """U, V, Q, K of eq. (1), views of ``projected``."""
+        h = self.num_heads
+        sizes = [h * self.linear_dim, h * self.linear_dim, h * self.attention_dim, h * self.attention_dim]
+        return torch.split(projected, sizes, dim=-1)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (N, H * d_qk) keys and (N, H * d_v) values of (N, d) tokens, as ``forward`` returns
+        them, without the attention: what a history cache needs of the stack's last layer."""
+        _, v, _, k = self._split(self._projections(x))
+        return k, v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -514,14 +526,13 @@ class HSTULayer(nn.Module):
             (N, d) outputs, and the tokens' own (keys, values), (N, H * d_qk) and (N, H * d_v).
         """
         h = self.num_heads
-        sizes = [h * self.linear_dim, h * self.linear_dim, h * self.attention_dim, h * self.attention_dim]
         if self.training and torch.is_grad_enabled():
             # Backward recomputes eq. (1) (one d x 4d product) rather than keep f1's 4d-wide output
             # for SiLU's backward and the norm's output for f1's.
             projected = checkpoint(self._projections, x, use_reentrant=False, preserve_rng_state=False)
         else:
             projected = self._projections(x)
-        u, v, q, k = torch.split(projected, sizes, dim=-1)  # eq. (1)
+        u, v, q, k = self._split(projected)  # eq. (1)
         u = u.contiguous()  # held until backward: on its own, not as a view that keeps all four alive
         cached_keys, cached_values = cached if cached is not None else (None, None)
 
@@ -563,8 +574,7 @@ class HSTULayer(nn.Module):
         each seeing its user's cached history, (B, H, n, width) keys and values, and itself only.
         Inference only (no dropout)."""
         h = self.num_heads
-        sizes = [h * self.linear_dim, h * self.linear_dim, h * self.attention_dim, h * self.attention_dim]
-        u, v, q, k = torch.split(F.silu(self.f1(self.input_norm(x))), sizes, dim=-1)  # eq. (1)
+        u, v, q, k = self._split(self._projections(x))  # eq. (1)
         history_bias, own_bias = layout.biases(self.bias, columns)
         attended = candidate_attention(
             _split_heads(q, h), _split_heads(k, h), _split_heads(v, h), history_keys, history_values,
@@ -628,7 +638,8 @@ class HSTUStack(nn.Module):
         num_candidates: torch.Tensor | None = None,
         cache: HistoryCache | None = None,
         return_cache: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, HistoryCache]:
+        outputs: bool = True,
+    ) -> torch.Tensor | tuple[torch.Tensor | None, HistoryCache]:
         """Run the stack on tokens appended to an optional cached history.
 
         Args:
@@ -640,12 +651,17 @@ class HSTUStack(nn.Module):
                 see the history and themselves only (see ``AttentionLayout``); None: none.
             cache: the histories these tokens follow, from ``return_cache=True``; None: none.
             return_cache: also return the cache of history + these tokens (no candidates).
+            outputs: False (with ``return_cache``): the cache alone, None for the outputs; the
+                last layer then computes its keys and values only, not its attention, which
+                nothing in a cache depends on (about half the work of a two-layer stack).
 
         Returns:
             (N, d) outputs (and the ``HistoryCache``).
         """
         if return_cache and num_candidates is not None and bool((num_candidates > 0).any()):
             raise ValueError("candidates are not cached: call with return_cache=False")
+        if not outputs and not return_cache:
+            raise ValueError("outputs=False returns the cache alone: call with return_cache=True")
         layout = AttentionLayout(
             lengths,
             self.options.max_length,
@@ -657,9 +673,13 @@ class HSTUStack(nn.Module):
             None if cache is None else cache.timestamps,
         )
         keys_values = []
+        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             cached = None if cache is None else cache.keys_values[index]
-            x, (k, v) = layer(x, layout, cached)
+            if outputs or index < last:
+                x, (k, v) = layer(x, layout, cached)
+            else:
+                k, v = layer.keys_values(x)
             if return_cache:
                 cached_keys, cached_values = (None, None) if cached is None else cached
                 keys_values.append((layout.appended(k, cached_keys), layout.appended(v, cached_values)))
@@ -673,7 +693,7 @@ class HSTUStack(nn.Module):
                 times = layout.appended(timestamps, timestamps[:0])
             else:  # a history without times: the cache cannot have them either
                 times = None
-        return x, HistoryCache(keys_values, layout.total_lengths, times)
+        return x if outputs else None, HistoryCache(keys_values, layout.total_lengths, times)
 
     @torch.no_grad()
     def cache_history(
@@ -700,7 +720,7 @@ class HSTUStack(nn.Module):
         if lengths.numel() and int(lengths.max()) + 1 > self.options.max_length:
             raise ValueError(f"a history of {int(lengths.max())} events plus a candidate is longer than max_length "
                              f"{self.options.max_length}")
-        return self(history, lengths, timestamps, query_timestamps, return_cache=True)[1]
+        return self(history, lengths, timestamps, query_timestamps, return_cache=True, outputs=False)[1]
 
     @torch.no_grad()
     def score_candidates(

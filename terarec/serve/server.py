@@ -14,7 +14,8 @@ Endpoints (request and answer fields in docs/serving.md):
 
 Requests wait in a queue of ``queue_size`` jobs; one worker takes up to ``max_batch`` of them (until
 none has come for ``max_wait_ms``, and at most ``HOLD_WAITS`` x ``max_wait_ms`` after the first) and
-answers them together on one compute thread.
+answers them together on a compute thread; ``lanes`` compute threads answer that many batches at
+once (default 1).
 A full queue answers 503 with Retry-After at once, so memory stays bounded under any load. Malformed
 requests answer 4xx naming the field; an error inside the model answers 500 with the request id,
 and the server stays up.
@@ -70,7 +71,10 @@ class ServerSettings:
         max_rows: the most rows a score request may give.
         max_body_bytes: larger request bodies answer 413.
         num_candidates: items retrieved for ranking.
-        threads: torch threads of the compute thread (0: this process's CPU quota).
+        threads: torch and faiss threads of a compute thread (0: ``compute_threads``, the
+            CPUs this process may use less the event loop's one, shared by the lanes, at least 1).
+        lanes: compute threads, each answering one batch at a time (a batch forms while the
+            lanes are busy, as with one); torch ops release the GIL, so lanes run in parallel.
     """
 
     bundle: str | Path
@@ -83,6 +87,7 @@ class ServerSettings:
     max_body_bytes: int = 4 << 20
     num_candidates: int = 256
     threads: int = 0
+    lanes: int = 1
 
 
 # ---- request bodies
@@ -166,30 +171,34 @@ class QueueFull(Exception):
 
 
 class Batcher:
-    """A bounded queue and one worker answering jobs in batches on a single compute thread.
+    """A bounded queue and one worker answering jobs in batches on ``lanes`` compute threads.
 
-    ``answer(jobs)`` receives the payloads of one batch and returns one result (or exception) each.
+    ``answer(jobs)`` receives the payloads of one batch and returns one result (or exception) each;
+    with several lanes it is called from several threads at once.
     """
 
     def __init__(self, answer: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_ms: float,
-                 capacity: int, metrics: Metrics, threads: int) -> None:
+                 capacity: int, metrics: Metrics, threads: int, lanes: int = 1) -> None:
         self.answer, self.max_batch, self.max_wait = answer, max(1, max_batch), max_wait_ms / 1e3
+        self.lanes = max(1, lanes)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=capacity)
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="terarec-compute",
-                                           initializer=_set_compute_threads, initargs=(threads,))
+        self.executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="terarec-compute",
+                                           initializer=_set_compute_threads, initargs=(threads, self.lanes))
         self.task: asyncio.Task | None = None
+        self.answering: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        for task in [self.task, *self.answering]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, payload: Any) -> Any:
@@ -203,7 +212,9 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        free_lanes = asyncio.Semaphore(self.lanes)
         while True:
+            await free_lanes.acquire()  # a batch is taken when a lane can answer it at once
             jobs = [await self.queue.get()]
             opened = last = loop.time()
             while len(jobs) < self.max_batch:
@@ -220,19 +231,38 @@ class Batcher:
                 last = loop.time()
             self.metrics.queue_depth.set(self.queue.qsize())
             self.metrics.batch_size.observe(len(jobs))
-            try:
-                results = await loop.run_in_executor(self.executor, self.answer, [payload for payload, _ in jobs])
-            except Exception as error:  # answer() isolates per-job errors; this is a bug in it
-                results = [error] * len(jobs)
-            for (_, future), result in zip(jobs, results):
-                if not future.done():
-                    future.set_result(result)
+            task = loop.create_task(self._answer(jobs, free_lanes))
+            self.answering.add(task)
+            task.add_done_callback(self.answering.discard)
+
+    async def _answer(self, jobs: list[tuple[Any, asyncio.Future]], free_lanes: asyncio.Semaphore) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.answer, [payload for payload, _ in jobs])
+        except Exception as error:  # answer() isolates per-job errors; this is a bug in it
+            results = [error] * len(jobs)
+        finally:
+            free_lanes.release()
+        for (_, future), result in zip(jobs, results):
+            if not future.done():
+                future.set_result(result)
 
 
-def _set_compute_threads(threads: int) -> None:
+def compute_threads(threads: int, lanes: int = 1) -> int:
+    """A compute thread's torch / faiss threads: ``threads``, or for 0 the CPUs this process may
+    use less one, which the event loop (HTTP, JSON, validation) keeps, shared by the ``lanes``,
+    at least 1. On the 2-core box of BENCHMARKS.md (issue 14) one thread answered (b) at 8
+    clients with ~14% less server CPU per request and a lower p50 than two: a parallel region of
+    many small ops wakes a thread that the event loop and the load generator also need."""
+    from terarec.runtime import cpu_quota
+
+    return threads if threads > 0 else max(1, (cpu_quota() - 1) // max(1, lanes))
+
+
+def _set_compute_threads(threads: int, lanes: int) -> None:
     from terarec.train.setup import set_threads
 
-    set_threads(threads)
+    set_threads(compute_threads(threads, lanes))
 
 
 # ---- the served state
@@ -250,7 +280,7 @@ class Served:
 
     def load(self, path: str | Path) -> Recommender:
         """Load, verify and self-check the bundle at ``path`` (raises on any failure)."""
-        recommender = Recommender(load_bundle(path, threads=self.settings.threads),
+        recommender = Recommender(load_bundle(path, threads=compute_threads(self.settings.threads, self.settings.lanes)),
                                   num_candidates=self.settings.num_candidates)
         recommender.self_check()
         return recommender
@@ -324,6 +354,49 @@ class Served:
         return results
 
 
+class Guard:
+    """ASGI middleware of every request: its id (``x-request-id``, given or made; in
+    ``request.state.request_id`` and the answer's headers), a 500 naming it when the app fails
+    unanswered, the request count by endpoint and status, and ``/v1/`` latencies.
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``),
+    which streams each answer through a task and a memory stream: BENCHMARKS.md (issue 14) has
+    the event loop's CPU per request with each."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = given.decode("latin-1") if given else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started, status = time.perf_counter(), None
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if status is not None:  # answered already (the body limit signals its 413 so): pass it on
+                raise
+            log.exception("request %s failed", request_id)
+            await JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)(
+                scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            self.metrics.requests.labels(path, str(status)).inc()
+            if path.startswith("/v1/"):
+                self.metrics.latency.labels("request").observe(time.perf_counter() - started)
+
+
 def _guarded(call: Callable[[], Any]) -> Any:
     try:
         return call()
@@ -350,7 +423,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = Batcher(served.answer, settings.max_batch, settings.max_wait_ms, settings.queue_size, metrics,
-                          settings.threads)
+                          settings.threads, settings.lanes)
         batcher.start()
         app.state.batcher = batcher
         loop = asyncio.get_running_loop()
@@ -375,22 +448,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # FastAPI answers 413 to a body over the limit, whether announced by Content-Length or streamed.
     app = FastAPI(title="terarec", lifespan=lifespan, max_body_size=settings.max_body_bytes)
     app.state.served = served
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        try:
-            response: Response = await call_next(request)
-        except Exception:
-            log.exception("request %s failed", request_id)
-            response = JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
-        response.headers["x-request-id"] = request_id
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        if request.url.path.startswith("/v1/"):
-            metrics.latency.labels("request").observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Guard, metrics=metrics)
 
     async def _submit(request: Request, job: tuple[str, Any]) -> Any:
         try:
@@ -431,8 +489,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return answer
         if isinstance(answer, Exception):
             return _failed(request, answer)
-        return {"items": answer.items, "scores": answer.scores, "task_scores": answer.task_scores,
-                "stage_ms": answer.stage_ms, "bundle": served.recommender.bundle.version}
+        # A JSONResponse as is: FastAPI would first walk a returned dict with jsonable_encoder.
+        return JSONResponse({"items": answer.items, "scores": answer.scores, "task_scores": answer.task_scores,
+                             "stage_ms": answer.stage_ms, "bundle": served.recommender.bundle.version})
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest, request: Request):
@@ -558,4 +617,4 @@ def app_from_environment() -> FastAPI:
     return create_app(ServerSettings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
-__all__ = ["Batcher", "Metrics", "ServerSettings", "create_app", "running_server", "serve"]
+__all__ = ["Batcher", "Metrics", "ServerSettings", "compute_threads", "create_app", "running_server", "serve"]

@@ -149,6 +149,24 @@ def test_tokens_appended_to_a_batch_of_caches_equal_the_full_stack() -> None:
         torch.testing.assert_close(values, full_values, atol=1e-10, rtol=0)
 
 
+def test_cache_history_holds_the_keys_and_values_of_the_full_stack() -> None:
+    """``cache_history`` skips the last layer's attention (``outputs=False``): its cache is the one
+    the full forward returns, and asking for no outputs without a cache is refused."""
+    stack = _stack(num_layers=3)
+    histories, lengths = _jagged([_inputs(n=6, m=1, seed=2)[0], _inputs(n=4, m=1, seed=3)[0]])
+    times = torch.cumsum(torch.arange(1, 11), 0)
+    with torch.no_grad():
+        _, full = stack(histories, lengths, times, return_cache=True)
+    cache = stack.cache_history(histories, times, lengths=lengths)
+    assert cache.lengths.tolist() == full.lengths.tolist()
+    torch.testing.assert_close(cache.timestamps, full.timestamps, atol=0, rtol=0)
+    for (keys, values), (full_keys, full_values) in zip(cache.keys_values, full.keys_values, strict=True):
+        torch.testing.assert_close(keys, full_keys, atol=0, rtol=0)
+        torch.testing.assert_close(values, full_values, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="return_cache"):
+        stack(histories, lengths, times, outputs=False)
+
+
 def test_rejects_inconsistent_timestamps_and_cached_candidates() -> None:
     stack = _stack()
     history, candidates, history_times, candidate_times = _inputs(n=5, m=2)

@@ -44,6 +44,24 @@ def test_time_gaps_change_the_user_vector() -> None:
     torch.testing.assert_close(a, b)
 
 
+def test_user_vectors_without_autograd_equal_the_last_outputs() -> None:
+    """Eval mode without autograd takes the cached-history path (``cache_history`` of all but the
+    last position, then the last as a candidate): the same vectors as the full stack's last
+    outputs, for histories of several lengths (one of a single event) and a distinct request time."""
+    for options in ({}, {"softmax": True}, {"query_time": "own"}, {"num_time_buckets": 0}, {"num_actions": 2}):
+        model = _model(**options).eval()
+        histories = [[3, 1, 4, 1, 5, 9, 2], [6], [5, 3, 5]]
+        times = [[0, 60, 120, 500, 9000, 9100, 86400], [7], [10, 20, 4000]]
+        users = batch(histories, times, target_timestamps=[90000, 50, 4100])
+        users.actions = torch.rand(users.timestamps.shape[0], options.get("num_actions", 0))
+        with torch.no_grad():
+            cached = model.user_vectors(users)
+            full = model.encode(users, None, users.lengths)[torch.cumsum(users.lengths, 0) - 1]
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+        with torch.enable_grad():  # training's path is the plain stack
+            torch.testing.assert_close(model.user_vectors(users), full, atol=1e-5, rtol=0)
+
+
 def test_softmax_switch_changes_attention() -> None:
     pointwise, softmax = _model(), _model(softmax=True)
     softmax.load_state_dict(pointwise.state_dict())

@@ -144,6 +144,11 @@ def test_model_error_answers_500_with_a_request_id(bundles: dict[str, Path], mon
         response = client.post("/v1/recommend", json={"history": {"items": [1, 2]}}, headers={"x-request-id": "abc"})
         assert response.status_code == 500 and response.json()["request_id"] == "abc"
         assert client.get("/healthz").status_code == 200
+        monkeypatch.setattr(client.app.state.served, "recommender", None)  # the endpoint itself fails
+        response = client.post("/v1/recommend", json={"history": {"items": [1, 2]}})
+        assert response.status_code == 500 and response.json()["request_id"] == response.headers["x-request-id"]
+        assert client.get("/healthz").status_code == 200
+        assert 'terarec_requests_total{endpoint="/v1/recommend",status="500"} 2.0' in client.get("/metrics").text
 
 
 def test_burst_beyond_the_queue_is_turned_away_with_503(bundles: dict[str, Path], user: dict) -> None:
@@ -341,3 +346,36 @@ def test_delta_command_refuses_a_run_of_another_shape(serve_runs: dict[str, Path
     other = CliRunner().invoke(app, ["delta", str(bundles["hstu"]), str(serve_runs["ctr"]), "--out",
                                      str(tmp_path / "e")])
     assert other.exit_code != 0 and "does not match" in other.output
+
+
+def test_compute_threads_leave_one_cpu_to_the_event_loop(monkeypatch) -> None:
+    import terarec.runtime
+    from terarec.serve.server import compute_threads
+
+    assert compute_threads(3) == 3
+    for quota, expected in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(terarec.runtime, "cpu_quota", lambda quota=quota: quota)
+        assert compute_threads(0) == expected
+
+
+def test_two_lanes_answer_two_batches_at_once(bundles: dict[str, Path], user: dict) -> None:
+    """With two lanes two batches are answered at the same time (each waits at a barrier that only
+    both together pass; one lane would time out there and answer 500), as one lane answers them."""
+    app = create_app(ServerSettings(bundle=bundles["hstu"], threads=1, max_batch=1, lanes=2))
+    served = app.state.served
+    barrier, answer = threading.Barrier(2, timeout=60), served.answer
+    served.answer = lambda jobs: (barrier.wait(), answer(jobs))[1]
+
+    async def two_requests() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=LOOPBACK)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await asyncio.gather(*[client.post("/v1/recommend", json=user) for _ in range(2)])
+
+    responses = asyncio.run(two_requests())
+    assert [response.status_code for response in responses] == [200, 200], responses[0].text
+    with _client(bundles["hstu"]) as client:
+        alone = client.post("/v1/recommend", json=user).json()
+    for response in responses:
+        assert response.json()["items"] == alone["items"]
+        np.testing.assert_allclose(response.json()["scores"], alone["scores"], atol=1e-5, rtol=0)
