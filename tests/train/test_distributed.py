@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 
 from terarec.data import ctr_dataset
 from terarec.data.ctr_dataset import CTRDataset
 from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec
+from terarec.models.hstu import HSTU
+from terarec.train.distributed import share_weight
+from terarec.train.loop import seed_negatives
+from tests.models import sequences
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds any one launched job may take: a hang fails the test instead of blocking it
@@ -234,3 +239,40 @@ def test_max_restarts_resumes_a_killed_job_from_its_last_state(ctr_data: Path, t
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     assert "resuming" in (run_dir / "train.log").read_text()
     assert len(json.loads((run_dir / "metrics.json").read_text())["epochs"]) == 3
+
+
+# ---- N processes' step = one process's step on the global batch
+
+
+def _hstu_gradients(model, batch, weight: float = 1.0, seeded: bool = True) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    if seeded:
+        seed_negatives(model, 0, 7)
+    else:
+        model.head.draws = None  # the global generator: each share draws its own negatives
+    (model.loss(batch) * weight).backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+
+@pytest.mark.parametrize("share_weights, seeded", [(True, True), (False, True), (True, False)])
+def test_weighted_shares_of_a_batch_average_to_the_whole_batch_gradient(share_weights: bool, seeded: bool) -> None:
+    """Two processes' shares of a batch (users of unequal history lengths), each process's mean
+    loss weighed by its share of the positions and the gradients averaged (as DDP does), give the
+    one-process gradient of the whole batch, with the negatives seeded by (seed, step); plain
+    averaging or per-share draws do not."""
+    torch.manual_seed(0)
+    config = HSTU.Config(embedding_dim=16, num_layers=1, num_heads=2, max_length=10, num_negatives=4, dropout=0.0)
+    model = HSTU(config, sequences.inputs())
+    histories = sequences.cycle_histories(3, 9) + sequences.cycle_histories(2, 2, seed=1)
+    whole = _hstu_gradients(model, sequences.batch(histories))
+    shares = [sequences.batch(histories[:3]), sequences.batch(histories[3:])]  # 24 and 2 positions
+    terms = [model.loss_terms(share) for share in shares]
+    assert terms == [24, 2]
+    averaged: dict[str, torch.Tensor] = {}
+    for share, share_terms in zip(shares, terms):
+        torch.manual_seed(len(averaged))  # unseeded draws differ between the processes
+        weight = share_weight(share_terms, sum(terms), len(shares)) if share_weights else 1.0
+        for name, grad in _hstu_gradients(model, share, weight, seeded).items():
+            averaged[name] = averaged.get(name, 0) + grad / len(shares)
+    close = all(torch.allclose(averaged[name], whole[name], rtol=1e-4, atol=1e-7) for name in whole)
+    assert close == (share_weights and seeded)
