@@ -22,6 +22,7 @@ import yaml
 from terarec.data import ctr_dataset
 from terarec.data.ctr_dataset import CTRDataset
 from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec
+from terarec.embedding.collection import SHARDED_INIT_BOUND
 from terarec.models.hstu import HSTU
 from terarec.train.distributed import share_weight
 from terarec.train.loop import seed_negatives
@@ -401,8 +402,11 @@ change = torch.zeros(1, dtype=torch.float64)
 for after, earlier in zip(local_weights(), before):
     change += (after - earlier).double().sum()
 dist.all_reduce(change)
+largest = torch.tensor([max([float(weights.abs().max()) for weights in before] or [0.0])])
+dist.all_reduce(largest, op=dist.ReduceOp.MAX)
 if distributed.rank() == 0:
     print(f"CHANGE {float(change)}")
+    print(f"LARGEST_INITIAL {float(largest)}")
 """
 
 
@@ -410,7 +414,8 @@ if distributed.rank() == 0:
 @pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
 def test_a_sharded_sgd_table_steps_by_the_mean_of_the_processes_gradients(tmp_path: Path, sharding: str) -> None:
     """TorchRec averages a sharded table's gradient over the processes (as DDP does the dense
-    part's), so SGD keeps its one-process rate: one step moves the row by -lr x 1 per column."""
+    part's), so SGD keeps its one-process rate: one step moves the row by -lr x 1 per column.
+    The sharded table starts at the one-process scale (std 0.01), not TorchRec's +-1/sqrt(rows)."""
     script = tmp_path / "sparse_step.py"
     script.write_text(SPARSE_STEP)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -419,3 +424,5 @@ def test_a_sharded_sgd_table_steps_by_the_mean_of_the_processes_gradients(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     change = float(next(line for line in done.stdout.splitlines() if line.startswith("CHANGE ")).split()[1])
     assert change == pytest.approx(-0.5 * 8, rel=1e-5)  # 8 columns, lr 0.5, mean gradient 1
+    largest = float(next(line for line in done.stdout.splitlines() if line.startswith("LARGEST_INITIAL ")).split()[1])
+    assert 0 < largest <= SHARDED_INIT_BOUND  # 10 rows: TorchRec's default would reach 1/sqrt(10) = 0.32
