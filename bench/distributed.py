@@ -17,7 +17,8 @@ The global batch is the config's in every process count (each process takes 1/N 
 Last line: one JSON object: per (model, processes) the test metrics and examples/s per process
 and in total, the means over ``--seeds`` runs (seeds 0, 1, ...; each run's value under
 ``<key>_seeds``); ``<model>_auc_within_0.002`` / ``<model>_ndcg10_within_5pct`` and
-``hstu_ndcg_within_5pct`` (the criteria on the means); ``auc_gap_max`` (largest |AUC - one-process AUC|, criterion <= 0.002),
+``hstu_ndcg_within_5pct`` (the criteria on the means); ``auc_gap_max`` (largest
+|AUC - one-process AUC|, criterion <= 0.002),
 ``ndcg10_gap_max`` (largest relative NDCG@10 gap, criterion <= 5%), ``rank_bytes_measured``
 (bytes of local table shards plus their optimizer state on each of 2 processes, every Frappe
 DLRM table column-wise at d=64; ``measure_rank_bytes``), ``rank_bytes_planned`` (what
@@ -178,7 +179,8 @@ def main() -> None:
                 results[nproc] = mean_over_seeds(runs)
             metric = "auc" if dataset == "frappe" else "ndcg@10"
             base = results[processes[0]][metric]
-            gaps = [abs(results[n][metric] - base) / (1 if metric == "auc" else max(base, 1e-12)) for n in processes[1:]]
+            scale = 1 if metric == "auc" else max(base, 1e-12)  # AUC: absolute gap; NDCG: relative
+            gaps = [abs(results[n][metric] - base) / scale for n in processes[1:]]
             short = "auc" if metric == "auc" else "ndcg10"
             out[f"{name}_{short}_gap"] = round(max(gaps), 5) if gaps else None
             if gaps:

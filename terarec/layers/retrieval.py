@@ -15,11 +15,13 @@ the softmax probability of the true next item against
   which no logQ correction undoes here).
 
 A negative equal to the position's own target is removed (its logit is -inf), so the
-positive is never counted as a negative. The trainer seeds the uniform draws from the run's
-seed and the global step (``seed_negatives``): every process of a distributed run draws the
-same negatives for a step, so N processes score the global batch against the same ``K``
-negatives as one process does, and a resumed run draws what an uninterrupted one drew. Row 0 of an item table is the unknown-id row and is
+positive is never counted as a negative. Row 0 of an item table is the unknown-id row and is
 never a candidate. Ranking by these scores does not depend on the temperature.
+
+The trainer seeds the uniform draws from the run's seed and the global step
+(``seed_negatives``): every process of a distributed run draws the same negatives for a step,
+so N processes score the global batch against the same ``K`` negatives as one process does,
+and a resumed run draws what an uninterrupted one drew.
 
 Example:
     >>> head = SampledSoftmax(num_negatives=128, temperature=0.05)
