@@ -287,7 +287,7 @@ from terarec.train import distributed
 from terarec.train.experiment import load_config
 from terarec.train.setup import seed_everything
 from terarec.train.tasks import build_task
-from tests.train.test_distributed import global_sequence_batch, user_share
+from tests.train.test_distributed import global_sequence_batch, share_cuts, user_share
 
 distributed.init_process_group()
 config = load_config(sys.argv[1], [])
@@ -295,8 +295,8 @@ seed_everything(config.train.seed)
 task = build_task(config)
 trainer = distributed.DistributedTrainer(task, Path(sys.argv[2]), distributed._SilentLogs())
 batch = global_sequence_batch(task)
-cut = len(batch.user_ids) // 4  # unequal shares: 1/4 and 3/4 of the users
-share = user_share(batch, 0, cut) if distributed.rank() == 0 else user_share(batch, cut, len(batch.user_ids))
+cuts = share_cuts(len(batch.user_ids), distributed.world_size())
+share = user_share(batch, cuts[distributed.rank()], cuts[distributed.rank() + 1])
 for step_batch, weight in trainer._steps([share]):
     trainer.step(step_batch, weight)
 if distributed.rank() == 0:  # DDP's averaged gradients, left on the parameters after the step
@@ -311,6 +311,12 @@ def global_sequence_batch(task):
     dataset = SequenceDataset(task.folder, "train", sequence_spec(task.config), batch_size=12)
     dataset.rank, dataset.world_size = 0, 1
     return next(iter(dataset))
+
+
+def share_cuts(users: int, world: int) -> list[int]:
+    """Bounds of ``world`` unequal, nonempty shares of ``users`` users (12 users: 4 + 8 on 2
+    processes, 1 + 3 + 3 + 5 on 4)."""
+    return [int(users * (rank / world) ** 1.5) for rank in range(world + 1)]
 
 
 def user_share(batch, start: int, stop: int):
@@ -328,10 +334,12 @@ def user_share(batch, start: int, stop: int):
         timestamps=batch.timestamps[events], actions=batch.actions[events])
 
 
-@pytest.mark.slow  # launches a job of 2 processes
-def test_two_processes_step_with_the_one_process_gradient_of_the_global_batch(seq_data: Path, tmp_path: Path) -> None:
-    """HSTU's dense part (its item table included) under DDP: the gradient two processes agree on
-    for one step, holding 1/4 and 3/4 of the users of a global batch, is the one
+@pytest.mark.slow  # launches a job of 2 or 4 processes
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_processes_step_with_the_one_process_gradient_of_the_global_batch(seq_data: Path, tmp_path: Path,
+                                                                           nproc: int) -> None:
+    """HSTU's dense part (its item table included) under DDP: the gradient the processes agree on
+    for one step, each holding an unequal share of the users of a global batch, is the one
     process's gradient of the whole batch: the same negatives, each process's mean weighed."""
     from terarec.train.experiment import load_config
     from terarec.train.setup import seed_everything
@@ -346,7 +354,7 @@ def test_two_processes_step_with_the_one_process_gradient_of_the_global_batch(se
     path.write_text(yaml.safe_dump(config))
     script = tmp_path / "one_step.py"
     script.write_text(ONE_STEP)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                            str(script), str(path), str(tmp_path / "run"), str(tmp_path / "grads.pt")],
                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -356,8 +364,9 @@ def test_two_processes_step_with_the_one_process_gradient_of_the_global_batch(se
     seed_everything(loaded.train.seed)
     task = build_task(loaded)
     batch = global_sequence_batch(task)
-    shares = [user_share(batch, 0, 3), user_share(batch, 3, 12)]
-    assert shares[0].lengths.sum() < shares[1].lengths.sum()  # a plain mean of the shares' means would differ
+    cuts = share_cuts(len(batch.user_ids), nproc)
+    positions = {int(user_share(batch, start, stop).lengths.sum()) for start, stop in zip(cuts, cuts[1:])}
+    assert len(positions) > 1 and min(positions) > 0  # a plain mean of the shares' means would differ
     seed_negatives(task.model, loaded.train.seed, 0)
     task.loss(batch).backward()
     expected = {name: p.grad for name, p in task.model.named_parameters() if p.grad is not None}
