@@ -16,12 +16,20 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from terarec.embedding.exact_vocabulary import ExactVocabulary
 
 
+INIT_STD = 0.01  # tables start as N(0, INIT_STD**2), as the engine's (EmbeddingEngineConfig.init_std)
+# TorchRec's sharded kernels re-initialise a table as U(weight_init_min, weight_init_max) (default
+# +-1/sqrt(rows): 30x wider than N(0, 0.01^2) for a 10-row table); these bounds give that uniform
+# the one-process variance.
+SHARDED_INIT_BOUND = INIT_STD * 3**0.5
+
+
 def sum_pooled_tables(tables: list[tuple[str, int, int]]) -> EmbeddingBagCollection:
     """A CPU EmbeddingBagCollection of sum-pooled tables, one per (feature key, width, rows)."""
     return EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(
-                name=f"t_{key}", embedding_dim=width, num_embeddings=rows, feature_names=[key], pooling=PoolingType.SUM
+                name=f"t_{key}", embedding_dim=width, num_embeddings=rows, feature_names=[key], pooling=PoolingType.SUM,
+                weight_init_min=-SHARDED_INIT_BOUND, weight_init_max=SHARDED_INIT_BOUND,
             )
             for key, width, rows in tables
         ],
@@ -63,7 +71,7 @@ class PooledEmbeddings(nn.Module):
             [(name, embedding_dim, vocab.num_rows) for name, vocab in vocabularies.items()]
         )
         for table in self.tables.embedding_bags.values():
-            nn.init.normal_(table.weight, std=0.01)
+            nn.init.normal_(table.weight, std=INIT_STD)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         keys = features.keys()

@@ -130,9 +130,11 @@ def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> Pool
     """The tables as a TorchRec collection for ``DistributedModelParallel`` to shard, each parameter
     tagged with the fused optimizer its sharded kernel runs (``embedding.optimizer``).
 
-    With ``world`` processes a table's gradient is the sum of every process's mean-loss gradient,
-    ``world`` times the one-process gradient of the same global batch: row-wise Adagrad does not
-    change under that scale, SGD's rate is divided by ``world``.
+    With ``world`` processes a table's gradient is the mean of the processes' gradients (TorchRec
+    divides by ``world`` in the all-to-all backward, ``torchrec.distributed.comm_ops``'s gradient
+    division, on by default), as DDP's is for the dense part: with each process's loss weighed by
+    its share of the global batch (``terarec.train.distributed.loss_shares``), the one-process
+    gradient, so both optimizers keep their one-process learning rate.
     """
     config = inputs.embedding
     check_shardable(config)
@@ -141,8 +143,7 @@ def shardable_pooled_embeddings(inputs: TableInputs, embedding_dim: int) -> Pool
     if config.optimizer == "rowwise_adagrad":
         apply_optimizer_in_backward(RowWiseAdagrad, embeddings.tables.parameters(), {"lr": learning_rate, "eps": 1e-8})
     else:
-        world = torch.distributed.get_world_size()
-        apply_optimizer_in_backward(torch.optim.SGD, embeddings.tables.parameters(), {"lr": learning_rate / world})
+        apply_optimizer_in_backward(torch.optim.SGD, embeddings.tables.parameters(), {"lr": learning_rate})
     return embeddings
 
 

@@ -18,6 +18,11 @@ A negative equal to the position's own target is removed (its logit is -inf), so
 positive is never counted as a negative. Row 0 of an item table is the unknown-id row and is
 never a candidate. Ranking by these scores does not depend on the temperature.
 
+The trainer seeds the uniform draws from the run's seed and the global step
+(``seed_negatives``): every process of a distributed run draws the same negatives for a step,
+so N processes score the global batch against the same ``K`` negatives as one process does,
+and a resumed run draws what an uninterrupted one drew.
+
 Example:
     >>> head = SampledSoftmax(num_negatives=128, temperature=0.05)
     >>> loss = head.loss(torch.randn(10, 8), torch.randint(1, 50, (10,)), torch.randn(50, 8))
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +93,14 @@ class SampledSoftmax(nn.Module):
         self.l2_norm = l2_norm
         self.per_position = per_position
         self.eps = eps
+        self.draws: torch.Generator | None = None  # None: torch's global generator
+
+    def seed_negatives(self, seed: int, step: int) -> None:
+        """Draw this step's uniform negatives from a generator fixed by ``(seed, step)`` alone:
+        the same rows on every process of a distributed run (and in one process)."""
+        if self.draws is None:
+            self.draws = torch.Generator()
+        self.draws.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1))
 
     @classmethod
     def from_options(cls, options: RetrievalLoss) -> SampledSoftmax:
@@ -105,13 +119,15 @@ class SampledSoftmax(nn.Module):
             users: (N, d) user vectors, one per predicted position.
             targets: (N,) table rows of the true next items.
             table: (R, d) item table; row 0 is never sampled.
-            generator: random source of the uniform negatives.
+            generator: random source of the uniform negatives (None: the one ``seed_negatives``
+                seeded, else torch's global generator).
 
         Returns:
             ``(logits (N, 1 + M), negative_rows)``, negative_rows (M,) shared by every position,
             or (N, M) with ``per_position``; masked negatives (a position's own target) hold -inf.
         """
         users = self.normalise(users)
+        generator = generator if generator is not None else self.draws
         if not self.per_position:
             return self._shared_negative_logits(users, targets, table, generator)
         positives = self.normalise(table[targets])
@@ -184,6 +200,10 @@ class NextItemRetrieval:
             predicted = batch.target_mask[is_target]
             users, target_ids = users[predicted], target_ids[predicted]
         return self.head.loss(users, self.items.rows(target_ids), self.items.weight)
+
+    def loss_terms(self, batch) -> int:
+        """Positions ``loss`` averages over: every event but each user's first."""
+        return int((batch.lengths - 1).clamp(min=0).sum())
 
     def user_vectors(self, batch) -> torch.Tensor:
         return self.encode(batch, None, batch.lengths)[last_index(batch.lengths)]  # (B, d)

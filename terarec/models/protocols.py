@@ -29,6 +29,23 @@ class HasLoss(Protocol):
 
 
 @runtime_checkable
+class CountsLossTerms(Protocol):
+    """A model whose loss is a mean over something other than the batch's examples (a sequence
+    model's predicted positions): a distributed run weighs each process's mean by its count, so
+    N processes average the global batch as one process does. Others count ``len(batch)``."""
+
+    def loss_terms(self, batch: Any) -> int: ...
+
+
+@runtime_checkable
+class DrawsNegatives(Protocol):
+    """A module that samples negatives; the trainer seeds its draws each step from the run's
+    seed and the global step, identically on every process."""
+
+    def seed_negatives(self, seed: int, step: int) -> None: ...
+
+
+@runtime_checkable
 class FitsStatistics(Protocol):
     """A model without trainable parameters: it is fitted by one pass over the training batches."""
 

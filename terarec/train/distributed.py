@@ -15,6 +15,12 @@
   config's batch sizes are global (``Task.batch_size`` divides them). The processes step in
   lockstep (``lockstep``): a process out of batches while others still have some repeats its
   last batch with weight 0, so the collectives of the sharded forward always match.
+* **One process's step.** A step of N processes is one process's step on the global batch: each
+  process's mean loss is weighed by its share of the global batch's loss terms (examples, or a
+  sequence model's predicted positions: ``loss_shares``), so DDP's average of the gradients (and
+  TorchRec's, which divides the tables' gradients by N in the all-to-all backward) is the
+  gradient of the global mean; sampled negatives are drawn from (seed, global step), the same on
+  every process (``terarec.train.loop.seed_negatives``).
 * **Evaluation** runs on every process's share and joins the predictions (``all_gather``) before
   the metrics: global AUC / LogLoss / gAUC and full-catalogue HR / NDCG, not a mean of shares.
 * **Checkpoints.** The resumable state is a ``torch.distributed.checkpoint`` folder per save
@@ -33,7 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from terarec.config import ExperimentConfig, to_yaml
 from terarec.embedding.factory import engine_state_dict
+from terarec.models.protocols import CountsLossTerms
 from terarec.runtime import cpu_quota
 from terarec.train.checkpoint import load_checkpoint, save_checkpoint
 from terarec.train.logs import RunLogs
@@ -135,6 +142,25 @@ def lockstep(batches: Iterable) -> Iterator[tuple[Any, float]]:
                                "the split has fewer batches than processes; use fewer processes or a smaller batch")
         else:
             yield last, 0.0
+
+
+def loss_shares(steps: Iterable[tuple[Any, float]], terms_of: Callable[[Any], int]) -> Iterator[tuple[Any, float]]:
+    """(batch, weight) with ``weight`` this process's share of the step's loss terms times the
+    world size: ``N * terms / sum(terms over processes)``. Each process's loss is a mean over its
+    own terms (``terms_of``); weighed so, DDP's average of the processes' gradients is the gradient
+    of the mean over the global batch, whatever each process holds of it (a padding step, weight
+    0, holds nothing)."""
+    for batch, weight in steps:
+        terms = float(terms_of(batch)) if weight else 0.0
+        total = torch.tensor([terms], dtype=torch.float64)
+        dist.all_reduce(total)
+        yield batch, share_weight(terms, float(total), world_size())
+
+
+def share_weight(terms: float, total: float, world: int) -> float:
+    """The factor on a process's mean loss over ``terms`` of the ``total`` terms of ``world``
+    processes such that the average over processes (DDP's) is the mean over all ``total``."""
+    return world * terms / total if total > 0 else 0.0
 
 
 def eval_lockstep(model: nn.Module, batches: Iterable) -> Iterator[Any]:
@@ -258,7 +284,11 @@ class DistributedTrainer(Trainer):
         return self.sharded(batch)
 
     def _steps(self, batches):
-        return lockstep(batches)
+        return loss_shares(lockstep(batches), self._loss_terms)
+
+    def _loss_terms(self, batch: Any) -> int:
+        model = self.task.model
+        return model.loss_terms(batch) if isinstance(model, CountsLossTerms) else len(batch)
 
     # -- state
 

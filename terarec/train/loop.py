@@ -48,6 +48,7 @@ import yaml
 from terarec.config import ExperimentConfig, from_dict, to_yaml
 from terarec.data.batches import make_loader
 from terarec.models.protocols import (
+    DrawsNegatives,
     EndsEpochs,
     FitsStatistics,
     FusedTables,
@@ -191,12 +192,20 @@ def learning_rates(optimizer: torch.optim.Optimizer, task: Task) -> LearningRate
                          config.embedding.learning_rate or config.train.learning_rate)
 
 
+def seed_negatives(model: torch.nn.Module, seed: int, step: int) -> None:
+    """Seed every negative sampler of ``model`` (``DrawsNegatives``) for global step ``step``."""
+    for module in model.modules():
+        if isinstance(module, DrawsNegatives):
+            module.seed_negatives(seed, step)
+
+
 def train_step(task: Task, optimizer: torch.optim.Optimizer, batch: Any,
                loss_of: Callable[[Any], torch.Tensor] | None = None, weight: float = 1.0) -> float:
     """One optimisation step on ``batch`` (the fused tables update inside backward); returns the loss.
 
     ``loss_of`` replaces ``task.loss`` (a distributed run's model wrapper); ``weight`` scales the
-    loss's gradient (0 for a process's padding step in a distributed epoch, whose loss counts 0).
+    loss's gradient (a distributed process's share of the global batch's loss terms, 0 for its
+    padding step, whose loss counts 0).
     """
     loss = (loss_of or task.loss)(batch)
     penalty = embedding_penalty(task.model, task.config.embedding.regularization)
@@ -403,6 +412,11 @@ class Trainer:
         return RunResult(self.run_dir, self.best_epoch, self.best_valid, test, self.record["epochs"],
                          self.record["seconds"])
 
+    def step(self, batch: Any, weight: float = 1.0) -> float:
+        """One optimisation step at ``self.global_step``, its negatives drawn from (seed, step); the loss."""
+        seed_negatives(self.task.model, self.config.train.seed, self.global_step)
+        return train_step(self.task, self.optimizer, batch, self._loss, weight)
+
     def train_epoch(self) -> dict[str, float]:
         """One more epoch: train, let modules end it (``EndsEpochs``), validate, keep the best;
         returns the validation metrics."""
@@ -445,7 +459,7 @@ class Trainer:
             if config.train.max_steps_per_epoch and self.step_in_epoch >= config.train.max_steps_per_epoch:
                 break
             factor = self.rates.step(self.global_step)
-            value = train_step(self.task, self.optimizer, batch, self._loss, weight)
+            value = self.step(batch, weight)
             sums["loss"] += value
             sums["window_loss"] += value
             sums["window_steps"] += 1

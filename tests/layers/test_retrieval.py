@@ -109,3 +109,18 @@ def test_shared_negatives_loss_and_table_gradient_match_the_formula() -> None:
     torch.testing.assert_close(loss, expected)
     for got, want in zip(grads, torch.autograd.grad(expected, (users, table))):
         torch.testing.assert_close(got, want)
+
+
+def test_seeded_negatives_depend_on_the_seed_and_step_alone() -> None:
+    users, table, targets = torch.randn(6, 4), torch.randn(500, 4), torch.randint(1, 500, (6,))
+
+    def negatives(seed: int, step: int, batch: slice = slice(None)) -> list[int]:
+        head = SampledSoftmax(num_negatives=16)
+        head.seed_negatives(seed, step)
+        torch.manual_seed(seed * 100 + step + 1)  # the global generator plays no part
+        return head.logits(users[batch], targets[batch], table)[1].tolist()
+
+    assert negatives(0, 5) == negatives(0, 5)
+    assert negatives(0, 5, slice(0, 2)) == negatives(0, 5, slice(2, 6))  # each share of a batch: the same draw
+    assert negatives(0, 5) != negatives(0, 6)
+    assert negatives(0, 5) != negatives(1, 5)

@@ -16,11 +16,17 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 
 from terarec.data import ctr_dataset
 from terarec.data.ctr_dataset import CTRDataset
 from terarec.data.sequence_dataset import SequenceDataset, SequenceSpec
+from terarec.embedding.collection import SHARDED_INIT_BOUND
+from terarec.models.hstu import HSTU
+from terarec.train.distributed import share_weight
+from terarec.train.loop import seed_negatives
+from tests.models import sequences
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds any one launched job may take: a hang fails the test instead of blocking it
@@ -234,3 +240,198 @@ def test_max_restarts_resumes_a_killed_job_from_its_last_state(ctr_data: Path, t
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     assert "resuming" in (run_dir / "train.log").read_text()
     assert len(json.loads((run_dir / "metrics.json").read_text())["epochs"]) == 3
+
+
+# ---- N processes' step = one process's step on the global batch
+
+
+def _hstu_gradients(model, batch, weight: float = 1.0, seeded: bool = True) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    if seeded:
+        seed_negatives(model, 0, 7)
+    else:
+        model.head.draws = None  # the global generator: each share draws its own negatives
+    (model.loss(batch) * weight).backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+
+@pytest.mark.parametrize("share_weights, seeded", [(True, True), (False, True), (True, False)])
+def test_weighted_shares_of_a_batch_average_to_the_whole_batch_gradient(share_weights: bool, seeded: bool) -> None:
+    """Two processes' shares of a batch (users of unequal history lengths), each process's mean
+    loss weighed by its share of the positions and the gradients averaged (as DDP does), give the
+    one-process gradient of the whole batch, with the negatives seeded by (seed, step); plain
+    averaging or per-share draws do not."""
+    torch.manual_seed(0)
+    config = HSTU.Config(embedding_dim=16, num_layers=1, num_heads=2, max_length=10, num_negatives=4, dropout=0.0)
+    model = HSTU(config, sequences.inputs())
+    histories = sequences.cycle_histories(3, 9) + sequences.cycle_histories(2, 2, seed=1)
+    whole = _hstu_gradients(model, sequences.batch(histories))
+    shares = [sequences.batch(histories[:3]), sequences.batch(histories[3:])]  # 24 and 2 positions
+    terms = [model.loss_terms(share) for share in shares]
+    assert terms == [24, 2]
+    averaged: dict[str, torch.Tensor] = {}
+    for share, share_terms in zip(shares, terms):
+        torch.manual_seed(len(averaged))  # unseeded draws differ between the processes
+        weight = share_weight(share_terms, sum(terms), len(shares)) if share_weights else 1.0
+        for name, grad in _hstu_gradients(model, share, weight, seeded).items():
+            averaged[name] = averaged.get(name, 0) + grad / len(shares)
+    close = all(torch.allclose(averaged[name], whole[name], rtol=1e-4, atol=1e-7) for name in whole)
+    assert close == (share_weights and seeded)
+
+
+ONE_STEP = """
+import sys
+from pathlib import Path
+import torch
+from terarec.train import distributed
+from terarec.train.experiment import load_config
+from terarec.train.setup import seed_everything
+from terarec.train.tasks import build_task
+from tests.train.test_distributed import global_sequence_batch, share_cuts, user_share
+
+distributed.init_process_group()
+config = load_config(sys.argv[1], [])
+seed_everything(config.train.seed)
+task = build_task(config)
+trainer = distributed.DistributedTrainer(task, Path(sys.argv[2]), distributed._SilentLogs())
+batch = global_sequence_batch(task)
+cuts = share_cuts(len(batch.user_ids), distributed.world_size())
+share = user_share(batch, cuts[distributed.rank()], cuts[distributed.rank() + 1])
+for step_batch, weight in trainer._steps([share]):
+    trainer.step(step_batch, weight)
+if distributed.rank() == 0:  # DDP's averaged gradients, left on the parameters after the step
+    torch.save({name: p.grad for name, p in task.model.named_parameters() if p.grad is not None}, sys.argv[3])
+"""
+
+
+def global_sequence_batch(task):
+    """The first 12 users of the train split, read whole whatever the process (one global batch)."""
+    from terarec.train.tasks import sequence_spec
+
+    dataset = SequenceDataset(task.folder, "train", sequence_spec(task.config), batch_size=12)
+    dataset.rank, dataset.world_size = 0, 1
+    return next(iter(dataset))
+
+
+def share_cuts(users: int, world: int) -> list[int]:
+    """Bounds of ``world`` unequal, nonempty shares of ``users`` users (12 users: 4 + 8 on 2
+    processes, 1 + 3 + 3 + 5 on 4)."""
+    return [int(users * (rank / world) ** 1.5) for rank in range(world + 1)]
+
+
+def user_share(batch, start: int, stop: int):
+    """Users ``start:stop`` of a train SequenceBatch."""
+    from terarec.data.batches import SequenceBatch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    lengths = batch.lengths
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    events = slice(int(offsets[start]), int(offsets[stop]))
+    return SequenceBatch(
+        user_ids=batch.user_ids[start:stop],
+        item_ids=KeyedJaggedTensor.from_lengths_sync(keys=batch.item_ids.keys(), values=batch.item_ids.values()[events],
+                                                     lengths=lengths[start:stop]),
+        timestamps=batch.timestamps[events], actions=batch.actions[events])
+
+
+@pytest.mark.slow  # launches a job of 2 or 4 processes
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_processes_step_with_the_one_process_gradient_of_the_global_batch(seq_data: Path, tmp_path: Path,
+                                                                           nproc: int) -> None:
+    """HSTU's dense part (its item table included) under DDP: the gradient the processes agree on
+    for one step, each holding an unequal share of the users of a global batch, is the one
+    process's gradient of the whole batch: the same negatives, each process's mean weighed."""
+    from terarec.train.experiment import load_config
+    from terarec.train.setup import seed_everything
+    from terarec.train.tasks import build_task
+
+    config = {"name": "seq", "task": "sequential", "run_dir": str(tmp_path / "runs"),
+              "data": {"path": str(seq_data), "batch_size": 12, "max_length": 10},
+              "model": {"name": "hstu", "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "max_length": 10,
+                        "num_negatives": 8, "dropout": 0.0},
+              "train": {"seed": 4}}
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump(config))
+    script = tmp_path / "one_step.py"
+    script.write_text(ONE_STEP)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                           str(script), str(path), str(tmp_path / "run"), str(tmp_path / "grads.pt")],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    distributed = torch.load(tmp_path / "grads.pt", weights_only=True)
+
+    loaded = load_config(str(path), [])
+    seed_everything(loaded.train.seed)
+    task = build_task(loaded)
+    batch = global_sequence_batch(task)
+    cuts = share_cuts(len(batch.user_ids), nproc)
+    positions = {int(user_share(batch, start, stop).lengths.sum()) for start, stop in zip(cuts, cuts[1:])}
+    assert len(positions) > 1 and min(positions) > 0  # a plain mean of the shares' means would differ
+    seed_negatives(task.model, loaded.train.seed, 0)
+    task.loss(batch).backward()
+    expected = {name: p.grad for name, p in task.model.named_parameters() if p.grad is not None}
+    assert sorted(distributed) == sorted(expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+SPARSE_STEP = """
+import sys
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchrec import KeyedJaggedTensor
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from terarec.config import EmbeddingConfig
+from terarec.embedding.exact_vocabulary import ExactVocabulary
+from terarec.embedding.factory import shardable_pooled_embeddings
+from terarec.models.inputs import ModelInputs
+from terarec.train import distributed
+
+distributed.init_process_group()
+embedding = EmbeddingConfig(optimizer=sys.argv[1], learning_rate=0.5)
+tables = shardable_pooled_embeddings(ModelInputs(vocabularies={"f": ExactVocabulary(np.arange(1, 11))},
+                                                 embedding=embedding), 8)
+sharders = [EmbeddingBagCollectionSharder()]
+planner = EmbeddingShardingPlanner(topology=Topology(world_size=distributed.world_size(), compute_device="cpu"),
+                                   constraints=distributed.table_constraints(tables, [sys.argv[2]], 4))
+model = DistributedModelParallel(tables, device=torch.device("cpu"), plan=planner.collective_plan(
+    tables, sharders, dist.GroupMember.WORLD), sharders=sharders)
+
+def local_weights():  # this process's shards (none for a table-wise table another process holds)
+    return [shard.tensor.clone() for key, value in model.state_dict().items() if "weight" in key
+            for shard in value.local_shards()]
+
+before = local_weights()
+ids = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([3]), lengths=torch.tensor([1]))
+model(ids).values().sum().backward()  # every process: gradient 1 on each column of id 3's row
+change = torch.zeros(1, dtype=torch.float64)
+for after, earlier in zip(local_weights(), before):
+    change += (after - earlier).double().sum()
+dist.all_reduce(change)
+largest = torch.tensor([max([float(weights.abs().max()) for weights in before] or [0.0])])
+dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+if distributed.rank() == 0:
+    print(f"CHANGE {float(change)}")
+    print(f"LARGEST_INITIAL {float(largest)}")
+"""
+
+
+@pytest.mark.slow  # launches jobs of 2 processes
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+def test_a_sharded_sgd_table_steps_by_the_mean_of_the_processes_gradients(tmp_path: Path, sharding: str) -> None:
+    """TorchRec averages a sharded table's gradient over the processes (as DDP does the dense
+    part's), so SGD keeps its one-process rate: one step moves the row by -lr x 1 per column.
+    The sharded table starts at the one-process scale (std 0.01), not TorchRec's +-1/sqrt(rows)."""
+    script = tmp_path / "sparse_step.py"
+    script.write_text(SPARSE_STEP)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), "sgd", sharding], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    change = float(next(line for line in done.stdout.splitlines() if line.startswith("CHANGE ")).split()[1])
+    assert change == pytest.approx(-0.5 * 8, rel=1e-5)  # 8 columns, lr 0.5, mean gradient 1
+    largest = float(next(line for line in done.stdout.splitlines() if line.startswith("LARGEST_INITIAL ")).split()[1])
+    assert 0 < largest <= SHARDED_INIT_BOUND  # 10 rows: TorchRec's default would reach 1/sqrt(10) = 0.32
