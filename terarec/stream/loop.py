@@ -49,7 +49,7 @@ from terarec.models.protocols import parameter_count
 from terarec.train.checkpoint import save_checkpoint
 from terarec.train.logs import RunLogs
 from terarec.train.loop import (checkpoint_payload, make_optimizer, new_run_dir, rng_state, run_in_folder, saved_run,
-                                set_rng_state, train_step, write_json)
+                                seed_negatives, set_rng_state, train_step, write_json)
 from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, task_class
 from terarec.stream.publish import DeltaPublisher
@@ -171,6 +171,7 @@ class StreamTrainer:
                     vocab.set_event_time(event_time)
                 factor = self.rates.step(self.global_step)
                 batch = self.task.before_stream_step(batch, self.optimizer)
+                seed_negatives(model, config.train.seed, self.global_step)  # as the trainer draws them
                 losses.append(train_step(self.task, self.optimizer, batch))
                 self.global_step += 1
                 if self.global_step % config.train.log_every == 0:
