@@ -55,11 +55,7 @@ def search_one(config_path: str, overrides: list[str], out: str, count: int, run
     chosen = result.chosen
     print(f"search {out}: chose {chosen.name} ({chosen.bytes:,} bytes of {result.uniform_bytes:,}), valid "
           f"{chosen.metric:.5f}", flush=True)
-    sizing = chosen.embedding(config.embedding, 4)
-    bands = sizing.bands
-    return chosen.name, [f"embedding.dims={json.dumps(sizing.dims)}", f"embedding.bands.widths={json.dumps(bands.widths)}",
-            f"embedding.bands.num_bands={bands.num_bands}", f"embedding.bands.alpha={bands.alpha}",
-            f"embedding.bands.features={json.dumps(bands.features)}"]
+    return chosen.name, chosen.overrides(4)
 
 
 def train_one(config_path: str, overrides: list[str]) -> dict:
@@ -124,9 +120,12 @@ def main() -> None:
         out["search_draws_rungs"] = {name: searches.get(name, (2, 2) if args.quick else (6, 3)) for name in names}
         from terarec.train.experiment import load_config
 
+        same_as: dict[str, dict[str, str]] = {}  # per data set: search candidate -> the sizing with its tables
         for name in names:
             d = int(load_config(CONFIGS[name], base[name]).model["embedding_dim"])
             sizings["half"] = [f"model.embedding_dim={d // 2}"]
+            same_as[name] = {RULE_CANDIDATE: "rule", **({f"model-d{d // 2}": "half"} if name in args.half.split(",")
+                                                         else {})}
             for sizing, extra in sizings.items():
                 if sizing == "half" and name not in args.half.split(","):
                     continue
@@ -134,13 +133,13 @@ def main() -> None:
                                                                                 *extra]))
                          for seed in range(seeds)]
         run_jobs(jobs, run_one, report, args.jobs)
-        # A search that chose the rule's own sizing (same tables, same seeds) reuses its runs.
+        # A search that chose the rule's or the half model's own sizing (same tables, same seeds) reuses its runs.
         for name in names:
-            if searched[name][0] == RULE_CANDIDATE:
-                results[(name, "searched")] = results[(name, "rule")]
+            if searched[name][0] in same_as[name]:
+                results[(name, "searched")] = results[(name, same_as[name][searched[name][0]])]
         jobs = [((name, "searched", seed), ("train", str(CONFIGS[name]), [*base[name], f"train.seed={seed}",
                                                                            *searched[name][1]]))
-                for name in names for seed in range(seeds) if searched[name][0] != RULE_CANDIDATE]
+                for name in names for seed in range(seeds) if searched[name][0] not in same_as[name]]
         run_jobs(jobs, run_one, report, args.jobs)
     for name in names:
         uniform = results[(name, "uniform")]

@@ -17,11 +17,15 @@ and bench/embedding_search.py measures what this one finds.
 The space, per feature f with R_f rows and the model's width d:
 * a whole table of width w in {d, d/2, d/4, d/8} (multiples of 4, >= 4), projected to d
   (``embedding.dims``);
+* the model itself at a narrower width w in {d/2, d/4} with every table w wide (``model.embedding_dim``):
+  no projections, so it costs exactly w/d of the uniform tables (a w-wide table under a d-wide
+  model pays a d x w projection per feature, which puts "every table d/2 wide" just over a half-bytes
+  budget); the dense parts narrow with it (DLRM's bottom MLP output and interactions);
 * for features with at least ``min_rows`` rows: frequency bands (Ginart et al. 2019), each band a
   width from the same set, non-increasing from the most to the least frequent band
   (``embedding.bands.widths``).
-The candidates: the uniform widths (baselines), Ginart's rule at a few alphas, and seeded random
-draws from the space under the budget.
+The candidates: the uniform widths (baselines), the model at d/2 and d/4, Ginart's rule at a few
+alphas, and seeded random draws (at the model's d) from the space under the budget.
 """
 
 from __future__ import annotations
@@ -54,10 +58,11 @@ class Candidate:
 
     Args:
         name: ``uniform-d16``, ``rule-a0.5``, ``search-3``, ...
-        kind: ``uniform``, ``rule`` or ``search``.
-        dims: feature -> whole-table width (features not named: the model's d).
+        kind: ``uniform``, ``model`` (the model at ``model_dim``, every table that wide), ``rule`` or ``search``.
+        dims: feature -> whole-table width (features not named: the model's width).
         band_widths: feature -> widths of its bands.
         alpha: the rule's alpha (``rule`` candidates).
+        model_dim: the model's ``embedding_dim`` (None: the config's).
         bytes: table bytes (``terarec.embedding.sized.table_bytes``).
         metric: the validation metric at the last rung it reached.
         epochs: epochs trained.
@@ -69,6 +74,7 @@ class Candidate:
     dims: dict[str, int] = field(default_factory=dict)
     band_widths: dict[str, list[int]] = field(default_factory=dict)
     alpha: float | None = None
+    model_dim: int | None = None
     bytes: int = 0
     metric: float = float("nan")
     epochs: int = 0
@@ -81,6 +87,23 @@ class Candidate:
         else:
             bands = BandsConfig(widths=self.band_widths)
         return dataclasses.replace(base, dims=dict(self.dims), bands=bands)
+
+    def configure(self, config: ExperimentConfig, num_bands: int) -> ExperimentConfig:
+        """A copy of ``config`` with this candidate's sizing: its ``embedding:`` section and model width."""
+        config = copy.deepcopy(config)
+        config.embedding = self.embedding(config.embedding, num_bands)
+        if self.model_dim is not None:
+            config.model["embedding_dim"] = self.model_dim
+        return config
+
+    def overrides(self, num_bands: int) -> list[str]:
+        """This candidate's sizing as dotted overrides (``terarec train CONFIG ...``) of a config without sizing."""
+        sizing = self.embedding(EmbeddingConfig(), num_bands)
+        bands = sizing.bands
+        return [f"embedding.dims={json.dumps(sizing.dims)}", f"embedding.bands.widths={json.dumps(bands.widths)}",
+                f"embedding.bands.num_bands={bands.num_bands}", f"embedding.bands.alpha={bands.alpha}",
+                f"embedding.bands.features={json.dumps(bands.features)}",
+                *([f"model.embedding_dim={self.model_dim}"] if self.model_dim is not None else [])]
 
 
 @dataclass
@@ -136,7 +159,8 @@ def make_candidates(
     rows: dict[str, int], d: int, num_bands: int, budget_bytes: float, count: int, seed: int = 0,
     min_rows: int = 100, bytes_of: Callable[[Candidate], int] | None = None,
 ) -> list[Candidate]:
-    """Uniform baselines, Ginart's rule at ``RULE_ALPHAS``, and ``count`` random draws under the budget.
+    """Uniform baselines, the model at d/2 and d/4, Ginart's rule at ``RULE_ALPHAS``, and ``count`` random draws
+    under the budget.
 
     Args:
         rows: feature -> table rows.
@@ -151,6 +175,7 @@ def make_candidates(
     widths = widths_below(d)
     large = sorted(name for name, size in rows.items() if size >= min_rows)
     candidates = [Candidate(f"uniform-d{w}", "uniform", dims={n: w for n in rows} if w != d else {}) for w in widths[:3]]
+    candidates += [Candidate(f"model-d{w}", "model", model_dim=w) for w in widths[1:3]]
     candidates += [Candidate(f"rule-a{alpha:g}", "rule", band_widths={n: [] for n in large}, alpha=alpha)
                    for alpha in RULE_ALPHAS]
     rng = np.random.default_rng(seed)
@@ -204,8 +229,7 @@ class SuccessiveHalving:
         self.rows = {name: int(ids.numel()) + 1 for name, ids in self.record["vocabularies"].items()}
 
     def task(self, candidate: Candidate) -> Task:
-        config = copy.deepcopy(self.resolved)
-        config.embedding = candidate.embedding(self.config.embedding, self.num_bands)
+        config = candidate.configure(self.resolved, self.num_bands)
         seed_everything(config.train.seed)
         return self.task_type.from_record(config, self.record)
 
@@ -218,7 +242,7 @@ class SuccessiveHalving:
         set_threads(self.config.train.threads)
         for candidate in candidates:
             candidate.bytes = self.bytes_of(candidate)
-        uniform = next(c for c in candidates if c.kind == "uniform" and not c.dims)
+        uniform_bytes = self.bytes_of(Candidate("uniform", "uniform"))
         total = sum(math.ceil(len(candidates) / self.eta**k) * self.min_epochs * self.eta**k
                     for k in range(self.rungs))
         bar = tqdm(total=total, desc="search-embeddings", unit="epoch", disable=not progress)
@@ -251,14 +275,12 @@ class SuccessiveHalving:
                 alive = alive[: max(1, len(alive) // self.eta)]
         bar.close()
         return SearchResult(candidates, alive[0], self.budget_bytes, self.cost_weight, trainers[alive[0].name].metric,
-                            uniform.bytes)
+                            uniform_bytes)
 
     def chosen_config(self, candidate: Candidate) -> ExperimentConfig:
         """The user's experiment config (its training settings, early stopping included) with the
         candidate's sizing (columns as the user wrote them)."""
-        config = copy.deepcopy(self.user_config)
-        config.embedding = candidate.embedding(config.embedding, self.num_bands)
-        return config
+        return candidate.configure(self.user_config, self.num_bands)
 
 
 def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path:
@@ -271,7 +293,7 @@ def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
-    styles = {"uniform": ("tab:blue", "s"), "rule": ("tab:green", "^"), "search": ("tab:grey", "o")}
+    styles = {"uniform": ("tab:blue", "s"), "model": ("tab:purple", "D"), "rule": ("tab:green", "^"), "search": ("tab:grey", "o")}
     for kind, (colour, marker) in styles.items():
         members = [c for c in result.candidates if c.kind == kind]
         for candidate in members:
