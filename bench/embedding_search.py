@@ -40,7 +40,7 @@ RULE = ["embedding.bands.num_bands=4", "embedding.bands.alpha=0.5"]
 RULE_CANDIDATE = "rule-a0.5"  # the search's name for the same sizing
 
 
-def search_one(config_path: str, overrides: list[str], out: str, count: int, rungs: int,
+def search_one(config_path: str, overrides: list[str], out: str, only: list[str] | None, count: int, rungs: int,
                min_epochs: int = 1) -> tuple[str, list[str]]:
     """Run the search; returns the chosen candidate's name and its sizing as overrides."""
     import torch
@@ -51,7 +51,7 @@ def search_one(config_path: str, overrides: list[str], out: str, count: int, run
     torch.set_num_threads(1)
     config = load_config(config_path, overrides)
     result, _ = search_embeddings(config, out, budget_share=0.5, count=count, rungs=rungs, min_epochs=min_epochs,
-                                  progress=False)
+                                  progress=False, only=only)
     chosen = result.chosen
     print(f"search {out}: chose {chosen.name} ({chosen.bytes:,} bytes of {result.uniform_bytes:,}), valid "
           f"{chosen.metric:.5f}", flush=True)
@@ -83,11 +83,14 @@ def main() -> None:
     parser.add_argument("--cap", default="", help="epoch caps, e.g. frappe=4 (every sizing alike; default: the config's)")
     parser.add_argument("--search", default="", help="random draws, rungs and (optionally) first-rung epochs per "
                         "data set, e.g. frappe=0:3:3 (default 6 draws, 3 rungs, 1 epoch)")
+    parser.add_argument("--only", default="", help="candidates the search trains, per data set, e.g. "
+                        "frappe=model-d16+model-d8 (default: all)")
     parser.add_argument("--half", default="frappe,ml100k", help="data sets that also get the uniform d / 2 runs")
     args = parser.parse_args()
     caps = dict(item.split("=") for item in args.cap.split(",") if item)
     searches = {name: tuple(int(v) for v in spec.split(":")) for name, spec in
                 (item.split("=") for item in args.search.split(",") if item)}
+    only = {name: spec.split("+") for name, spec in (item.split("=") for item in args.only.split(",") if item)}
     seeds = 1 if args.quick else args.seeds
     names = args.datasets.split(",")
     out: dict = {"seeds": list(range(seeds))}
@@ -114,7 +117,7 @@ def main() -> None:
                   f"bytes, best epoch {result['best_epoch']}", flush=True)
 
         # The searches first: the slow data set's search beside the other's runs.
-        jobs = [(("search", name), ("search", str(CONFIGS[name]), base[name], str(keep / name),
+        jobs = [(("search", name), ("search", str(CONFIGS[name]), base[name], str(keep / name), only.get(name),
                                      *searches.get(name, (2, 2) if args.quick else (6, 3))))
                 for name in names]
         out["search_draws_rungs"] = {name: searches.get(name, (2, 2) if args.quick else (6, 3)) for name in names}

@@ -354,7 +354,7 @@ def write_search(search: SuccessiveHalving, result: SearchResult, out_dir: str |
 def search_embeddings(
     config: ExperimentConfig, out_dir: str | Path, budget_bytes: int = 0, budget_share: float = 0.5,
     count: int = 6, cost_weight: float = 1.0, num_bands: int = 4, eta: int = 2, min_epochs: int = 1,
-    rungs: int = 3, progress: bool = True,
+    rungs: int = 3, progress: bool = True, only: list[str] | None = None,
 ) -> tuple[SearchResult, dict[str, Path]]:
     """The whole search: candidates, successive halving, ``chosen.yaml`` + ``candidates.json`` + ``pareto.png``.
 
@@ -364,6 +364,8 @@ def search_embeddings(
         budget_bytes: the tables' memory budget (0: ``budget_share`` of the uniform d-wide tables).
         count: random draws beside the uniform and rule candidates.
         cost_weight, num_bands, eta, min_epochs, rungs: see ``SuccessiveHalving``.
+        only: train only the candidates of these names (e.g. the ones under the budget, to save time);
+            None: all.
     """
     if budget_bytes < 0 or not 0 < budget_share <= 1:
         raise ValueError(f"budget: expected --budget-bytes >= 0 and a share in (0, 1], got {budget_bytes}, "
@@ -374,5 +376,11 @@ def search_embeddings(
         search.budget_bytes = int(budget_share * search.bytes_of(Candidate("uniform", "uniform")))
     candidates = make_candidates(search.rows, search.d, num_bands, search.budget_bytes, count,
                                  seed=config.train.seed, bytes_of=search.bytes_of)
+    if only:
+        unknown = sorted(set(only) - {c.name for c in candidates})
+        if unknown:
+            raise ValueError(f"--only: no candidates named {', '.join(unknown)} (expected some of "
+                             f"{', '.join(c.name for c in candidates)})")
+        candidates = [c for c in candidates if c.name in only]
     result = search.run(candidates, progress=progress)
     return result, write_search(search, result, out_dir)

@@ -108,3 +108,9 @@ def test_successive_halving_trains_the_better_half_longer_and_writes_its_choice(
     assert files["plot"].stat().st_size > 10_000
     # The written config builds the chosen tables.
     assert table_bytes(build_task(chosen).model) == result.chosen.bytes
+
+
+def test_only_names_existing_candidates(ctr_data: Path, tmp_path: Path) -> None:
+    config = _ctr_config(ctr_data, tmp_path, "model={name: embedding_mlp, embedding_dim: 16, hidden: [32]}")
+    with pytest.raises(ValueError, match="--only: no candidates named model-d2 .*model-d8"):
+        search_embeddings(config, tmp_path / "search", count=0, only=["model-d8", "model-d2"], progress=False)
