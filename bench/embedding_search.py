@@ -7,7 +7,9 @@ movie features, split by time) is compared with:
 * ``searched``: ``terarec search-embeddings`` (successive halving, NIS's reward, budget half the
   uniform tables' bytes, seed 0, on train / valid), then trained in full;
 * ``rule``: Ginart's frequency rule, 4 bands, alpha 0.5, on every feature of >= 100 rows;
-* ``half``: uniform d / 2, the model at that width too (the trivial way to halve the bytes).
+* ``half``: uniform d / 2, the model at that width too (the trivial way to halve the bytes; the
+  search's ``model-d<d/2>`` candidate: a search that picks it reuses these runs, as one that picks
+  ``rule-a0.5`` reuses the rule's).
 
 Each trains with the config's early stopping on validation AUC, seeds 0..N-1. Prints a line
 per run and, last, one JSON object: per data set and sizing ``<ds>_<sizing>_auc`` (mean test AUC),
@@ -18,7 +20,8 @@ uniform's mean AUC.
 
     python bench/embedding_search.py --jobs 2                 # both data sets, seeds 0 1 2
     python bench/embedding_search.py --jobs 2 --cap frappe=4 --half ml100k --search frappe=2:2   # BENCHMARKS.md
-    python bench/embedding_search.py --jobs 2 --datasets frappe --half "" --search frappe=0:3:3   # converged Frappe
+    python bench/embedding_search.py --datasets frappe --search frappe=0:2:5 \
+        --only frappe=model-d16+model-d8+uniform-d8+rule-a0.5    # converged Frappe, searched model width (BENCHMARKS.md)
     python bench/embedding_search.py --datasets frappe --seeds 1 --quick
 """
 
