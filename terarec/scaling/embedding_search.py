@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from terarec.config import BandsConfig, EmbeddingConfig, ExperimentConfig, to_yaml
 from terarec.models import check_model_options
 from terarec.train.logs import RunLogs
-from terarec.train.loop import Trainer
+from terarec.train.loop import Trainer, rng_state, set_rng_state
 from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, task_class
 
@@ -248,6 +248,9 @@ class SuccessiveHalving:
         bar = tqdm(total=total, desc="search-embeddings", unit="epoch", disable=not progress)
         work = Path(self.work_dir or tempfile.mkdtemp(prefix="terarec-search-"))
         trainers: dict[str, Trainer] = {}
+        # Each candidate's random state (dropout, shuffling) between its rungs: resumed after others trained,
+        # it goes on as if it had trained alone, so its rungs repeat `terarec train` of its config to the digit.
+        states: dict[str, dict] = {}
         alive = list(candidates)
         for rung in range(self.rungs):
             target = self.min_epochs * (self.eta**rung)  # epochs at the end of this rung
@@ -259,10 +262,12 @@ class SuccessiveHalving:
                 trainer = trainers[candidate.name]
                 if candidate.epochs:  # its logs are open only while it trains: log lines go to its own folder
                     trainer.logs = RunLogs(run_dir, progress=False, resume=True)
+                    set_rng_state(states[candidate.name])
                 while candidate.epochs < target:
                     trainer.train_epoch()
                     candidate.epochs += 1
                     bar.update(1)
+                states[candidate.name] = rng_state()
                 trainer.logs.close()
                 signed = trainer.best_value
                 candidate.metric = signed if trainer.higher_is_better else -signed

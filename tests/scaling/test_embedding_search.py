@@ -11,6 +11,7 @@ import torch
 from terarec.config import parse_config
 from terarec.scaling.embedding_search import (
     Candidate,
+    SuccessiveHalving,
     make_candidates,
     reward,
     search_embeddings,
@@ -114,3 +115,16 @@ def test_only_names_existing_candidates(ctr_data: Path, tmp_path: Path) -> None:
     config = _ctr_config(ctr_data, tmp_path, "model={name: embedding_mlp, embedding_dim: 16, hidden: [32]}")
     with pytest.raises(ValueError, match="--only: no candidates named model-d2 .*model-d8"):
         search_embeddings(config, tmp_path / "search", count=0, only=["model-d8", "model-d2"], progress=False)
+
+
+def test_a_candidate_resumed_after_others_repeats_its_run_alone(ctr_data: Path, tmp_path: Path) -> None:
+    # Dropout draws from the global random state: the other candidate's rung must not change the survivor's.
+    config = _ctr_config(ctr_data, tmp_path, "model={name: embedding_mlp, embedding_dim: 8, hidden: [32], dropout: 0.5}")
+
+    def search(candidates: list[Candidate], folder: str) -> Candidate:
+        halving = SuccessiveHalving(config, budget_bytes=10**9, eta=2, min_epochs=1, rungs=2, work_dir=tmp_path / folder)
+        return halving.run(candidates, progress=False).chosen
+
+    together = search([Candidate("uniform-d8", "uniform"), Candidate("uniform-d4", "uniform", dims={"item_id": 4})], "a")
+    alone = search([Candidate(together.name, "uniform", dims=dict(together.dims))], "b")
+    assert together.epochs == 2 and together.history == alone.history
