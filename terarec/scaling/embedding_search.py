@@ -248,8 +248,8 @@ class SuccessiveHalving:
         bar = tqdm(total=total, desc="search-embeddings", unit="epoch", disable=not progress)
         work = Path(self.work_dir or tempfile.mkdtemp(prefix="terarec-search-"))
         trainers: dict[str, Trainer] = {}
-        # Each candidate's random state (dropout, shuffling) between its rungs: resumed after others trained,
-        # it goes on as if it had trained alone, so its rungs repeat `terarec train` of its config to the digit.
+        # Each candidate's global random state (dropout draws from it) between its rungs: resumed after others
+        # trained, it goes on as if it had trained alone, so its rungs repeat `terarec train` of its config.
         states: dict[str, dict] = {}
         alive = list(candidates)
         for rung in range(self.rungs):
@@ -298,7 +298,8 @@ def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
-    styles = {"uniform": ("tab:blue", "s"), "model": ("tab:purple", "D"), "rule": ("tab:green", "^"), "search": ("tab:grey", "o")}
+    styles = {"uniform": ("tab:blue", "s"), "model": ("tab:purple", "D"), "rule": ("tab:green", "^"),
+              "search": ("tab:grey", "o")}
     for kind, (colour, marker) in styles.items():
         members = [c for c in result.candidates if c.kind == kind]
         for candidate in members:
