@@ -119,12 +119,15 @@ def test_only_names_existing_candidates(ctr_data: Path, tmp_path: Path) -> None:
 
 def test_a_candidate_resumed_after_others_repeats_its_run_alone(ctr_data: Path, tmp_path: Path) -> None:
     # Dropout draws from the global random state: the other candidate's rung must not change the survivor's.
-    config = _ctr_config(ctr_data, tmp_path, "model={name: embedding_mlp, embedding_dim: 8, hidden: [32], dropout: 0.5}")
+    config = _ctr_config(ctr_data, tmp_path,
+                         "model={name: embedding_mlp, embedding_dim: 8, hidden: [32], dropout: 0.5}")
 
     def search(candidates: list[Candidate], folder: str) -> Candidate:
-        halving = SuccessiveHalving(config, budget_bytes=10**9, eta=2, min_epochs=1, rungs=2, work_dir=tmp_path / folder)
+        halving = SuccessiveHalving(config, budget_bytes=10**9, eta=2, min_epochs=1, rungs=2,
+                                    work_dir=tmp_path / folder)
         return halving.run(candidates, progress=False).chosen
 
-    together = search([Candidate("uniform-d8", "uniform"), Candidate("uniform-d4", "uniform", dims={"item_id": 4})], "a")
+    narrow = Candidate("uniform-d4", "uniform", dims={"item_id": 4})
+    together = search([Candidate("uniform-d8", "uniform"), narrow], "a")
     alone = search([Candidate(together.name, "uniform", dims=dict(together.dims))], "b")
     assert together.epochs == 2 and together.history == alone.history
