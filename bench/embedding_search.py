@@ -21,7 +21,7 @@ uniform's mean AUC.
     python bench/embedding_search.py --jobs 2                 # both data sets, seeds 0 1 2
     python bench/embedding_search.py --jobs 2 --cap frappe=4 --half ml100k --search frappe=2:2   # BENCHMARKS.md
     python bench/embedding_search.py --datasets frappe --search frappe=0:2:4 \
-        --only frappe=model-d16+model-d8+uniform-d8+rule-a0.5    # converged Frappe, searched model width (BENCHMARKS.md)
+        --only frappe=model-d16+model-d8+uniform-d8+rule-a0.5    # converged Frappe, model width searched
     python bench/embedding_search.py --datasets frappe --seeds 1 --quick
 """
 
