@@ -7,7 +7,9 @@ movie features, split by time) is compared with:
 * ``searched``: ``terarec search-embeddings`` (successive halving, NIS's reward, budget half the
   uniform tables' bytes, seed 0, on train / valid), then trained in full;
 * ``rule``: Ginart's frequency rule, 4 bands, alpha 0.5, on every feature of >= 100 rows;
-* ``half``: uniform d / 2, the model at that width too (the trivial way to halve the bytes).
+* ``half``: uniform d / 2, the model at that width too (the trivial way to halve the bytes; the
+  search's ``model-d<d/2>`` candidate: a search that picks it reuses these runs, as one that picks
+  ``rule-a0.5`` reuses the rule's).
 
 Each trains with the config's early stopping on validation AUC, seeds 0..N-1. Prints a line
 per run and, last, one JSON object: per data set and sizing ``<ds>_<sizing>_auc`` (mean test AUC),
@@ -18,7 +20,8 @@ uniform's mean AUC.
 
     python bench/embedding_search.py --jobs 2                 # both data sets, seeds 0 1 2
     python bench/embedding_search.py --jobs 2 --cap frappe=4 --half ml100k --search frappe=2:2   # BENCHMARKS.md
-    python bench/embedding_search.py --jobs 2 --datasets frappe --half "" --search frappe=0:3:3   # converged Frappe
+    python bench/embedding_search.py --datasets frappe --search frappe=0:2:4 \
+        --only frappe=model-d16+model-d8+uniform-d8+rule-a0.5    # converged Frappe, model width searched
     python bench/embedding_search.py --datasets frappe --seeds 1 --quick
 """
 
@@ -40,7 +43,7 @@ RULE = ["embedding.bands.num_bands=4", "embedding.bands.alpha=0.5"]
 RULE_CANDIDATE = "rule-a0.5"  # the search's name for the same sizing
 
 
-def search_one(config_path: str, overrides: list[str], out: str, count: int, rungs: int,
+def search_one(config_path: str, overrides: list[str], out: str, only: list[str] | None, count: int, rungs: int,
                min_epochs: int = 1) -> tuple[str, list[str]]:
     """Run the search; returns the chosen candidate's name and its sizing as overrides."""
     import torch
@@ -51,15 +54,11 @@ def search_one(config_path: str, overrides: list[str], out: str, count: int, run
     torch.set_num_threads(1)
     config = load_config(config_path, overrides)
     result, _ = search_embeddings(config, out, budget_share=0.5, count=count, rungs=rungs, min_epochs=min_epochs,
-                                  progress=False)
+                                  progress=False, only=only)
     chosen = result.chosen
     print(f"search {out}: chose {chosen.name} ({chosen.bytes:,} bytes of {result.uniform_bytes:,}), valid "
           f"{chosen.metric:.5f}", flush=True)
-    sizing = chosen.embedding(config.embedding, 4)
-    bands = sizing.bands
-    return chosen.name, [f"embedding.dims={json.dumps(sizing.dims)}", f"embedding.bands.widths={json.dumps(bands.widths)}",
-            f"embedding.bands.num_bands={bands.num_bands}", f"embedding.bands.alpha={bands.alpha}",
-            f"embedding.bands.features={json.dumps(bands.features)}"]
+    return chosen.name, chosen.overrides(4)
 
 
 def train_one(config_path: str, overrides: list[str]) -> dict:
@@ -87,11 +86,14 @@ def main() -> None:
     parser.add_argument("--cap", default="", help="epoch caps, e.g. frappe=4 (every sizing alike; default: the config's)")
     parser.add_argument("--search", default="", help="random draws, rungs and (optionally) first-rung epochs per "
                         "data set, e.g. frappe=0:3:3 (default 6 draws, 3 rungs, 1 epoch)")
+    parser.add_argument("--only", default="", help="candidates the search trains, per data set, e.g. "
+                        "frappe=model-d16+model-d8 (default: all)")
     parser.add_argument("--half", default="frappe,ml100k", help="data sets that also get the uniform d / 2 runs")
     args = parser.parse_args()
     caps = dict(item.split("=") for item in args.cap.split(",") if item)
     searches = {name: tuple(int(v) for v in spec.split(":")) for name, spec in
                 (item.split("=") for item in args.search.split(",") if item)}
+    only = {name: spec.split("+") for name, spec in (item.split("=") for item in args.only.split(",") if item)}
     seeds = 1 if args.quick else args.seeds
     names = args.datasets.split(",")
     out: dict = {"seeds": list(range(seeds))}
@@ -118,15 +120,18 @@ def main() -> None:
                   f"bytes, best epoch {result['best_epoch']}", flush=True)
 
         # The searches first: the slow data set's search beside the other's runs.
-        jobs = [(("search", name), ("search", str(CONFIGS[name]), base[name], str(keep / name),
+        jobs = [(("search", name), ("search", str(CONFIGS[name]), base[name], str(keep / name), only.get(name),
                                      *searches.get(name, (2, 2) if args.quick else (6, 3))))
                 for name in names]
         out["search_draws_rungs"] = {name: searches.get(name, (2, 2) if args.quick else (6, 3)) for name in names}
         from terarec.train.experiment import load_config
 
+        same_as: dict[str, dict[str, str]] = {}  # per data set: search candidate -> the sizing with its tables
         for name in names:
             d = int(load_config(CONFIGS[name], base[name]).model["embedding_dim"])
             sizings["half"] = [f"model.embedding_dim={d // 2}"]
+            same_as[name] = {RULE_CANDIDATE: "rule", **({f"model-d{d // 2}": "half"} if name in args.half.split(",")
+                                                         else {})}
             for sizing, extra in sizings.items():
                 if sizing == "half" and name not in args.half.split(","):
                     continue
@@ -134,13 +139,13 @@ def main() -> None:
                                                                                 *extra]))
                          for seed in range(seeds)]
         run_jobs(jobs, run_one, report, args.jobs)
-        # A search that chose the rule's own sizing (same tables, same seeds) reuses its runs.
+        # A search that chose the rule's or the half model's own sizing (same tables, same seeds) reuses its runs.
         for name in names:
-            if searched[name][0] == RULE_CANDIDATE:
-                results[(name, "searched")] = results[(name, "rule")]
+            if searched[name][0] in same_as[name]:
+                results[(name, "searched")] = results[(name, same_as[name][searched[name][0]])]
         jobs = [((name, "searched", seed), ("train", str(CONFIGS[name]), [*base[name], f"train.seed={seed}",
                                                                            *searched[name][1]]))
-                for name in names for seed in range(seeds) if searched[name][0] != RULE_CANDIDATE]
+                for name in names for seed in range(seeds) if searched[name][0] not in same_as[name]]
         run_jobs(jobs, run_one, report, args.jobs)
     for name in names:
         uniform = results[(name, "uniform")]

@@ -539,6 +539,7 @@ def search_embeddings_command(
     eta: int = typer.Option(2, help="Successive halving: 1/eta of the candidates go on, trained eta times longer."),
     min_epochs: int = typer.Option(1, help="Epochs of the first rung."),
     rungs: int = typer.Option(3, help="Rungs of successive halving."),
+    only: str = typer.Option("", help="Comma-separated candidate names to train (default all), e.g. model-d16,rule-a0.5."),
     threads: Threads = 0,
     progress: Progress = None,
 ) -> None:
@@ -557,7 +558,8 @@ def search_embeddings_command(
     try:
         cfg = load_config(config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
         result, files = search_embeddings(cfg, out, budget_bytes, budget_share, candidates, cost_weight, bands, eta,
-                                          min_epochs, rungs, progress=progress is not False)
+                                          min_epochs, rungs, progress=progress is not False,
+                                          only=[name for name in only.split(",") if name] or None)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         _fail(error)
     table = Table(title=f"embedding sizes (budget {result.budget_bytes:,} bytes, uniform {result.uniform_bytes:,})")

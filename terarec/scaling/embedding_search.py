@@ -17,11 +17,15 @@ and bench/embedding_search.py measures what this one finds.
 The space, per feature f with R_f rows and the model's width d:
 * a whole table of width w in {d, d/2, d/4, d/8} (multiples of 4, >= 4), projected to d
   (``embedding.dims``);
+* the model itself at a narrower width w in {d/2, d/4} with every table w wide (``model.embedding_dim``):
+  no projections, so it costs exactly w/d of the uniform tables (a w-wide table under a d-wide
+  model pays a d x w projection per feature, which puts "every table d/2 wide" just over a half-bytes
+  budget); the dense parts narrow with it (DLRM's bottom MLP output and interactions);
 * for features with at least ``min_rows`` rows: frequency bands (Ginart et al. 2019), each band a
   width from the same set, non-increasing from the most to the least frequent band
   (``embedding.bands.widths``).
-The candidates: the uniform widths (baselines), Ginart's rule at a few alphas, and seeded random
-draws from the space under the budget.
+The candidates: the uniform widths (baselines), the model at d/2 and d/4, Ginart's rule at a few
+alphas, and seeded random draws (at the model's d) from the space under the budget.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from tqdm.auto import tqdm
 from terarec.config import BandsConfig, EmbeddingConfig, ExperimentConfig, to_yaml
 from terarec.models import check_model_options
 from terarec.train.logs import RunLogs
-from terarec.train.loop import Trainer
+from terarec.train.loop import Trainer, rng_state, set_rng_state
 from terarec.train.setup import seed_everything, set_threads
 from terarec.train.tasks import Task, task_class
 
@@ -54,10 +58,11 @@ class Candidate:
 
     Args:
         name: ``uniform-d16``, ``rule-a0.5``, ``search-3``, ...
-        kind: ``uniform``, ``rule`` or ``search``.
-        dims: feature -> whole-table width (features not named: the model's d).
+        kind: ``uniform``, ``model`` (the model at ``model_dim``, every table that wide), ``rule`` or ``search``.
+        dims: feature -> whole-table width (features not named: the model's width).
         band_widths: feature -> widths of its bands.
         alpha: the rule's alpha (``rule`` candidates).
+        model_dim: the model's ``embedding_dim`` (None: the config's).
         bytes: table bytes (``terarec.embedding.sized.table_bytes``).
         metric: the validation metric at the last rung it reached.
         epochs: epochs trained.
@@ -69,6 +74,7 @@ class Candidate:
     dims: dict[str, int] = field(default_factory=dict)
     band_widths: dict[str, list[int]] = field(default_factory=dict)
     alpha: float | None = None
+    model_dim: int | None = None
     bytes: int = 0
     metric: float = float("nan")
     epochs: int = 0
@@ -81,6 +87,23 @@ class Candidate:
         else:
             bands = BandsConfig(widths=self.band_widths)
         return dataclasses.replace(base, dims=dict(self.dims), bands=bands)
+
+    def configure(self, config: ExperimentConfig, num_bands: int) -> ExperimentConfig:
+        """A copy of ``config`` with this candidate's sizing: its ``embedding:`` section and model width."""
+        config = copy.deepcopy(config)
+        config.embedding = self.embedding(config.embedding, num_bands)
+        if self.model_dim is not None:
+            config.model["embedding_dim"] = self.model_dim
+        return config
+
+    def overrides(self, num_bands: int) -> list[str]:
+        """This candidate's sizing as dotted overrides (``terarec train CONFIG ...``) of a config without sizing."""
+        sizing = self.embedding(EmbeddingConfig(), num_bands)
+        bands = sizing.bands
+        return [f"embedding.dims={json.dumps(sizing.dims)}", f"embedding.bands.widths={json.dumps(bands.widths)}",
+                f"embedding.bands.num_bands={bands.num_bands}", f"embedding.bands.alpha={bands.alpha}",
+                f"embedding.bands.features={json.dumps(bands.features)}",
+                *([f"model.embedding_dim={self.model_dim}"] if self.model_dim is not None else [])]
 
 
 @dataclass
@@ -136,7 +159,8 @@ def make_candidates(
     rows: dict[str, int], d: int, num_bands: int, budget_bytes: float, count: int, seed: int = 0,
     min_rows: int = 100, bytes_of: Callable[[Candidate], int] | None = None,
 ) -> list[Candidate]:
-    """Uniform baselines, Ginart's rule at ``RULE_ALPHAS``, and ``count`` random draws under the budget.
+    """Uniform baselines, the model at d/2 and d/4, Ginart's rule at ``RULE_ALPHAS``, and ``count`` random draws
+    under the budget.
 
     Args:
         rows: feature -> table rows.
@@ -151,6 +175,7 @@ def make_candidates(
     widths = widths_below(d)
     large = sorted(name for name, size in rows.items() if size >= min_rows)
     candidates = [Candidate(f"uniform-d{w}", "uniform", dims={n: w for n in rows} if w != d else {}) for w in widths[:3]]
+    candidates += [Candidate(f"model-d{w}", "model", model_dim=w) for w in widths[1:3]]
     candidates += [Candidate(f"rule-a{alpha:g}", "rule", band_widths={n: [] for n in large}, alpha=alpha)
                    for alpha in RULE_ALPHAS]
     rng = np.random.default_rng(seed)
@@ -204,8 +229,7 @@ class SuccessiveHalving:
         self.rows = {name: int(ids.numel()) + 1 for name, ids in self.record["vocabularies"].items()}
 
     def task(self, candidate: Candidate) -> Task:
-        config = copy.deepcopy(self.resolved)
-        config.embedding = candidate.embedding(self.config.embedding, self.num_bands)
+        config = candidate.configure(self.resolved, self.num_bands)
         seed_everything(config.train.seed)
         return self.task_type.from_record(config, self.record)
 
@@ -218,12 +242,15 @@ class SuccessiveHalving:
         set_threads(self.config.train.threads)
         for candidate in candidates:
             candidate.bytes = self.bytes_of(candidate)
-        uniform = next(c for c in candidates if c.kind == "uniform" and not c.dims)
+        uniform_bytes = self.bytes_of(Candidate("uniform", "uniform"))
         total = sum(math.ceil(len(candidates) / self.eta**k) * self.min_epochs * self.eta**k
                     for k in range(self.rungs))
         bar = tqdm(total=total, desc="search-embeddings", unit="epoch", disable=not progress)
         work = Path(self.work_dir or tempfile.mkdtemp(prefix="terarec-search-"))
         trainers: dict[str, Trainer] = {}
+        # Each candidate's global random state (dropout draws from it) between its rungs: resumed after others
+        # trained, it goes on as if it had trained alone, so its rungs repeat `terarec train` of its config.
+        states: dict[str, dict] = {}
         alive = list(candidates)
         for rung in range(self.rungs):
             target = self.min_epochs * (self.eta**rung)  # epochs at the end of this rung
@@ -235,10 +262,12 @@ class SuccessiveHalving:
                 trainer = trainers[candidate.name]
                 if candidate.epochs:  # its logs are open only while it trains: log lines go to its own folder
                     trainer.logs = RunLogs(run_dir, progress=False, resume=True)
+                    set_rng_state(states[candidate.name])
                 while candidate.epochs < target:
                     trainer.train_epoch()
                     candidate.epochs += 1
                     bar.update(1)
+                states[candidate.name] = rng_state()
                 trainer.logs.close()
                 signed = trainer.best_value
                 candidate.metric = signed if trainer.higher_is_better else -signed
@@ -251,14 +280,12 @@ class SuccessiveHalving:
                 alive = alive[: max(1, len(alive) // self.eta)]
         bar.close()
         return SearchResult(candidates, alive[0], self.budget_bytes, self.cost_weight, trainers[alive[0].name].metric,
-                            uniform.bytes)
+                            uniform_bytes)
 
     def chosen_config(self, candidate: Candidate) -> ExperimentConfig:
         """The user's experiment config (its training settings, early stopping included) with the
         candidate's sizing (columns as the user wrote them)."""
-        config = copy.deepcopy(self.user_config)
-        config.embedding = candidate.embedding(config.embedding, self.num_bands)
-        return config
+        return candidate.configure(self.user_config, self.num_bands)
 
 
 def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path:
@@ -271,7 +298,8 @@ def plot_pareto(result: SearchResult, path: str | Path, title: str = "") -> Path
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
-    styles = {"uniform": ("tab:blue", "s"), "rule": ("tab:green", "^"), "search": ("tab:grey", "o")}
+    styles = {"uniform": ("tab:blue", "s"), "model": ("tab:purple", "D"), "rule": ("tab:green", "^"),
+              "search": ("tab:grey", "o")}
     for kind, (colour, marker) in styles.items():
         members = [c for c in result.candidates if c.kind == kind]
         for candidate in members:
@@ -332,7 +360,7 @@ def write_search(search: SuccessiveHalving, result: SearchResult, out_dir: str |
 def search_embeddings(
     config: ExperimentConfig, out_dir: str | Path, budget_bytes: int = 0, budget_share: float = 0.5,
     count: int = 6, cost_weight: float = 1.0, num_bands: int = 4, eta: int = 2, min_epochs: int = 1,
-    rungs: int = 3, progress: bool = True,
+    rungs: int = 3, progress: bool = True, only: list[str] | None = None,
 ) -> tuple[SearchResult, dict[str, Path]]:
     """The whole search: candidates, successive halving, ``chosen.yaml`` + ``candidates.json`` + ``pareto.png``.
 
@@ -342,6 +370,8 @@ def search_embeddings(
         budget_bytes: the tables' memory budget (0: ``budget_share`` of the uniform d-wide tables).
         count: random draws beside the uniform and rule candidates.
         cost_weight, num_bands, eta, min_epochs, rungs: see ``SuccessiveHalving``.
+        only: train only the candidates of these names (e.g. the ones under the budget, to save time);
+            None: all.
     """
     if budget_bytes < 0 or not 0 < budget_share <= 1:
         raise ValueError(f"budget: expected --budget-bytes >= 0 and a share in (0, 1], got {budget_bytes}, "
@@ -352,5 +382,11 @@ def search_embeddings(
         search.budget_bytes = int(budget_share * search.bytes_of(Candidate("uniform", "uniform")))
     candidates = make_candidates(search.rows, search.d, num_bands, search.budget_bytes, count,
                                  seed=config.train.seed, bytes_of=search.bytes_of)
+    if only:
+        unknown = sorted(set(only) - {c.name for c in candidates})
+        if unknown:
+            raise ValueError(f"--only: no candidates named {', '.join(unknown)} (expected some of "
+                             f"{', '.join(c.name for c in candidates)})")
+        candidates = [c for c in candidates if c.name in only]
     result = search.run(candidates, progress=progress)
     return result, write_search(search, result, out_dir)
