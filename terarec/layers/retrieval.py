@@ -202,7 +202,10 @@ class NextItemRetrieval:
         return self.head.loss(users, self.items.rows(target_ids), self.items.weight)
 
     def loss_terms(self, batch) -> int:
-        """Positions ``loss`` averages over: every event but each user's first."""
+        """Positions ``loss`` averages over: every event but each user's first (of those, the ones
+        ``batch.target_mask`` marks, when it is set)."""
+        if batch.target_mask is not None:
+            return int(batch.target_mask[next_item_split(batch.lengths)[1]].sum())
         return int((batch.lengths - 1).clamp(min=0).sum())
 
     def user_vectors(self, batch) -> torch.Tensor:

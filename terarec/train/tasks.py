@@ -153,20 +153,20 @@ class Task(ABC):
     @classmethod
     def streaming_record(cls, config: ExperimentConfig) -> dict[str, Any]:
         """The input record of a streaming run, from its config alone (no data is read up front)."""
-        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{cls.kind}' is not streamed yet")
+        raise _not_streamed(cls.kind)
 
     @classmethod
     def stream_columns(cls, config: ExperimentConfig) -> list[str]:
         """The columns a streaming run reads from each chunk."""
-        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{cls.kind}' is not streamed yet")
+        raise _not_streamed(cls.kind)
 
     def stream_evaluate(self, table: pa.Table) -> dict[str, float]:
         """Progressive validation: metrics of the model on a chunk's rows, before it is trained on them."""
-        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{self.kind}' is not streamed yet")
+        raise _not_streamed(self.kind)
 
     def stream_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[tuple[int, Any]]:
         """(latest event time, training batch) over a chunk's rows, shuffled by ``rng`` (None: in order)."""
-        raise ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{self.kind}' is not streamed yet")
+        raise _not_streamed(self.kind)
 
     def before_stream_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> Any:
         """The batch a streaming step trains on (a task may admit ids or mask targets first)."""
@@ -193,6 +193,11 @@ class Task(ABC):
         name = self.config.train.monitor or self.default_monitor()
         name = name.removeprefix("valid.")
         return name, not any(word in name for word in LOWER_IS_BETTER)
+
+
+def _not_streamed(kind: str) -> ConfigError:
+    """The error of a streaming hook that a task kind does not implement."""
+    return ConfigError(f"task: terarec stream trains ctr and sequential tasks; '{kind}' is not streamed yet")
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

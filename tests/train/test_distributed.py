@@ -279,6 +279,19 @@ def test_weighted_shares_of_a_batch_average_to_the_whole_batch_gradient(share_we
     assert close == (share_weights and seeded)
 
 
+def test_loss_terms_count_only_the_marked_targets_when_a_batch_marks_them() -> None:
+    """A stream's batch predicts only its new events (``target_mask``): its loss averages over
+    those, so its share of a global batch counts those, not every position."""
+    config = HSTU.Config(embedding_dim=16, num_layers=1, num_heads=2, max_length=10, num_negatives=4, dropout=0.0)
+    model = HSTU(config, sequences.inputs())
+    batch = sequences.batch(sequences.cycle_histories(2, 5))  # 2 users x 5 events: 8 positions
+    assert model.loss_terms(batch) == 8
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[0, 3, 4, 9]] = True  # a first event predicts nothing: 3 of these 4 are targets
+    batch.target_mask = mask
+    assert model.loss_terms(batch) == 3
+
+
 ONE_STEP = """
 import sys
 from pathlib import Path
