@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from terarec.runtime import prefer_passive_waiting, show_progress
+from terarec.runtime import keep_freed_memory, prefer_passive_waiting, show_progress
 
 # Before any command imports torch (the package's __init__ did it too; this keeps the CLI's
 # default independent of it): OpenMP threads sleep instead of spinning on a shared machine.
 prefer_passive_waiting()
+keep_freed_memory()
 
 app = typer.Typer(help="terarec: industrial-scale recommendation on TorchRec.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)

@@ -111,3 +111,31 @@ def test_importing_terarec_first_makes_openmp_wait_passively(code: str) -> None:
 def test_a_users_wait_policy_is_kept() -> None:
     settings = _gomp_settings("import terarec, torch", OMP_WAIT_POLICY="ACTIVE")
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in settings and "GOMP_SPINCOUNT = '0'" not in settings
+
+
+KEPT_MEMORY_PROBE = """
+import terarec.cli, torch
+def resident_mib():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+before = resident_mib()
+block = torch.ones(4 << 20)  # 16 MiB
+del block
+print(resident_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set from /proc")
+def test_the_command_line_keeps_freed_tensors_for_reuse() -> None:
+    # The probe allocates and frees a 16 MiB tensor: glibc's default unmaps it at once (and the
+    # next one is faulted in page by page); after keep_freed_memory() it stays for reuse.
+    def kept_mib(**env: str) -> float:
+        clean = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "TERAREC_KEEP"))}
+        clean.update(PYTHONPATH=str(ROOT), **env)
+        done = subprocess.run([sys.executable, "-c", KEPT_MEMORY_PROBE], env=clean, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return float(done.stdout.split()[-1])
+
+    assert kept_mib() > 12
+    assert kept_mib(TERAREC_KEEP_FREED_MEMORY="0") < 4
+    assert kept_mib(MALLOC_TRIM_THRESHOLD_="131072") < 4  # the user's own setting wins

@@ -61,7 +61,7 @@ from terarec.layers.hstu_blocked import (
     lookup,
     time_buckets,
 )
-from terarec.layers.jagged import offsets_of, padded_index, padding_mask, positions, to_jagged, to_padded
+from terarec.layers.jagged import offsets_of, padded_index, padding_mask, place_rows, positions, to_jagged, to_padded
 
 __all__ = ["TIME_BUCKET_WIDTH", "AttentionLayout", "CandidateLayout", "HSTULayer", "HSTUStack", "HistoryCache",
            "RelativeBias", "blocked_hstu_attention", "candidate_attention", "causal_mask", "hstu_attention",
@@ -359,16 +359,14 @@ class AttentionLayout:
         """(N, ...) the tokens' values after (N_cached, ...) the history's -> (B, Tk, ...) padded."""
         if self.cached_key_index is None:
             return self.queries(values)
-        flat = values.new_zeros((self.batch * self.key_length,) + tuple(values.shape[1:]))
-        flat = flat.index_copy_(0, self.cached_key_index, cached).index_copy_(0, self.new_key_index, values)
+        flat = place_rows(self.batch * self.key_length, (cached, self.cached_key_index), (values, self.new_key_index))
         return flat.view((self.batch, self.key_length) + tuple(values.shape[1:]))
 
     def appended(self, values: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
         """(N_total, ...) jagged history + tokens of each sequence, for the next cache."""
         if self.new_flat is None:
             return values
-        flat = values.new_zeros((int(self.total_lengths.sum()),) + tuple(values.shape[1:]))
-        return flat.index_copy_(0, self.cached_flat, cached).index_copy_(0, self.new_flat, values)
+        return place_rows(int(self.total_lengths.sum()), (cached, self.cached_flat), (values, self.new_flat))
 
 
 class CandidateLayout:

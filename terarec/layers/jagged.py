@@ -64,9 +64,36 @@ def padded_index(lengths: torch.Tensor, max_length: int, rows: torch.Tensor | No
 
 def to_padded(values: torch.Tensor, index: torch.Tensor, batch: int, max_length: int) -> torch.Tensor:
     """(N, ...) flat values -> (B, max_length, ...) with zeros in the padding."""
-    out = values.new_zeros((batch * max_length,) + tuple(values.shape[1:]))
-    out.index_copy_(0, index, values)  # in place on the fresh zeros: ~10x faster than index_copy on CPU
-    return out.view((batch, max_length) + tuple(values.shape[1:]))
+    return place_rows(batch * max_length, (values, index)).view((batch, max_length) + tuple(values.shape[1:]))
+
+
+def place_rows(size: int, *parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(size, ...) zeros, except row ``index[i]`` of each ``(values, index)`` part, which holds ``values[i]``.
+
+    The indexes must not overlap. Written as one gather (each output row reads its source row, or
+    a zero row), not as a scatter into zeros: on CPU ``index_copy_`` of 64-wide rows runs ~7x
+    slower than ``index_select``. Backward gathers too (each part's gradient rows).
+    """
+    return _PlaceRows.apply(size, tuple(index for _, index in parts), *(values for values, _ in parts))
+
+
+class _PlaceRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, size, indexes, *values):
+        first = values[0]
+        total = sum(v.shape[0] for v in values)
+        source = torch.full((size,), total, dtype=torch.long, device=first.device)  # row `total`: zeros
+        start = 0
+        for part, index in zip(values, indexes):
+            source[index] = torch.arange(start, start + part.shape[0], device=first.device)
+            start += part.shape[0]
+        rows = torch.cat([*values, first.new_zeros((1,) + tuple(first.shape[1:]))])
+        ctx.indexes = indexes
+        return rows.index_select(0, source)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None, *(grad.index_select(0, index) for index in ctx.indexes))
 
 
 def to_jagged(padded: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
