@@ -22,10 +22,13 @@ query tile at once (its rows are then complete, so no running maximum is needed)
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from terarec.layers.hstu_kernel import KEY_TILE, QUERY_TILE, FusedHSTUAttention, kernel
 
 if TYPE_CHECKING:
     from terarec.layers.hstu import AttentionLayout
@@ -43,6 +46,26 @@ def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
     # |float32(gap)| == float32(|gap|): converting first halves the bytes of the passes after it.
     seconds = gaps.to(torch.float32).abs_().clamp_(min=1)
     return seconds.log_().div_(TIME_BUCKET_WIDTH).long().clamp_(max=num_buckets - 1)
+
+
+@cache
+def bucket_starts(num_buckets: int) -> torch.Tensor:
+    """(num_buckets + 1,) int64: the smallest |gap| in seconds of each ``time_buckets`` bucket, then
+    the int64 maximum (for buckets no gap reaches, too). Found by bisection on ``time_buckets``
+    itself (monotone in |gap|), so that the C++ kernel reproduces its buckets exactly."""
+    top = torch.iinfo(torch.int64).max
+    low = torch.zeros(num_buckets, dtype=torch.int64)
+    high = torch.full((num_buckets,), 1 << 62, dtype=torch.int64)
+    wanted = torch.arange(num_buckets)
+    reachable = time_buckets(high, num_buckets) >= wanted
+    for _ in range(63):  # invariant: bucket(high) >= wanted where reachable, bucket(low) < wanted or low == 0
+        middle = low + (high - low) // 2
+        reached = time_buckets(middle, num_buckets) >= wanted
+        high = torch.where(reached, middle, high)
+        low = torch.where(reached, low, middle)
+    starts = torch.where(wanted == 0, 0, high)
+    starts = torch.where(reachable, starts, top)
+    return torch.cat([starts, torch.tensor([top])])
 
 
 class _Tile:
@@ -289,6 +312,30 @@ def blocked_hstu_attention(
     Returns:
         (B, Tq, H, d_v).
     """
+    fused = _fused_inputs(queries, keys, values, layout, position_weights, time_weights, softmax)
+    if fused is not None:
+        return FusedHSTUAttention.apply(*fused, scale_length, QUERY_TILE, KEY_TILE)
     return BlockedHSTUAttention.apply(
         queries, keys, values, position_weights, time_weights, layout, scale_length, softmax, tile_elements
     )
+
+
+def _fused_inputs(queries, keys, values, layout, position_weights, time_weights, softmax) -> tuple | None:
+    """``FusedHSTUAttention``'s inputs when the C++ kernel applies to this call (CPU, pointwise,
+    plain causal layout, float32 / float64 throughout, integer timestamps) and is built; else None."""
+    tensors = [t for t in (queries, keys, values, position_weights, time_weights) if t is not None]
+    if softmax or not layout.causal_only or queries.shape[1] != keys.shape[1]:
+        return None
+    if any(t.device.type != "cpu" or t.dtype != queries.dtype for t in tensors):
+        return None
+    if queries.dtype not in (torch.float32, torch.float64):
+        return None
+    times = None
+    if time_weights is not None and layout.query_times is not None:
+        if layout.query_times.dtype != torch.int64 or layout.key_times.dtype != torch.int64:
+            return None
+        times = (layout.query_times.contiguous(), layout.key_times.contiguous(), bucket_starts(time_weights.shape[0]))
+    if kernel() is None:
+        return None
+    return (queries.contiguous(), keys.contiguous(), values.contiguous(), position_weights, time_weights, times,
+            layout.sorted_query_lengths, layout.max_length)

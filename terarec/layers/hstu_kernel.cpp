@@ -1,0 +1,328 @@
+// Fused CPU kernel of HSTU's pointwise causal attention, eq. (2): SiLU(Q K^T + rab) / n, forward
+// and backward, the whole tile loop in one call per direction (terarec/layers/hstu_kernel.py
+// builds it at first use and says when it applies).
+//
+// Per row (a padded sequence), query tile and key tile at or below the diagonal:
+//   * the tile's bias is built once for all heads: the relative position weight w_p[i - j + n - 1]
+//     plus the time weight w_t[bucket(t_query(i) - t_key(j))];
+//   * per head, the products run in BLAS (the sgemm_/dgemm_ that ATen itself calls) straight on
+//     the token-major (B, T, H, width) tensors through their leading dimension H * width: no
+//     transposed or per-tile copies;
+//   * one pass over the tile does the epilogue: bias + SiLU + causal mask (forward), SiLU' x dW,
+//     the mask and the per-tile bias gradient (backward); the bias gradient is added to the two
+//     tables once per tile, after the heads.
+// Backward recomputes the logits (as FlashAttention does): nothing T x T is kept.
+//
+// Time buckets are floor(ln(max(|gap|, 1)) / 0.301) capped, as terarec's time_buckets; to give
+// exactly its buckets (its float32 log may round differently from this compiler's), a fast
+// estimate is corrected against the gaps where each bucket starts, which the caller computes
+// with time_buckets itself.
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+extern "C" {
+// Fortran BLAS, as exported by libtorch_cpu (MKL in the x86 wheels): ATen's cpublas calls these.
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace {
+
+constexpr float kInverseBucketWidth = 1.0f / 0.301f;
+
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                      const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                      const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+                      const double* a, const int* lda, const double* b, const int* ldb, const double* beta,
+                      double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Row-major C (m x n) = alpha op(A) op(B) + beta C, op(A) m x k. BLAS is column-major, where a
+// row-major array reads as its transpose: compute C^T = op(B)^T op(A)^T.
+template <typename T>
+void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+          T beta, T* c, int ldc) {
+  const char ta = transpose_a ? 'T' : 'N', tb = transpose_b ? 'T' : 'N';
+  blas_gemm(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+}
+
+// The call's shapes and tables, shared by forward and backward.
+template <typename T>
+struct Problem {
+  int64_t batch, length, heads, qk_width, v_width, max_length, scale_length, query_tile, key_tile;
+  const T* queries;         // (B, T, H, d_qk)
+  const T* keys;            // (B, T, H, d_qk)
+  const T* values;          // (B, T, H, d_v)
+  const T* position_table;  // (2n - 1,) or null
+  const T* time_table;      // (num_buckets,) or null
+  const int64_t* query_times;  // (B, T) or null
+  const int64_t* key_times;    // (B, T) or null
+  const int64_t* bucket_starts;  // (num_buckets + 1,): the first |gap| of each bucket, then INT64_MAX
+  int64_t num_buckets;
+  std::vector<int64_t> row_lengths;
+};
+
+// The bias of one tile, (q1 - q0, k1 - k0) with leading dimension k1 - k0, and its time buckets (when there is
+// a time bias); entries above the diagonal are left as they are (masked later).
+template <typename T>
+void tile_bias(const Problem<T>& p, int64_t row, int64_t q0, int64_t q1, int64_t k0, int64_t k1, T* bias,
+               int32_t* buckets) {
+  const int64_t bk = k1 - k0;
+  for (int64_t i = q0; i < q1; ++i) {
+    const int64_t visible = std::min(k1, i + 1) - k0;  // keys k0 .. i of this query
+    T* bias_row = bias + (i - q0) * bk;
+    if (p.position_table != nullptr) {
+      const T* diagonal = p.position_table + (i - k0 + p.max_length - 1);  // w_p[i - j + n - 1] = diagonal[-(j - k0)]
+      for (int64_t j = 0; j < visible; ++j) bias_row[j] = diagonal[-j];
+    } else {
+      for (int64_t j = 0; j < visible; ++j) bias_row[j] = T(0);
+    }
+    if (p.time_table == nullptr) continue;
+    const int64_t query_time = p.query_times[row * p.length + i];
+    const int64_t* key_times = p.key_times + row * p.length + k0;
+    int32_t* bucket_row = buckets + (i - q0) * bk;
+    const int64_t last = p.num_buckets - 1;
+    for (int64_t j = 0; j < visible; ++j) {
+      const int64_t gap = std::abs(query_time - key_times[j]);
+      const float seconds = std::max(static_cast<float>(gap), 1.0f);
+      int64_t bucket = std::min(static_cast<int64_t>(std::log(seconds) * kInverseBucketWidth), last);
+      bucket += gap >= p.bucket_starts[bucket + 1];  // the estimate is at most one bucket off
+      bucket -= gap < p.bucket_starts[bucket];
+      bucket_row[j] = static_cast<int32_t>(bucket);
+      bias_row[j] += p.time_table[bucket];
+    }
+  }
+}
+
+template <typename T>
+T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+void forward_rows(const Problem<T>& p, T* out) {
+  const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
+  std::vector<T> bias(bq * bk), logits(bq * bk);
+  std::vector<int32_t> buckets(p.time_table != nullptr ? bq * bk : 0);
+  const T inverse_n = T(1) / static_cast<T>(p.scale_length);
+  for (int64_t row = 0; row < p.batch; ++row) {
+    const int64_t length = p.row_lengths[row];
+    const int64_t row_qk = row * p.length * h_qk, row_v = row * p.length * h_v;
+    for (int64_t q0 = 0; q0 < length; q0 += bq) {
+      const int64_t q1 = std::min(q0 + bq, length);
+      const int m = static_cast<int>(q1 - q0);
+      for (int64_t k0 = 0; k0 < q1; k0 += bk) {
+        const int64_t k1 = std::min(k0 + bk, q1);
+        const int n = static_cast<int>(k1 - k0);
+        tile_bias(p, row, q0, q1, k0, k1, bias.data(), buckets.data());
+        for (int64_t head = 0; head < p.heads; ++head) {
+          const T* q = p.queries + row_qk + q0 * h_qk + head * p.qk_width;
+          const T* k = p.keys + row_qk + k0 * h_qk + head * p.qk_width;
+          gemm<T>(false, true, m, n, p.qk_width, T(1), q, h_qk, k, h_qk, T(0), logits.data(), n);
+          for (int64_t i = q0; i < q1; ++i) {  // SiLU(logits + bias), zero above the diagonal
+            T* weights = logits.data() + (i - q0) * n;
+            const T* bias_row = bias.data() + (i - q0) * n;
+            const int64_t visible = std::min(k1, i + 1) - k0;
+            for (int64_t j = 0; j < visible; ++j) {
+              const T x = weights[j] + bias_row[j];
+              weights[j] = x * sigmoid(x);
+            }
+            for (int64_t j = visible; j < n; ++j) weights[j] = T(0);
+          }
+          const T* v = p.values + row_v + k0 * h_v + head * p.v_width;
+          T* o = out + row_v + q0 * h_v + head * p.v_width;
+          gemm<T>(false, false, m, p.v_width, n, inverse_n, logits.data(), n, v, h_v, T(1), o, h_v);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k, T* grad_v, T* position_grad,
+                   T* time_grad) {
+  const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
+  std::vector<T> bias(bq * bk), logits(bq * bk), grad_logits(bq * bk), bias_grad(bq * bk);
+  std::vector<int32_t> buckets(p.time_table != nullptr ? bq * bk : 0);
+  const T inverse_n = T(1) / static_cast<T>(p.scale_length);
+  const bool wants_bias_grad = position_grad != nullptr || time_grad != nullptr;
+  for (int64_t row = 0; row < p.batch; ++row) {
+    const int64_t length = p.row_lengths[row];
+    const int64_t row_qk = row * p.length * h_qk, row_v = row * p.length * h_v;
+    for (int64_t q0 = 0; q0 < length; q0 += bq) {
+      const int64_t q1 = std::min(q0 + bq, length);
+      const int m = static_cast<int>(q1 - q0);
+      for (int64_t k0 = 0; k0 < q1; k0 += bk) {
+        const int64_t k1 = std::min(k0 + bk, q1);
+        const int n = static_cast<int>(k1 - k0);
+        tile_bias(p, row, q0, q1, k0, k1, bias.data(), buckets.data());
+        for (int64_t head = 0; head < p.heads; ++head) {
+          const int64_t qk_offset = head * p.qk_width, v_offset = head * p.v_width;
+          const T* q = p.queries + row_qk + q0 * h_qk + qk_offset;
+          const T* k = p.keys + row_qk + k0 * h_qk + qk_offset;
+          const T* v = p.values + row_v + k0 * h_v + v_offset;
+          const T* dout = grad_out + row_v + q0 * h_v + v_offset;
+          gemm<T>(false, true, m, n, p.qk_width, T(1), q, h_qk, k, h_qk, T(0), logits.data(), n);
+          // dW = dO V^T / n (the weights' gradient)
+          gemm<T>(false, true, m, n, p.v_width, inverse_n, dout, h_v, v, h_v, T(0), grad_logits.data(), n);
+          for (int64_t i = q0; i < q1; ++i) {  // weights and the logits' gradient, in place
+            T* weights = logits.data() + (i - q0) * n;
+            T* grad = grad_logits.data() + (i - q0) * n;
+            T* bias_grad_row = bias_grad.data() + (i - q0) * n;
+            const T* bias_row = bias.data() + (i - q0) * n;
+            const int64_t visible = std::min(k1, i + 1) - k0;
+            for (int64_t j = 0; j < visible; ++j) {
+              const T x = weights[j] + bias_row[j];
+              const T s = sigmoid(x);
+              weights[j] = x * s;
+              grad[j] *= s * (T(1) + x * (T(1) - s));  // SiLU'(x) = s (1 + x (1 - s))
+            }
+            for (int64_t j = visible; j < n; ++j) weights[j] = grad[j] = T(0);
+            if (!wants_bias_grad) continue;
+            if (head == 0) {
+              for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] = grad[j];
+            } else {
+              for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] += grad[j];
+            }
+          }
+          T* dv = grad_v + row_v + k0 * h_v + v_offset;
+          gemm<T>(true, false, n, p.v_width, m, inverse_n, logits.data(), n, dout, h_v, T(1), dv, h_v);
+          T* dq = grad_q + row_qk + q0 * h_qk + qk_offset;
+          gemm<T>(false, false, m, p.qk_width, n, T(1), grad_logits.data(), n, k, h_qk, T(1), dq, h_qk);
+          T* dk = grad_k + row_qk + k0 * h_qk + qk_offset;
+          gemm<T>(true, false, n, p.qk_width, m, T(1), grad_logits.data(), n, q, h_qk, T(1), dk, h_qk);
+        }
+        if (!wants_bias_grad) continue;
+        for (int64_t i = q0; i < q1; ++i) {  // the tile's bias gradient into the two tables
+          const T* bias_grad_row = bias_grad.data() + (i - q0) * n;
+          const int64_t visible = std::min(k1, i + 1) - k0;
+          if (position_grad != nullptr) {
+            T* diagonal = position_grad + (i - k0 + p.max_length - 1);
+            for (int64_t j = 0; j < visible; ++j) diagonal[-j] += bias_grad_row[j];
+          }
+          if (time_grad != nullptr) {
+            const int32_t* bucket_row = buckets.data() + (i - q0) * n;
+            for (int64_t j = 0; j < visible; ++j) time_grad[bucket_row[j]] += bias_grad_row[j];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+Problem<T> problem(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
+                   const c10::optional<at::Tensor>& position_table, const c10::optional<at::Tensor>& time_table,
+                   const c10::optional<at::Tensor>& query_times, const c10::optional<at::Tensor>& key_times,
+                   const c10::optional<at::Tensor>& bucket_starts, const std::vector<int64_t>& row_lengths,
+                   int64_t max_length, int64_t scale_length, int64_t query_tile, int64_t key_tile) {
+  TORCH_CHECK(queries.dim() == 4 && keys.sizes() == queries.sizes() && values.dim() == 4 &&
+                  values.sizes().slice(0, 3) == queries.sizes().slice(0, 3),
+              "hstu_kernel: queries and keys (B, T, H, d_qk) and values (B, T, H, d_v) of one shape, got ",
+              queries.sizes(), ", ", keys.sizes(), ", ", values.sizes());
+  TORCH_CHECK(queries.is_contiguous() && keys.is_contiguous() && values.is_contiguous(),
+              "hstu_kernel: queries, keys and values must be contiguous");
+  TORCH_CHECK(static_cast<int64_t>(row_lengths.size()) == queries.size(0), "hstu_kernel: ", row_lengths.size(),
+              " row lengths for ", queries.size(0), " rows");
+  Problem<T> p;
+  p.batch = queries.size(0);
+  p.length = queries.size(1);
+  p.heads = queries.size(2);
+  p.qk_width = queries.size(3);
+  p.v_width = values.size(3);
+  p.max_length = max_length;
+  p.scale_length = scale_length;
+  p.query_tile = query_tile;
+  p.key_tile = key_tile;
+  p.queries = queries.data_ptr<T>();
+  p.keys = keys.data_ptr<T>();
+  p.values = values.data_ptr<T>();
+  p.position_table = nullptr;
+  if (position_table.has_value()) {
+    TORCH_CHECK(position_table->is_contiguous() && position_table->numel() == 2 * max_length - 1,
+                "hstu_kernel: the position table must hold 2n - 1 = ", 2 * max_length - 1, " weights");
+    p.position_table = position_table->data_ptr<T>();
+  }
+  p.time_table = nullptr;
+  p.query_times = p.key_times = p.bucket_starts = nullptr;
+  p.num_buckets = 0;
+  if (time_table.has_value()) {
+    TORCH_CHECK(query_times.has_value() && key_times.has_value() && bucket_starts.has_value(),
+                "hstu_kernel: a time table needs query times, key times and bucket starts");
+    TORCH_CHECK(time_table->is_contiguous() && bucket_starts->numel() == time_table->numel() + 1,
+                "hstu_kernel: bucket starts must hold num_buckets + 1 gaps");
+    TORCH_CHECK(query_times->sizes() == queries.sizes().slice(0, 2) && key_times->sizes() == queries.sizes().slice(0, 2) &&
+                    query_times->is_contiguous() && key_times->is_contiguous(),
+                "hstu_kernel: query and key times must be contiguous (B, T)");
+    p.time_table = time_table->data_ptr<T>();
+    p.query_times = query_times->data_ptr<int64_t>();
+    p.key_times = key_times->data_ptr<int64_t>();
+    p.bucket_starts = bucket_starts->data_ptr<int64_t>();
+    p.num_buckets = time_table->numel();
+  }
+  p.row_lengths = row_lengths;
+  for (int64_t length : row_lengths) {
+    TORCH_CHECK(length >= 0 && length <= p.length && length <= max_length, "hstu_kernel: row length ", length,
+                " outside 0 .. min(T ", p.length, ", n ", max_length, ")");
+  }
+  return p;
+}
+
+at::Tensor forward(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
+                   const c10::optional<at::Tensor>& position_table, const c10::optional<at::Tensor>& time_table,
+                   const c10::optional<at::Tensor>& query_times, const c10::optional<at::Tensor>& key_times,
+                   const c10::optional<at::Tensor>& bucket_starts, const std::vector<int64_t>& row_lengths,
+                   int64_t max_length, int64_t scale_length, int64_t query_tile, int64_t key_tile) {
+  at::Tensor out = at::zeros_like(values);
+  AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "hstu_kernel_forward", [&] {
+    auto p = problem<scalar_t>(queries, keys, values, position_table, time_table, query_times, key_times,
+                               bucket_starts, row_lengths, max_length, scale_length, query_tile, key_tile);
+    forward_rows<scalar_t>(p, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& queries, const at::Tensor& keys,
+                                 const at::Tensor& values, const c10::optional<at::Tensor>& position_table,
+                                 const c10::optional<at::Tensor>& time_table,
+                                 const c10::optional<at::Tensor>& query_times,
+                                 const c10::optional<at::Tensor>& key_times,
+                                 const c10::optional<at::Tensor>& bucket_starts,
+                                 const std::vector<int64_t>& row_lengths, int64_t max_length, int64_t scale_length,
+                                 int64_t query_tile, int64_t key_tile) {
+  TORCH_CHECK(grad_out.sizes() == values.sizes() && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == values.scalar_type(),
+              "hstu_kernel: the output gradient must be contiguous and shaped as the values");
+  at::Tensor grad_q = at::zeros_like(queries), grad_k = at::zeros_like(keys), grad_v = at::zeros_like(values);
+  at::Tensor position_grad = position_table.has_value() ? at::zeros_like(*position_table) : at::Tensor();
+  at::Tensor time_grad = time_table.has_value() ? at::zeros_like(*time_table) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "hstu_kernel_backward", [&] {
+    auto p = problem<scalar_t>(queries, keys, values, position_table, time_table, query_times, key_times,
+                               bucket_starts, row_lengths, max_length, scale_length, query_tile, key_tile);
+    backward_rows<scalar_t>(p, grad_out.data_ptr<scalar_t>(), grad_q.data_ptr<scalar_t>(),
+                            grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
+                            position_grad.defined() ? position_grad.data_ptr<scalar_t>() : nullptr,
+                            time_grad.defined() ? time_grad.data_ptr<scalar_t>() : nullptr);
+  });
+  return {grad_q, grad_k, grad_v, position_grad, time_grad};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "HSTU pointwise causal attention, forward (see hstu_kernel.cpp)");
+  m.def("backward", &backward, "HSTU pointwise causal attention, backward (see hstu_kernel.cpp)");
+}
