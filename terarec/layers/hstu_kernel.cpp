@@ -73,14 +73,78 @@ struct Problem {
   const int64_t* bucket_starts;  // (num_buckets + 1,): the first |gap| of each bucket, then INT64_MAX
   int64_t num_buckets;
   std::vector<int64_t> row_lengths;
+  std::vector<int64_t> time_ordered;  // per row: keys [0, time_ordered) have non-decreasing times
 };
 
-// The bias of one tile, (q1 - q0, k1 - k0) with leading dimension k1 - k0, and its time buckets (when there is
-// a time bias); entries above the diagonal are left as they are (masked later).
+// Log-scale bucket of a gap (|gap| in seconds), exactly time_buckets': a float estimate, at most
+// one bucket off, corrected against the first gap of each bucket.
+inline int32_t bucket_of(int64_t gap, const int64_t* bucket_starts, int64_t num_buckets) {
+  const float seconds = std::max(static_cast<float>(gap), 1.0f);
+  int64_t bucket = std::min(static_cast<int64_t>(std::log(seconds) * kInverseBucketWidth), num_buckets - 1);
+  bucket += gap >= bucket_starts[bucket + 1];
+  bucket -= gap < bucket_starts[bucket];
+  return static_cast<int32_t>(bucket);
+}
+
+// The time buckets of one tile as runs: per query, spans of keys [begin, end) (tile columns)
+// that share a bucket. On time-ordered keys a query's gaps only grow towards older keys, so a
+// query has a handful of runs (found with one comparison per key, no log); other rows get one
+// run per change of bucket.
+struct TimeRuns {
+  std::vector<int32_t> begin, end, bucket;
+  std::vector<int32_t> first;  // runs of tile row r: [first[r], first[r + 1])
+  std::vector<int32_t> scratch;
+
+  void clear() {
+    begin.clear(), end.clear(), bucket.clear(), first.assign(1, 0);
+  }
+  void add(int32_t run_begin, int32_t run_end, int32_t run_bucket) {
+    begin.push_back(run_begin), end.push_back(run_end), bucket.push_back(run_bucket);
+  }
+};
+
+template <typename T>
+void time_runs(const Problem<T>& p, int64_t row, int64_t i, int64_t k0, int64_t visible, TimeRuns& runs) {
+  const int64_t query_time = p.query_times[row * p.length + i];
+  const int64_t* key_times = p.key_times + row * p.length + k0;
+  const int64_t* starts = p.bucket_starts;
+  const bool ordered = k0 + visible <= p.time_ordered[row] && query_time >= key_times[visible - 1];
+  if (ordered) {  // gaps >= 0, not decreasing from the newest key (j = visible - 1) to the oldest
+    int32_t end = static_cast<int32_t>(visible);
+    int32_t bucket = bucket_of(query_time - key_times[visible - 1], starts, p.num_buckets);
+    int64_t next_start = starts[bucket + 1];
+    for (int64_t j = visible - 2; j >= 0; --j) {
+      const int64_t gap = query_time - key_times[j];
+      if (gap < next_start) continue;
+      runs.add(static_cast<int32_t>(j + 1), end, bucket);
+      end = static_cast<int32_t>(j + 1);
+      bucket = bucket_of(gap, starts, p.num_buckets);
+      next_start = starts[bucket + 1];
+    }
+    runs.add(0, end, bucket);
+  } else {
+    runs.scratch.resize(visible);
+    for (int64_t j = 0; j < visible; ++j) {
+      runs.scratch[j] = bucket_of(std::abs(query_time - key_times[j]), starts, p.num_buckets);
+    }
+    int32_t begin = 0;
+    for (int64_t j = 1; j <= visible; ++j) {
+      if (j == visible || runs.scratch[j] != runs.scratch[begin]) {
+        runs.add(begin, static_cast<int32_t>(j), runs.scratch[begin]);
+        begin = static_cast<int32_t>(j);
+      }
+    }
+  }
+  runs.first.push_back(static_cast<int32_t>(runs.begin.size()));
+}
+
+// The bias of one tile, (q1 - q0, k1 - k0) with leading dimension k1 - k0, and its time runs (when
+// there is a time bias); entries above the diagonal are left as they are (masked later).
 template <typename T>
 void tile_bias(const Problem<T>& p, int64_t row, int64_t q0, int64_t q1, int64_t k0, int64_t k1, T* bias,
-               int32_t* buckets) {
+               TimeRuns& runs) {
   const int64_t bk = k1 - k0;
+  runs.clear();
   for (int64_t i = q0; i < q1; ++i) {
     const int64_t visible = std::min(k1, i + 1) - k0;  // keys k0 .. i of this query
     T* bias_row = bias + (i - q0) * bk;
@@ -91,18 +155,10 @@ void tile_bias(const Problem<T>& p, int64_t row, int64_t q0, int64_t q1, int64_t
       for (int64_t j = 0; j < visible; ++j) bias_row[j] = T(0);
     }
     if (p.time_table == nullptr) continue;
-    const int64_t query_time = p.query_times[row * p.length + i];
-    const int64_t* key_times = p.key_times + row * p.length + k0;
-    int32_t* bucket_row = buckets + (i - q0) * bk;
-    const int64_t last = p.num_buckets - 1;
-    for (int64_t j = 0; j < visible; ++j) {
-      const int64_t gap = std::abs(query_time - key_times[j]);
-      const float seconds = std::max(static_cast<float>(gap), 1.0f);
-      int64_t bucket = std::min(static_cast<int64_t>(std::log(seconds) * kInverseBucketWidth), last);
-      bucket += gap >= p.bucket_starts[bucket + 1];  // the estimate is at most one bucket off
-      bucket -= gap < p.bucket_starts[bucket];
-      bucket_row[j] = static_cast<int32_t>(bucket);
-      bias_row[j] += p.time_table[bucket];
+    time_runs(p, row, i, k0, visible, runs);
+    for (int32_t r = runs.first[i - q0]; r < runs.first[i - q0 + 1]; ++r) {
+      const T weight = p.time_table[runs.bucket[r]];
+      for (int32_t j = runs.begin[r]; j < runs.end[r]; ++j) bias_row[j] += weight;
     }
   }
 }
@@ -116,7 +172,7 @@ template <typename T>
 void forward_rows(const Problem<T>& p, T* out) {
   const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
   std::vector<T> bias(bq * bk), logits(bq * bk);
-  std::vector<int32_t> buckets(p.time_table != nullptr ? bq * bk : 0);
+  TimeRuns runs;
   const T inverse_n = T(1) / static_cast<T>(p.scale_length);
   for (int64_t row = 0; row < p.batch; ++row) {
     const int64_t length = p.row_lengths[row];
@@ -127,7 +183,7 @@ void forward_rows(const Problem<T>& p, T* out) {
       for (int64_t k0 = 0; k0 < q1; k0 += bk) {
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
-        tile_bias(p, row, q0, q1, k0, k1, bias.data(), buckets.data());
+        tile_bias(p, row, q0, q1, k0, k1, bias.data(), runs);
         for (int64_t head = 0; head < p.heads; ++head) {
           const T* q = p.queries + row_qk + q0 * h_qk + head * p.qk_width;
           const T* k = p.keys + row_qk + k0 * h_qk + head * p.qk_width;
@@ -156,7 +212,7 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
                    T* time_grad) {
   const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
   std::vector<T> bias(bq * bk), logits(bq * bk), grad_logits(bq * bk), bias_grad(bq * bk);
-  std::vector<int32_t> buckets(p.time_table != nullptr ? bq * bk : 0);
+  TimeRuns runs;
   const T inverse_n = T(1) / static_cast<T>(p.scale_length);
   const bool wants_bias_grad = position_grad != nullptr || time_grad != nullptr;
   for (int64_t row = 0; row < p.batch; ++row) {
@@ -168,7 +224,7 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
       for (int64_t k0 = 0; k0 < q1; k0 += bk) {
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
-        tile_bias(p, row, q0, q1, k0, k1, bias.data(), buckets.data());
+        tile_bias(p, row, q0, q1, k0, k1, bias.data(), runs);
         for (int64_t head = 0; head < p.heads; ++head) {
           const int64_t qk_offset = head * p.qk_width, v_offset = head * p.v_width;
           const T* q = p.queries + row_qk + q0 * h_qk + qk_offset;
@@ -214,8 +270,11 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
             for (int64_t j = 0; j < visible; ++j) diagonal[-j] += bias_grad_row[j];
           }
           if (time_grad != nullptr) {
-            const int32_t* bucket_row = buckets.data() + (i - q0) * n;
-            for (int64_t j = 0; j < visible; ++j) time_grad[bucket_row[j]] += bias_grad_row[j];
+            for (int32_t r = runs.first[i - q0]; r < runs.first[i - q0 + 1]; ++r) {
+              T sum = T(0);
+              for (int32_t j = runs.begin[r]; j < runs.end[r]; ++j) sum += bias_grad_row[j];
+              time_grad[runs.bucket[r]] += sum;
+            }
           }
         }
       }
@@ -274,6 +333,14 @@ Problem<T> problem(const at::Tensor& queries, const at::Tensor& keys, const at::
     p.num_buckets = time_table->numel();
   }
   p.row_lengths = row_lengths;
+  if (p.time_table != nullptr) {
+    for (int64_t row = 0; row < p.batch; ++row) {
+      const int64_t* times = p.key_times + row * p.length;
+      int64_t ordered = 1;
+      while (ordered < p.length && times[ordered] >= times[ordered - 1]) ++ordered;
+      p.time_ordered.push_back(ordered);
+    }
+  }
   for (int64_t length : row_lengths) {
     TORCH_CHECK(length >= 0 && length <= p.length && length <= max_length, "hstu_kernel: row length ", length,
                 " outside 0 .. min(T ", p.length, ", n ", max_length, ")");
