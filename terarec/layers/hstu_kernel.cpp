@@ -76,6 +76,11 @@ struct Problem {
   std::vector<int64_t> time_ordered;  // per row: keys [0, time_ordered) have non-decreasing times
 };
 
+// How many keys of [k0, k1) query i sees (causal: keys k0 .. i).
+inline int64_t visible_keys(int64_t i, int64_t k0, int64_t k1) {
+  return std::max<int64_t>(0, std::min(k1, i + 1) - k0);
+}
+
 // Log-scale bucket of a gap (|gap| in seconds), exactly time_buckets': a float estimate, at most
 // one bucket off, corrected against the first gap of each bucket.
 inline int32_t bucket_of(int64_t gap, const int64_t* bucket_starts, int64_t num_buckets) {
@@ -88,8 +93,8 @@ inline int32_t bucket_of(int64_t gap, const int64_t* bucket_starts, int64_t num_
 
 // The time buckets of one tile as runs: per query, spans of keys [begin, end) (tile columns)
 // that share a bucket. On time-ordered keys a query's gaps only grow towards older keys, so a
-// query has a handful of runs (found with one comparison per key, no log); other rows get one
-// run per change of bucket.
+// query has a handful of runs, each found by bisection; other rows get one run per change of
+// bucket.
 struct TimeRuns {
   std::vector<int32_t> begin, end, bucket;
   std::vector<int32_t> first;  // runs of tile row r: [first[r], first[r + 1])
@@ -108,20 +113,20 @@ void time_runs(const Problem<T>& p, int64_t row, int64_t i, int64_t k0, int64_t 
   const int64_t query_time = p.query_times[row * p.length + i];
   const int64_t* key_times = p.key_times + row * p.length + k0;
   const int64_t* starts = p.bucket_starts;
-  const bool ordered = k0 + visible <= p.time_ordered[row] && query_time >= key_times[visible - 1];
+  const bool ordered = visible == 0 || (k0 + visible <= p.time_ordered[row] && query_time >= key_times[visible - 1]);
   if (ordered) {  // gaps >= 0, not decreasing from the newest key (j = visible - 1) to the oldest
-    int32_t end = static_cast<int32_t>(visible);
-    int32_t bucket = bucket_of(query_time - key_times[visible - 1], starts, p.num_buckets);
-    int64_t next_start = starts[bucket + 1];
-    for (int64_t j = visible - 2; j >= 0; --j) {
-      const int64_t gap = query_time - key_times[j];
-      if (gap < next_start) continue;
-      runs.add(static_cast<int32_t>(j + 1), end, bucket);
-      end = static_cast<int32_t>(j + 1);
-      bucket = bucket_of(gap, starts, p.num_buckets);
-      next_start = starts[bucket + 1];
+    int64_t end = visible;
+    while (end > 0) {  // the run ending at `end`: its bucket from its newest key, its start by bisection
+      const int32_t bucket = bucket_of(query_time - key_times[end - 1], starts, p.num_buckets);
+      const int64_t next_start = starts[bucket + 1];
+      int64_t low = 0, high = end - 1;  // the run starts at the first j in [low, high] with gap < next_start
+      while (low < high) {
+        const int64_t middle = low + (high - low) / 2;
+        if (query_time - key_times[middle] < next_start) high = middle; else low = middle + 1;
+      }
+      runs.add(static_cast<int32_t>(low), static_cast<int32_t>(end), bucket);
+      end = low;
     }
-    runs.add(0, end, bucket);
   } else {
     runs.scratch.resize(visible);
     for (int64_t j = 0; j < visible; ++j) {
@@ -146,7 +151,7 @@ void tile_bias(const Problem<T>& p, int64_t row, int64_t q0, int64_t q1, int64_t
   const int64_t bk = k1 - k0;
   runs.clear();
   for (int64_t i = q0; i < q1; ++i) {
-    const int64_t visible = std::min(k1, i + 1) - k0;  // keys k0 .. i of this query
+    const int64_t visible = visible_keys(i, k0, k1);
     T* bias_row = bias + (i - q0) * bk;
     if (p.position_table != nullptr) {
       const T* diagonal = p.position_table + (i - k0 + p.max_length - 1);  // w_p[i - j + n - 1] = diagonal[-(j - k0)]
@@ -191,7 +196,7 @@ void forward_rows(const Problem<T>& p, T* out) {
           for (int64_t i = q0; i < q1; ++i) {  // SiLU(logits + bias), zero above the diagonal
             T* weights = logits.data() + (i - q0) * n;
             const T* bias_row = bias.data() + (i - q0) * n;
-            const int64_t visible = std::min(k1, i + 1) - k0;
+            const int64_t visible = visible_keys(i, k0, k1);
             for (int64_t j = 0; j < visible; ++j) {
               const T x = weights[j] + bias_row[j];
               weights[j] = x * sigmoid(x);
@@ -239,7 +244,7 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
             T* grad = grad_logits.data() + (i - q0) * n;
             T* bias_grad_row = bias_grad.data() + (i - q0) * n;
             const T* bias_row = bias.data() + (i - q0) * n;
-            const int64_t visible = std::min(k1, i + 1) - k0;
+            const int64_t visible = visible_keys(i, k0, k1);
             for (int64_t j = 0; j < visible; ++j) {
               const T x = weights[j] + bias_row[j];
               const T s = sigmoid(x);
@@ -264,7 +269,7 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
         if (!wants_bias_grad) continue;
         for (int64_t i = q0; i < q1; ++i) {  // the tile's bias gradient into the two tables
           const T* bias_grad_row = bias_grad.data() + (i - q0) * n;
-          const int64_t visible = std::min(k1, i + 1) - k0;
+          const int64_t visible = visible_keys(i, k0, k1);
           if (position_grad != nullptr) {
             T* diagonal = position_grad + (i - k0 + p.max_length - 1);
             for (int64_t j = 0; j < visible; ++j) diagonal[-j] += bias_grad_row[j];
