@@ -295,6 +295,7 @@ def blocked_hstu_attention(
     scale_length: int,
     softmax: bool = False,
     tile_elements: int = TILE_ELEMENTS,
+    kernel_tiles: tuple[int, int] = (QUERY_TILE, KEY_TILE),
 ) -> torch.Tensor:
     """Eq. (2) in tiles (see the module docstring): ``hstu_attention`` with the layout's mask and
     the bias of ``RelativeBias`` tables, without T x T tensors.
@@ -307,14 +308,19 @@ def blocked_hstu_attention(
         time_weights: (num_buckets,) time-bucket table, or None (no time bias).
         scale_length: n, the divisor of the pointwise weights.
         softmax: softmax(Q K^T / sqrt(d_qk) + rab) instead of the pointwise SiLU.
-        tile_elements: logits per tile (rows x heads x queries x keys), a memory / speed trade.
+        tile_elements: logits per tile (rows x heads x queries x keys) of the torch tiles, a memory /
+            speed trade.
+        kernel_tiles: (queries, keys) per tile of the C++ kernel, which runs instead of the torch
+            tiles where it applies: CPU, pointwise, plain causal layout (no cached history, no
+            candidates), float32 / float64, integer timestamps, and ``TERAREC_HSTU_KERNEL`` not
+            "torch" (``terarec.layers.hstu_kernel``).
 
     Returns:
         (B, Tq, H, d_v).
     """
     fused = _fused_inputs(queries, keys, values, layout, position_weights, time_weights, softmax)
     if fused is not None:
-        return FusedHSTUAttention.apply(*fused, scale_length, QUERY_TILE, KEY_TILE)
+        return FusedHSTUAttention.apply(*fused, scale_length, *kernel_tiles)
     return BlockedHSTUAttention.apply(
         queries, keys, values, position_weights, time_weights, layout, scale_length, softmax, tile_elements
     )
