@@ -5,9 +5,11 @@
 // Per row (a padded sequence), query tile and key tile at or below the diagonal:
 //   * the tile's bias is built once for all heads: the relative position weight w_p[i - j + n - 1]
 //     plus the time weight w_t[bucket(t_query(i) - t_key(j))];
-//   * per head, the products run in BLAS (the sgemm_/dgemm_ that ATen itself calls) straight on
-//     the token-major (B, T, H, width) tensors through their leading dimension H * width: no
-//     transposed or per-tile copies;
+//   * per head, the products run on plain row-major operands: float in ATen's cpublas::brgemm
+//     (oneDNN's micro-kernel), double in dgemm; Q, dO, V and the output are read and written in
+//     place in their token-major (B, T, H, width) layout (leading dimension H * width), K and V
+//     are copied transposed once per row, Q and dO once per query tile, and the key and value
+//     gradients are accumulated transposed, (B, H, width, T), and returned as views;
 //   * one pass over the tile does the epilogue: bias + SiLU + causal mask (forward), SiLU' x dW,
 //     the mask and the per-tile bias gradient (backward); the bias gradient is added to the two
 //     tables once per tile, after the heads.
@@ -26,10 +28,7 @@
 #include <vector>
 
 extern "C" {
-// Fortran BLAS, as exported by libtorch_cpu (MKL in the x86 wheels): ATen's cpublas calls these.
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
+// Fortran BLAS, as exported by libtorch_cpu (MKL in the x86 wheels): ATen's own cpublas calls it.
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc);
@@ -38,27 +37,6 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace {
 
 constexpr float kInverseBucketWidth = 1.0f / 0.301f;
-
-inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-                      const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-                      const int* ldc) {
-  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
-                      const double* a, const int* lda, const double* b, const int* ldb, const double* beta,
-                      double* c, const int* ldc) {
-  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-// Row-major C (m x n) = alpha op(A) op(B) + beta C, op(A) m x k. BLAS is column-major, where a
-// row-major array reads as its transpose: compute C^T = op(B)^T op(A)^T.
-template <typename T>
-void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-          T beta, T* c, int ldc) {
-  const char ta = transpose_a ? 'T' : 'N', tb = transpose_b ? 'T' : 'N';
-  blas_gemm(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
-}
 
 // Row-major C (m x n) = A (m x k) B (k x n) (+ C when accumulating), plain operands. float runs
 // oneDNN's batch-reduce GEMM micro-kernel through ATen's cpublas::brgemm (about 20% faster than
@@ -70,11 +48,15 @@ inline void matmul(int m, int n, int k, const float* a, int lda, const float* b,
 
 inline void matmul(int m, int n, int k, const double* a, int lda, const double* b, int ldb, double* c, int ldc,
                    bool accumulate) {
-  gemm<double>(false, false, m, n, k, 1.0, a, lda, b, ldb, accumulate ? 1.0 : 0.0, c, ldc);
+  // BLAS is column-major, where a row-major array reads as its transpose: C^T = B^T A^T.
+  const char plain = 'N';
+  const double one = 1.0, beta = accumulate ? 1.0 : 0.0;
+  dgemm_(&plain, &plain, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
-// (H, width, length) copy of the first `length` tokens of one row of a token-major (B, T, H,
-// width) tensor: the right-hand side of the products that need it transposed (Q K^T, dO V^T).
+// (H, width, length) copy of `length` consecutive tokens of a token-major (B, T, H, width)
+// tensor: the operand of the products that need it transposed (K and V for Q K^T and dO V^T, Q
+// and dO for dK^T and dV^T).
 template <typename T>
 std::vector<T> heads_transposed(const T* row_tokens, int64_t length, int64_t heads, int64_t width) {
   std::vector<T> transposed(heads * width * length);
@@ -239,7 +221,7 @@ void forward_rows(const Problem<T>& p, T* out) {
 }
 
 template <typename T>
-void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k, T* grad_v, T* position_grad,
+void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k_t, T* grad_v_t, T* position_grad,
                    T* time_grad) {
   const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
   std::vector<T> bias(bq * bk), logits(bq * bk), grad_logits(bq * bk), bias_grad(bq * bk);
@@ -253,6 +235,8 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
     for (int64_t q0 = 0; q0 < length; q0 += bq) {
       const int64_t q1 = std::min(q0 + bq, length);
       const int m = static_cast<int>(q1 - q0);
+      const std::vector<T> queries_t = heads_transposed(p.queries + row_qk + q0 * h_qk, m, p.heads, p.qk_width);
+      const std::vector<T> dout_t = heads_transposed(grad_out + row_v + q0 * h_v, m, p.heads, p.v_width);
       for (int64_t k0 = 0; k0 < q1; k0 += bk) {
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
@@ -287,12 +271,14 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k,
               for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] += grad[j];
             }
           }
-          T* dv = grad_v + row_v + k0 * h_v + v_offset;
-          gemm<T>(true, false, n, p.v_width, m, T(1), logits.data(), n, dout, h_v, T(1), dv, h_v);
+          // dV^T += dO^T W and dK^T += Q^T dS: the key gradients are kept transposed, (B, H, width, T)
+          T* dv_t = grad_v_t + ((row * p.heads + head) * p.v_width) * p.length + k0;
+          matmul(p.v_width, n, m, dout_t.data() + head * p.v_width * m, m, logits.data(), n, dv_t, p.length, true);
           T* dq = grad_q + row_qk + q0 * h_qk + qk_offset;
           matmul(m, p.qk_width, n, grad_logits.data(), n, k, h_qk, dq, h_qk, true);
-          T* dk = grad_k + row_qk + k0 * h_qk + qk_offset;
-          gemm<T>(true, false, n, p.qk_width, m, T(1), grad_logits.data(), n, q, h_qk, T(1), dk, h_qk);
+          T* dk_t = grad_k_t + ((row * p.heads + head) * p.qk_width) * p.length + k0;
+          matmul(p.qk_width, n, m, queries_t.data() + head * p.qk_width * m, m, grad_logits.data(), n, dk_t, p.length,
+                 true);
         }
         if (!wants_bias_grad) continue;
         for (int64_t i = q0; i < q1; ++i) {  // the tile's bias gradient into the two tables
@@ -408,19 +394,22 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& q
                   grad_out.scalar_type() == values.scalar_type(),
               "hstu_kernel: the output gradient must be contiguous and shaped as the values");
   const at::Tensor scaled_grad_out = grad_out / scale_length;  // the weights' 1 / n
-  at::Tensor grad_q = at::zeros_like(queries), grad_k = at::zeros_like(keys), grad_v = at::zeros_like(values);
+  at::Tensor grad_q = at::zeros_like(queries);
+  // The key and value gradients as (B, H, width, T), returned as (B, T, H, width) views.
+  at::Tensor grad_k_t = at::zeros({keys.size(0), keys.size(2), keys.size(3), keys.size(1)}, keys.options());
+  at::Tensor grad_v_t = at::zeros({values.size(0), values.size(2), values.size(3), values.size(1)}, values.options());
   at::Tensor position_grad = position_table.has_value() ? at::zeros_like(*position_table) : at::Tensor();
   at::Tensor time_grad = time_table.has_value() ? at::zeros_like(*time_table) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "hstu_kernel_backward", [&] {
     auto p = problem<scalar_t>(queries, keys, values, position_table, time_table, query_times, key_times,
                                bucket_starts, row_lengths, max_length, scale_length, query_tile, key_tile);
     backward_rows<scalar_t>(p, scaled_grad_out.data_ptr<scalar_t>(), grad_q.data_ptr<scalar_t>(),
-                            grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
+                            grad_k_t.data_ptr<scalar_t>(), grad_v_t.data_ptr<scalar_t>(),
                             position_grad.defined() ? position_grad.data_ptr<scalar_t>() : nullptr,
                             time_grad.defined() ? time_grad.data_ptr<scalar_t>() : nullptr);
   });
   at::native::cpublas::brgemm_release(/*is_vnni=*/false);
-  return {grad_q, grad_k, grad_v, position_grad, time_grad};
+  return {grad_q, grad_k_t.permute({0, 3, 1, 2}), grad_v_t.permute({0, 3, 1, 2}), position_grad, time_grad};
 }
 
 }  // namespace
