@@ -17,6 +17,13 @@ no T x T tensor ever exists:
 
 Pointwise mode accumulates over key tiles; softmax mode takes the whole causal key range of a
 query tile at once (its rows are then complete, so no running maximum is needed).
+
+``blocked_hstu_attention`` runs the tiles above as torch ops (one Python step per tile) only
+where the C++ kernel does not apply: the pointwise, plain causal case (training; inference
+without a cache) on CPU in float32 / float64 runs ``terarec.layers.hstu_kernel``'s fused kernel
+instead, the same tiling with the tile loop, the bias, SiLU and mask in C++ (its time buckets
+exactly these, through ``bucket_starts``). Softmax mode, cached histories and candidates
+(M-FALCON), other devices and dtypes, and ``TERAREC_HSTU_KERNEL=torch`` take the torch tiles.
 """
 
 from __future__ import annotations

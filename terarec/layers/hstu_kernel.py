@@ -1,14 +1,17 @@
 """The fused C++ kernel of HSTU's pointwise causal attention on CPU: built at first use, with a fallback.
 
 ``hstu_kernel.cpp`` (beside this file) runs eq. (2)'s whole tile loop in one call per
-direction: BLAS products on the token-major tensors and one fused pass per tile for the bias,
-SiLU, mask and the bias gradient (its header says how). ``fused_hstu_attention`` is its
-autograd op; ``terarec.layers.hstu_blocked`` calls it where it applies (CPU, pointwise SiLU,
+direction: the products in oneDNN's micro-kernel (ATen's ``cpublas::brgemm``) and one fused pass
+per tile for the bias, SiLU, mask and the bias gradient (its header says how).
+``FusedHSTUAttention`` is its autograd op; ``terarec.layers.hstu_blocked`` calls it where it applies (CPU, pointwise SiLU,
 plain causal layouts, float32 / float64, integer timestamps) and its torch tiles elsewhere.
 
-The extension is compiled by ``torch.utils.cpp_extension.load`` on first use (about a minute
-on two cores) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``), never into the source tree, and reused after. When no compiler
+The extension is compiled by ``torch.utils.cpp_extension.load`` on first use (about 25 s of one
+core) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``), never into the source tree, and reused after (rebuilt when the
+source changes). It is compiled for the machine it runs on (``-march=native``), under a name
+that carries the CPU's vector extension level (AVX2, AVX512 ...), so that a cache shared by
+different machines does not hand one CPU another's code. When no compiler
 is found or the build fails, one warning names the reason and the torch tiles run instead.
 ``TERAREC_HSTU_KERNEL=torch`` forces the torch tiles (``cpp``, the default, uses the kernel
 where it applies).
@@ -25,8 +28,8 @@ import torch
 
 KERNEL_ENV = "TERAREC_HSTU_KERNEL"
 KERNEL_CHOICES = ("cpp", "torch")
-QUERY_TILE = 128  # queries x keys of a tile: a few (bq, bk) buffers stay in L2 cache
-KEY_TILE = 256
+QUERY_TILE = 128  # queries x keys of a tile: its four (bq, bk) buffers stay in L2 cache; 64-256 x
+KEY_TILE = 256  # 128-256 all ran within 5% of each other at length 4096
 
 _SOURCE = Path(__file__).with_name("hstu_kernel.cpp")
 
@@ -46,7 +49,7 @@ def _build():
 
     try:
         return cpp_extension.load(
-            name="terarec_hstu_kernel",
+            name=f"terarec_hstu_kernel_{torch.backends.cpu.get_cpu_capability().lower()}",
             sources=[str(_SOURCE)],
             # -ffast-math on the compile only (at link time it would set flush-to-zero for the whole
             # process): it lets the compiler vectorise exp and log through glibc's vector math.
@@ -89,13 +92,14 @@ class FusedHSTUAttention(torch.autograd.Function):
         ctx.save_for_backward(queries, keys, values, position_weights, time_table,
                               query_times, key_times, bucket_starts)
         ctx.lengths, ctx.tiles = (row_lengths, max_length, scale_length), (query_tile, key_tile)
-        return kernel().forward(queries, keys, values, position_weights, time_table, query_times, key_times,
+        ctx.kernel = _build()  # backward runs the same build, whatever the environment says by then
+        return ctx.kernel.forward(queries, keys, values, position_weights, time_table, query_times, key_times,
                                 bucket_starts, row_lengths, max_length, scale_length, query_tile, key_tile)
 
     @staticmethod
     def backward(ctx, grad_out):
         queries, keys, values, position_weights, time_table, query_times, key_times, bucket_starts = ctx.saved_tensors
-        grad_q, grad_k, grad_v, position_grad, time_grad = kernel().backward(
+        grad_q, grad_k, grad_v, position_grad, time_grad = ctx.kernel.backward(
             grad_out.contiguous(), queries, keys, values, position_weights, time_table, query_times, key_times,
             bucket_starts, *ctx.lengths, *ctx.tiles,
         )
