@@ -13,12 +13,14 @@
 //   * one pass over the tile does the epilogue: bias + SiLU + causal mask (forward), SiLU' x dW,
 //     the mask and the per-tile bias gradient (backward); the bias gradient is added to the two
 //     tables once per tile, after the heads.
-// Backward recomputes the logits (as FlashAttention does): nothing T x T is kept.
+// Backward recomputes the logits (as FlashAttention does): nothing T x T is kept. The heads of a
+// tile run in parallel on torch's threads (at::parallel_for); the bias is shared between them.
 //
 // Time buckets are floor(ln(max(|gap|, 1)) / 0.301) capped, as terarec's time_buckets; to give
 // exactly its buckets (its float32 log may round differently from this compiler's), a fast
 // estimate is corrected against the gaps where each bucket starts, which the caller computes
 // with time_buckets itself.
+#include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <torch/extension.h>
 
@@ -185,10 +187,26 @@ T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
+// One thread's tile buffers, (bq, bk) each: the heads of a tile run in parallel (at::parallel_for,
+// torch's threads), each thread on its own buffers; with one thread they run in turn.
+template <typename T>
+struct ThreadBuffers {
+  std::vector<T> logits, grad_logits, bias_grad;
+  bool holds_bias_grad = false;  // bias_grad holds this tile's sum over the heads this thread ran
+
+  explicit ThreadBuffers(int64_t size) : logits(size), grad_logits(size), bias_grad(size) {}
+};
+
+template <typename T>
+std::vector<ThreadBuffers<T>> thread_buffers(int64_t size) {
+  return std::vector<ThreadBuffers<T>>(at::get_num_threads(), ThreadBuffers<T>(size));
+}
+
 template <typename T>
 void forward_rows(const Problem<T>& p, T* out) {
   const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
-  std::vector<T> bias(bq * bk), logits(bq * bk);
+  std::vector<T> bias(bq * bk);
+  auto buffers = thread_buffers<T>(bq * bk);
   TimeRuns runs;
   for (int64_t row = 0; row < p.batch; ++row) {
     const int64_t length = p.row_lengths[row];
@@ -201,24 +219,27 @@ void forward_rows(const Problem<T>& p, T* out) {
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
         tile_bias(p, row, q0, q1, k0, k1, bias.data(), runs);
-        for (int64_t head = 0; head < p.heads; ++head) {
-          const T* q = p.queries + row_qk + q0 * h_qk + head * p.qk_width;
-          const T* k_t = keys_t.data() + head * p.qk_width * length + k0;  // (d_qk, n), leading dimension length
-          matmul(m, n, p.qk_width, q, h_qk, k_t, length, logits.data(), n, false);
-          for (int64_t i = q0; i < q1; ++i) {  // SiLU(logits + bias), zero above the diagonal
-            T* weights = logits.data() + (i - q0) * n;
-            const T* bias_row = bias.data() + (i - q0) * n;
-            const int64_t visible = visible_keys(i, k0, k1);
-            for (int64_t j = 0; j < visible; ++j) {
-              const T x = weights[j] + bias_row[j];
-              weights[j] = x * sigmoid(x);
+        at::parallel_for(0, p.heads, 1, [&](int64_t first_head, int64_t end_head) {
+          T* logits = buffers[at::get_thread_num()].logits.data();
+          for (int64_t head = first_head; head < end_head; ++head) {
+            const T* q = p.queries + row_qk + q0 * h_qk + head * p.qk_width;
+            const T* k_t = keys_t.data() + head * p.qk_width * length + k0;  // (d_qk, n), leading dimension length
+            matmul(m, n, p.qk_width, q, h_qk, k_t, length, logits, n, false);
+            for (int64_t i = q0; i < q1; ++i) {  // SiLU(logits + bias), zero above the diagonal
+              T* weights = logits + (i - q0) * n;
+              const T* bias_row = bias.data() + (i - q0) * n;
+              const int64_t visible = visible_keys(i, k0, k1);
+              for (int64_t j = 0; j < visible; ++j) {
+                const T x = weights[j] + bias_row[j];
+                weights[j] = x * sigmoid(x);
+              }
+              for (int64_t j = visible; j < n; ++j) weights[j] = T(0);
             }
-            for (int64_t j = visible; j < n; ++j) weights[j] = T(0);
+            const T* v = p.values + row_v + k0 * h_v + head * p.v_width;
+            T* o = out + row_v + q0 * h_v + head * p.v_width;
+            matmul(m, p.v_width, n, logits, n, v, h_v, o, h_v, true);
           }
-          const T* v = p.values + row_v + k0 * h_v + head * p.v_width;
-          T* o = out + row_v + q0 * h_v + head * p.v_width;
-          matmul(m, p.v_width, n, logits.data(), n, v, h_v, o, h_v, true);
-        }
+        });
       }
     }
   }
@@ -228,7 +249,8 @@ template <typename T>
 void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k_t, T* grad_v_t, T* position_grad,
                    T* time_grad) {
   const int64_t bq = p.query_tile, bk = p.key_tile, h_qk = p.heads * p.qk_width, h_v = p.heads * p.v_width;
-  std::vector<T> bias(bq * bk), logits(bq * bk), grad_logits(bq * bk), bias_grad(bq * bk);
+  std::vector<T> bias(bq * bk);
+  auto buffers = thread_buffers<T>(bq * bk);
   TimeRuns runs;
   const bool wants_bias_grad = position_grad != nullptr || time_grad != nullptr;
   for (int64_t row = 0; row < p.batch; ++row) {
@@ -245,48 +267,68 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k_
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
         tile_bias(p, row, q0, q1, k0, k1, bias.data(), runs);
-        for (int64_t head = 0; head < p.heads; ++head) {
-          const int64_t qk_offset = head * p.qk_width, v_offset = head * p.v_width;
-          const T* q = p.queries + row_qk + q0 * h_qk + qk_offset;
-          const T* k = p.keys + row_qk + k0 * h_qk + qk_offset;
-          const T* k_t = keys_t.data() + head * p.qk_width * length + k0;  // (d_qk, n), leading dimension length
-          const T* v_t = values_t.data() + head * p.v_width * length + k0;  // (d_v, n)
-          const T* dout = grad_out + row_v + q0 * h_v + v_offset;
-          matmul(m, n, p.qk_width, q, h_qk, k_t, length, logits.data(), n, false);
-          // dW = dO V^T (the weights' gradient; dO is already divided by n)
-          matmul(m, n, p.v_width, dout, h_v, v_t, length, grad_logits.data(), n, false);
-          for (int64_t i = q0; i < q1; ++i) {  // weights and the logits' gradient, in place
-            T* weights = logits.data() + (i - q0) * n;
-            T* grad = grad_logits.data() + (i - q0) * n;
-            T* bias_grad_row = bias_grad.data() + (i - q0) * n;
-            const T* bias_row = bias.data() + (i - q0) * n;
-            const int64_t visible = visible_keys(i, k0, k1);
-            for (int64_t j = 0; j < visible; ++j) {
-              const T x = weights[j] + bias_row[j];
-              const T s = sigmoid(x);
-              weights[j] = x * s;
-              grad[j] *= s * (T(1) + x * (T(1) - s));  // SiLU'(x) = s (1 + x (1 - s))
+        at::parallel_for(0, p.heads, 1, [&](int64_t first_head, int64_t end_head) {
+          ThreadBuffers<T>& mine = buffers[at::get_thread_num()];
+          T* logits = mine.logits.data();
+          T* grad_logits = mine.grad_logits.data();
+          for (int64_t head = first_head; head < end_head; ++head) {
+            const int64_t qk_offset = head * p.qk_width, v_offset = head * p.v_width;
+            const T* q = p.queries + row_qk + q0 * h_qk + qk_offset;
+            const T* k = p.keys + row_qk + k0 * h_qk + qk_offset;
+            const T* k_t = keys_t.data() + head * p.qk_width * length + k0;  // (d_qk, n), leading dimension length
+            const T* v_t = values_t.data() + head * p.v_width * length + k0;  // (d_v, n)
+            const T* dout = grad_out + row_v + q0 * h_v + v_offset;
+            matmul(m, n, p.qk_width, q, h_qk, k_t, length, logits, n, false);
+            // dW = dO V^T (the weights' gradient; dO is already divided by n)
+            matmul(m, n, p.v_width, dout, h_v, v_t, length, grad_logits, n, false);
+            const bool first = !mine.holds_bias_grad;
+            for (int64_t i = q0; i < q1; ++i) {  // weights and the logits' gradient, in place
+              T* weights = logits + (i - q0) * n;
+              T* grad = grad_logits + (i - q0) * n;
+              T* bias_grad_row = mine.bias_grad.data() + (i - q0) * n;
+              const T* bias_row = bias.data() + (i - q0) * n;
+              const int64_t visible = visible_keys(i, k0, k1);
+              for (int64_t j = 0; j < visible; ++j) {
+                const T x = weights[j] + bias_row[j];
+                const T s = sigmoid(x);
+                weights[j] = x * s;
+                grad[j] *= s * (T(1) + x * (T(1) - s));  // SiLU'(x) = s (1 + x (1 - s))
+              }
+              for (int64_t j = visible; j < n; ++j) weights[j] = grad[j] = T(0);
+              if (!wants_bias_grad) continue;
+              if (first) {
+                for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] = grad[j];
+              } else {
+                for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] += grad[j];
+              }
             }
-            for (int64_t j = visible; j < n; ++j) weights[j] = grad[j] = T(0);
-            if (!wants_bias_grad) continue;
-            if (head == 0) {
-              for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] = grad[j];
-            } else {
-              for (int64_t j = 0; j < visible; ++j) bias_grad_row[j] += grad[j];
-            }
+            mine.holds_bias_grad = wants_bias_grad;
+            // dV^T += dO^T W and dK^T += Q^T dS: the key gradients are kept transposed, (B, H, width, T)
+            T* dv_t = grad_v_t + ((row * p.heads + head) * p.v_width) * p.length + k0;
+            matmul(p.v_width, n, m, dout_t.data() + head * p.v_width * m, m, logits, n, dv_t, p.length, true);
+            T* dq = grad_q + row_qk + q0 * h_qk + qk_offset;
+            matmul(m, p.qk_width, n, grad_logits, n, k, h_qk, dq, h_qk, true);
+            T* dk_t = grad_k_t + ((row * p.heads + head) * p.qk_width) * p.length + k0;
+            matmul(p.qk_width, n, m, queries_t.data() + head * p.qk_width * m, m, grad_logits, n, dk_t, p.length,
+                   true);
           }
-          // dV^T += dO^T W and dK^T += Q^T dS: the key gradients are kept transposed, (B, H, width, T)
-          T* dv_t = grad_v_t + ((row * p.heads + head) * p.v_width) * p.length + k0;
-          matmul(p.v_width, n, m, dout_t.data() + head * p.v_width * m, m, logits.data(), n, dv_t, p.length, true);
-          T* dq = grad_q + row_qk + q0 * h_qk + qk_offset;
-          matmul(m, p.qk_width, n, grad_logits.data(), n, k, h_qk, dq, h_qk, true);
-          T* dk_t = grad_k_t + ((row * p.heads + head) * p.qk_width) * p.length + k0;
-          matmul(p.qk_width, n, m, queries_t.data() + head * p.qk_width * m, m, grad_logits.data(), n, dk_t, p.length,
-                 true);
-        }
+        });
         if (!wants_bias_grad) continue;
+        T* bias_grad = nullptr;  // the sum over all heads: the first thread's buffer plus the others'
+        for (ThreadBuffers<T>& thread : buffers) {
+          if (!thread.holds_bias_grad) continue;
+          thread.holds_bias_grad = false;
+          if (bias_grad == nullptr) {
+            bias_grad = thread.bias_grad.data();
+            continue;
+          }
+          for (int64_t i = q0; i < q1; ++i) {
+            const int64_t visible = visible_keys(i, k0, k1);
+            for (int64_t j = 0; j < visible; ++j) bias_grad[(i - q0) * n + j] += thread.bias_grad[(i - q0) * n + j];
+          }
+        }
         for (int64_t i = q0; i < q1; ++i) {  // the tile's bias gradient into the two tables
-          const T* bias_grad_row = bias_grad.data() + (i - q0) * n;
+          const T* bias_grad_row = bias_grad + (i - q0) * n;
           const int64_t visible = visible_keys(i, k0, k1);
           if (position_grad != nullptr) {
             T* diagonal = position_grad + (i - k0 + p.max_length - 1);

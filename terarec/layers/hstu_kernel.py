@@ -53,7 +53,8 @@ def _build():
             sources=[str(_SOURCE)],
             # -ffast-math on the compile only (at link time it would set flush-to-zero for the whole
             # process): it lets the compiler vectorise exp and log through glibc's vector math.
-            extra_cflags=["-O3", "-march=native", "-ffast-math"],
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as error:  # no compiler, no headers, a failed build or load: run the torch tiles
