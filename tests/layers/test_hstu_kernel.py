@@ -45,18 +45,19 @@ def _layout(lengths, n, times, generator):
 
 
 def _inputs(layout, with_position, generator):
+    """[queries, keys, values (token-major (B, T, H, w)), position table or None, time table or
+    None], the (B, T, 1, 1) mask of real queries, and a random upstream gradient on them (the
+    layer drops padded queries)."""
     b, t = layout.batch, layout.query_length
-    n = layout.max_length
 
     def normal(*shape):
         return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
-    position = normal(2 * n - 1) if with_position else None
+    position = normal(2 * layout.max_length - 1) if with_position else None
     time = normal(BUCKETS) if layout.query_times is not None else None
+    tensors = [normal(b, t, HEADS, QK), normal(b, t, HEADS, QK), normal(b, t, HEADS, V), position, time]
     real = torch.zeros(b * t, dtype=torch.float64).index_fill_(0, layout.query_index, 1.0).view(b, t, 1, 1)
-    # token-major (B, T, H, w); only real queries count (the layer drops padding), weighted at random
-    return [normal(b, t, HEADS, QK), normal(b, t, HEADS, QK), normal(b, t, HEADS, V), position, time], real, \
-        normal(b, t, HEADS, V) * real
+    return tensors, real, normal(b, t, HEADS, V) * real
 
 
 def _run(kind, layout, tensors, upstream, monkeypatch, kernel_tiles=(128, 256)):
@@ -90,6 +91,14 @@ def _assert_same(got, expected, real) -> None:
         torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-10)
 
 
+def _counting(function, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counted
+
+
 @pytest.mark.parametrize("times", [None, "ordered", "unordered"])
 @pytest.mark.parametrize("with_position", [True, False])
 @pytest.mark.parametrize("kernel_tiles", [(1, 1), (2, 3), (4, 2), (128, 256)])
@@ -106,14 +115,6 @@ def test_kernel_equals_reference_and_torch_tiles(built, monkeypatch, times, with
     reference = _run("reference", layout, tensors, upstream, monkeypatch)
     _assert_same(cpp, reference, real)
     _assert_same(cpp, torch_tiles, real)
-
-
-def _counting(function, calls):
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return function(*args, **kwargs)
-
-    return counted
 
 
 def test_kernel_on_long_rows_float32_against_float64(built, monkeypatch) -> None:
