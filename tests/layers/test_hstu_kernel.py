@@ -216,3 +216,26 @@ def test_heads_on_two_threads_give_the_one_thread_results(built, monkeypatch) ->
     finally:
         torch.set_num_threads(threads)
     _assert_same(results[1], results[0], real)
+
+
+def test_torch_tiles_where_the_kernel_does_not_apply(built, monkeypatch) -> None:
+    """Softmax mode, cached histories with candidates (M-FALCON) and float timestamps take the torch tiles."""
+    calls = []
+    monkeypatch.setattr(hstu_blocked.FusedHSTUAttention, "apply", _counting(hstu_blocked.FusedHSTUAttention.apply, calls))
+    monkeypatch.setenv(hstu_kernel.KERNEL_ENV, "cpp")
+    generator = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([4, 2])
+    q, k, v, position, time = _inputs(_layout([4, 2], 8, "ordered", generator), True, generator)[0]
+    float_times = torch.arange(6, dtype=torch.float64) * 100
+    cached = AttentionLayout(lengths, 8, num_candidates=torch.tensor([1, 1]), cached_lengths=torch.tensor([1, 0]))
+    cached_keys = torch.randn(2, 5, HEADS, QK, dtype=torch.float64)
+    cached_values = torch.randn(2, 5, HEADS, V, dtype=torch.float64)
+    for layout, keys, values, softmax in [
+        (_layout([4, 2], 8, "ordered", generator), k, v, True),
+        (cached, cached_keys, cached_values, False),
+        (AttentionLayout(lengths, 8, float_times, None, BUCKETS), k, v, False),
+    ]:
+        blocked_hstu_attention(q, keys, values, layout, position, time, 8, softmax=softmax)
+    assert calls == []
+    blocked_hstu_attention(q, k, v, _layout([4, 2], 8, "ordered", generator), position, time, 8)
+    assert calls == [1]
