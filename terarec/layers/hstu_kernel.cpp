@@ -197,6 +197,13 @@ struct ThreadBuffers {
   explicit ThreadBuffers(int64_t size) : logits(size), grad_logits(size), bias_grad(size) {}
 };
 
+// Heads per task of a tile: one (the heads spread over the threads) on tiles big enough to
+// repay the threads' start, all of them (one task, no threads) on small tiles.
+inline int64_t head_grain(int64_t m, int64_t n, int64_t heads) {
+  constexpr int64_t kParallelLogits = 64 * 64;
+  return m * n >= kParallelLogits ? 1 : heads;
+}
+
 template <typename T>
 std::vector<ThreadBuffers<T>> thread_buffers(int64_t size) {
   return std::vector<ThreadBuffers<T>>(at::get_num_threads(), ThreadBuffers<T>(size));
@@ -219,7 +226,7 @@ void forward_rows(const Problem<T>& p, T* out) {
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
         tile_bias(p, row, q0, q1, k0, k1, bias.data(), runs);
-        at::parallel_for(0, p.heads, 1, [&](int64_t first_head, int64_t end_head) {
+        at::parallel_for(0, p.heads, head_grain(m, n, p.heads), [&](int64_t first_head, int64_t end_head) {
           T* logits = buffers[at::get_thread_num()].logits.data();
           for (int64_t head = first_head; head < end_head; ++head) {
             const T* q = p.queries + row_qk + q0 * h_qk + head * p.qk_width;
@@ -267,7 +274,7 @@ void backward_rows(const Problem<T>& p, const T* grad_out, T* grad_q, T* grad_k_
         const int64_t k1 = std::min(k0 + bk, q1);
         const int n = static_cast<int>(k1 - k0);
         tile_bias(p, row, q0, q1, k0, k1, bias.data(), runs);
-        at::parallel_for(0, p.heads, 1, [&](int64_t first_head, int64_t end_head) {
+        at::parallel_for(0, p.heads, head_grain(m, n, p.heads), [&](int64_t first_head, int64_t end_head) {
           ThreadBuffers<T>& mine = buffers[at::get_thread_num()];
           T* logits = mine.logits.data();
           T* grad_logits = mine.grad_logits.data();

@@ -205,14 +205,14 @@ def test_torch_tiles_when_forced_or_when_the_build_fails(monkeypatch) -> None:
 def test_heads_on_two_threads_give_the_one_thread_results(built, monkeypatch) -> None:
     """The heads of a tile run on torch's threads, each on its own buffers; their bias gradients add up."""
     generator = torch.Generator().manual_seed(6)
-    layout = _layout([9, 4, 7], 12, "unordered", generator)
+    layout = _layout([150, 70, 130], 160, "unordered", generator)  # tiles of 64 x 64 logits and more: threads
     tensors, real, upstream = _inputs(layout, True, generator)
     threads = torch.get_num_threads()
     results = []
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            results.append(_run("cpp", layout, tensors, upstream, monkeypatch, kernel_tiles=(4, 4)))
+            results.append(_run("cpp", layout, tensors, upstream, monkeypatch, kernel_tiles=(64, 64)))
     finally:
         torch.set_num_threads(threads)
     _assert_same(results[1], results[0], real)
