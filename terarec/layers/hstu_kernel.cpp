@@ -366,6 +366,8 @@ Problem<T> problem(const at::Tensor& queries, const at::Tensor& keys, const at::
               queries.sizes(), ", ", keys.sizes(), ", ", values.sizes());
   TORCH_CHECK(queries.is_contiguous() && keys.is_contiguous() && values.is_contiguous(),
               "hstu_kernel: queries, keys and values must be contiguous");
+  TORCH_CHECK(query_tile > 0 && key_tile > 0, "hstu_kernel: tiles of ", query_tile, " queries and ", key_tile,
+              " keys: both must be positive");
   TORCH_CHECK(static_cast<int64_t>(row_lengths.size()) == queries.size(0), "hstu_kernel: ", row_lengths.size(),
               " row lengths for ", queries.size(0), " rows");
   Problem<T> p;

@@ -218,6 +218,14 @@ def test_heads_on_two_threads_give_the_one_thread_results(built, monkeypatch) ->
     _assert_same(results[1], results[0], real)
 
 
+def test_kernel_rejects_empty_tiles(built, monkeypatch) -> None:
+    generator = torch.Generator().manual_seed(8)
+    layout = _layout([3, 2], 4, None, generator)
+    tensors, _, upstream = _inputs(layout, True, generator)
+    with pytest.raises(RuntimeError, match="tiles of 0 queries and 4 keys: both must be positive"):
+        _run("cpp", layout, tensors, upstream, monkeypatch, kernel_tiles=(0, 4))
+
+
 def test_torch_tiles_where_the_kernel_does_not_apply(built, monkeypatch) -> None:
     """Softmax mode, cached histories with candidates (M-FALCON) and float timestamps take the torch tiles."""
     calls = []
