@@ -18,8 +18,9 @@ bucket spans a factor e^0.301 ~ 1.35 of seconds. With ``softmax=True`` (2) becom
 Pointwise work (norms, f1, f2) runs on the flat values of the jagged batch; only attention
 pads, to the batch's longest sequence. ``hstu_attention`` is eq. (2) as written (dense (B, H,
 T, T) weights), the readable reference; layers run ``blocked_hstu_attention``
-(``terarec.layers.hstu_blocked``: tiles, no T x T tensor, no work past a sequence's end) unless
-``attention="reference"``; tests hold the two equal.
+(``terarec.layers.hstu_blocked``: tiles, no T x T tensor, no work past a sequence's end; its
+pointwise causal path in a fused C++ kernel, ``terarec.layers.hstu_kernel``) unless
+``attention="reference"``; tests hold them equal.
 
 One attention op serves training and inference (``AttentionLayout``): the tokens of a call
 are appended to a cached history (its keys and values from an earlier call, ``HistoryCache``;

@@ -17,15 +17,25 @@ no T x T tensor ever exists:
 
 Pointwise mode accumulates over key tiles; softmax mode takes the whole causal key range of a
 query tile at once (its rows are then complete, so no running maximum is needed).
+
+``blocked_hstu_attention`` runs the tiles above as torch ops (one Python step per tile) only
+where the C++ kernel does not apply: the pointwise, plain causal case (training; inference
+without a cache) on CPU in float32 / float64 runs ``terarec.layers.hstu_kernel``'s fused kernel
+instead, the same tiling with the tile loop, the bias, SiLU and mask in C++ (its time buckets
+exactly these, through ``bucket_starts``). Softmax mode, cached histories and candidates
+(M-FALCON), other devices and dtypes, and ``TERAREC_HSTU_KERNEL=torch`` take the torch tiles.
 """
 
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from terarec.layers.hstu_kernel import KEY_TILE, QUERY_TILE, FusedHSTUAttention, kernel
 
 if TYPE_CHECKING:
     from terarec.layers.hstu import AttentionLayout
@@ -43,6 +53,26 @@ def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
     # |float32(gap)| == float32(|gap|): converting first halves the bytes of the passes after it.
     seconds = gaps.to(torch.float32).abs_().clamp_(min=1)
     return seconds.log_().div_(TIME_BUCKET_WIDTH).long().clamp_(max=num_buckets - 1)
+
+
+@cache
+def bucket_starts(num_buckets: int) -> torch.Tensor:
+    """(num_buckets + 1,) int64: the smallest |gap| in seconds of each ``time_buckets`` bucket, then
+    the int64 maximum (for buckets no gap reaches, too). Found by bisection on ``time_buckets``
+    itself (monotone in |gap|), so that the C++ kernel reproduces its buckets exactly."""
+    top = torch.iinfo(torch.int64).max
+    low = torch.zeros(num_buckets, dtype=torch.int64)
+    high = torch.full((num_buckets,), 1 << 62, dtype=torch.int64)
+    wanted = torch.arange(num_buckets)
+    reachable = time_buckets(high, num_buckets) >= wanted
+    for _ in range(63):  # invariant: bucket(high) >= wanted where reachable, bucket(low) < wanted or low == 0
+        middle = low + (high - low) // 2
+        reached = time_buckets(middle, num_buckets) >= wanted
+        high = torch.where(reached, middle, high)
+        low = torch.where(reached, low, middle)
+    starts = torch.where(wanted == 0, 0, high)
+    starts = torch.where(reachable, starts, top)
+    return torch.cat([starts, torch.tensor([top])])
 
 
 class _Tile:
@@ -272,6 +302,7 @@ def blocked_hstu_attention(
     scale_length: int,
     softmax: bool = False,
     tile_elements: int = TILE_ELEMENTS,
+    kernel_tiles: tuple[int, int] = (QUERY_TILE, KEY_TILE),
 ) -> torch.Tensor:
     """Eq. (2) in tiles (see the module docstring): ``hstu_attention`` with the layout's mask and
     the bias of ``RelativeBias`` tables, without T x T tensors.
@@ -284,11 +315,40 @@ def blocked_hstu_attention(
         time_weights: (num_buckets,) time-bucket table, or None (no time bias).
         scale_length: n, the divisor of the pointwise weights.
         softmax: softmax(Q K^T / sqrt(d_qk) + rab) instead of the pointwise SiLU.
-        tile_elements: logits per tile (rows x heads x queries x keys), a memory / speed trade.
+        tile_elements: logits per tile (rows x heads x queries x keys) of the torch tiles, a memory /
+            speed trade.
+        kernel_tiles: (queries, keys) per tile of the C++ kernel, which runs instead of the torch
+            tiles where it applies: CPU, pointwise, plain causal layout (no cached history, no
+            candidates), float32 / float64, integer timestamps, and ``TERAREC_HSTU_KERNEL`` not
+            "torch" (``terarec.layers.hstu_kernel``).
 
     Returns:
         (B, Tq, H, d_v).
     """
+    fused = _fused_inputs(queries, keys, values, layout, position_weights, time_weights, softmax)
+    if fused is not None:
+        return FusedHSTUAttention.apply(*fused, scale_length, *kernel_tiles)
     return BlockedHSTUAttention.apply(
         queries, keys, values, position_weights, time_weights, layout, scale_length, softmax, tile_elements
     )
+
+
+def _fused_inputs(queries, keys, values, layout, position_weights, time_weights, softmax) -> tuple | None:
+    """``FusedHSTUAttention``'s inputs when the C++ kernel applies to this call (CPU, pointwise,
+    plain causal layout, float32 / float64 throughout, integer timestamps) and is built; else None."""
+    tensors = [t for t in (queries, keys, values, position_weights, time_weights) if t is not None]
+    if softmax or not layout.causal_only or queries.shape[1] != keys.shape[1]:
+        return None
+    if any(t.device.type != "cpu" or t.dtype != queries.dtype for t in tensors):
+        return None
+    if queries.dtype not in (torch.float32, torch.float64):
+        return None
+    times = None
+    if time_weights is not None and layout.query_times is not None:
+        if layout.query_times.dtype != torch.int64 or layout.key_times.dtype != torch.int64:
+            return None
+        times = (layout.query_times.contiguous(), layout.key_times.contiguous(), bucket_starts(time_weights.shape[0]))
+    if kernel() is None:
+        return None
+    return (queries.contiguous(), keys.contiguous(), values.contiguous(), position_weights, time_weights, times,
+            layout.sorted_query_lengths, layout.max_length)

@@ -1,6 +1,7 @@
 """The blocked HSTU attention equals the dense reference in float64, forward and gradients: ragged
 lengths, with and without the time bias, pointwise and softmax, with a cached history and
-candidates (M-FALCON), in one tile or in many."""
+candidates (M-FALCON), in one tile or in many; each test runs with the C++ kernel allowed (where
+it applies) and with the torch tiles forced (``TERAREC_HSTU_KERNEL``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import pytest
 import torch
 
 from terarec.layers.hstu import AttentionLayout, HSTUStack, RelativeBias, blocked_hstu_attention, hstu_attention
+from terarec.layers.hstu_kernel import KERNEL_CHOICES, KERNEL_ENV
 
 HEADS, QK, V = 2, 3, 4
+
+
+@pytest.fixture(autouse=True, params=KERNEL_CHOICES)
+def kernel_choice(request, monkeypatch):
+    monkeypatch.setenv(KERNEL_ENV, request.param)
 
 
 def _layout(lengths, n, with_times, cached=None, candidates=None, generator=None):
