@@ -121,11 +121,39 @@ def write_status(run_dir: Path, status: str, reason: str = "") -> None:
     write_json(run_dir / "status.json", record)
 
 
-def embedding_penalty(model: torch.nn.Module, coefficient: float) -> torch.Tensor | None:
+@dataclass
+class StepModules:
+    """The modules a training step calls besides the loss, found once per run: a runtime Protocol
+    check of every module, three times a step, was ~6% of a Beauty HSTU epoch.
+
+    Args:
+        samplers: modules that draw negatives (``DrawsNegatives``).
+        penalised: tables with a penalty of their own (``PenalisedTables``).
+        regularized: tables ``embedding.regularization`` penalises (``RegularizedTables``).
+        dense_gradients: tables whose lookups send row-sparse gradients into a kept dense
+            ``.grad`` (``sparse_gradient_tables``, ``clear_gradients``).
+    """
+
+    samplers: list[DrawsNegatives]
+    penalised: list[PenalisedTables]
+    regularized: list[RegularizedTables]
+    dense_gradients: list[torch.nn.Parameter] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, dense_gradients: Sequence[torch.nn.Parameter] = ()) -> StepModules:
+        modules = list(model.modules())
+        return cls([m for m in modules if isinstance(m, DrawsNegatives)],
+                   [m for m in modules if isinstance(m, PenalisedTables)],
+                   [m for m in modules if isinstance(m, RegularizedTables)], list(dense_gradients))
+
+
+def embedding_penalty(model: torch.nn.Module | StepModules, coefficient: float) -> torch.Tensor | None:
     """lambda/2 * sum ||W||^2 over the tables kept as parameters (``embedding.regularization``), plus
-    each table's own penalty (``PenalisedTables``: Res-embedding's residual L2)."""
-    penalties = [module.regularization() for module in model.modules() if isinstance(module, PenalisedTables)]
-    weights = [w for module in model.modules() if isinstance(module, RegularizedTables) for w in module.table_weights()]
+    each table's own penalty (``PenalisedTables``: Res-embedding's residual L2); ``model`` or its
+    ``StepModules``."""
+    modules = model if isinstance(model, StepModules) else StepModules.of(model)
+    penalties = [module.regularization() for module in modules.penalised]
+    weights = [w for module in modules.regularized for w in module.table_weights()]
     if coefficient > 0 and weights:
         penalties.append(0.5 * coefficient * sum(weight.square().sum() for weight in weights))
     return sum(penalties[1:], penalties[0]) if penalties else None
@@ -193,16 +221,10 @@ def learning_rates(optimizer: torch.optim.Optimizer, task: Task) -> LearningRate
                          config.embedding.learning_rate or config.train.learning_rate)
 
 
-def negative_samplers(model: torch.nn.Module) -> list[DrawsNegatives]:
-    """The modules of ``model`` that draw negatives (found once: a Protocol check of every module
-    each step cost ~3% of a Beauty HSTU epoch)."""
-    return [module for module in model.modules() if isinstance(module, DrawsNegatives)]
-
-
-def seed_negatives(model: torch.nn.Module | list[DrawsNegatives], seed: int, step: int) -> None:
-    """Seed every negative sampler of ``model`` (``DrawsNegatives``; or the list
-    ``negative_samplers`` made of them) for global step ``step``."""
-    for module in negative_samplers(model) if isinstance(model, torch.nn.Module) else model:
+def seed_negatives(model: torch.nn.Module | StepModules, seed: int, step: int) -> None:
+    """Seed every negative sampler of ``model`` (``DrawsNegatives``; or of its ``StepModules``)
+    for global step ``step``."""
+    for module in (model if isinstance(model, StepModules) else StepModules.of(model)).samplers:
         module.seed_negatives(seed, step)
 
 
@@ -225,17 +247,18 @@ def clear_gradients(optimizer: torch.optim.Optimizer, dense: Sequence[torch.nn.P
 
 def train_step(task: Task, optimizer: torch.optim.Optimizer, batch: Any,
                loss_of: Callable[[Any], torch.Tensor] | None = None, weight: float = 1.0,
-               dense_gradients: Sequence[torch.nn.Parameter] = ()) -> float:
+               modules: StepModules | None = None) -> float:
     """One optimisation step on ``batch`` (the fused tables update inside backward); returns the loss.
 
     ``loss_of`` replaces ``task.loss`` (a distributed run's model wrapper); ``weight`` scales the
     loss's gradient (a distributed process's share of the global batch's loss terms, 0 for its
-    padding step, whose loss counts 0); ``dense_gradients``: the tables whose lookups send
-    row-sparse gradients (``sparse_gradient_tables``), their ``.grad`` kept dense.
+    padding step, whose loss counts 0); ``modules``: the model's ``StepModules`` (found again
+    when None).
     """
+    modules = modules or StepModules.of(task.model)
     loss = (loss_of or task.loss)(batch)
-    penalty = embedding_penalty(task.model, task.config.embedding.regularization)
-    clear_gradients(optimizer, dense_gradients)
+    penalty = embedding_penalty(modules, task.config.embedding.regularization)
+    clear_gradients(optimizer, modules.dense_gradients)
     (loss * weight if penalty is None else loss * weight + penalty).backward()
     optimizer.step()
     return loss.item() if weight else 0.0
@@ -343,12 +366,12 @@ class Trainer:
         self.best_value, self.best_epoch, self.best_valid, self.stale = -math.inf, -1, {}, 0
         self.sums = {"loss": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "window_loss": 0.0, "window_steps": 0}
         self.optimizer = None
-        self.samplers = negative_samplers(model)
-        self.dense_gradients: list[torch.nn.Parameter] = []
+        dense_gradients = []
         if self.trainable:
-            self.dense_gradients = self._sparse_gradient_tables()
+            dense_gradients = self._sparse_gradient_tables()
             self.optimizer = self._make_optimizer()
             self.rates = learning_rates(self.optimizer, task)
+        self.modules = StepModules.of(task.model, dense_gradients)  # after sharding, if any
         if state is not None:
             self._restore(state)
 
@@ -447,8 +470,8 @@ class Trainer:
 
     def step(self, batch: Any, weight: float = 1.0) -> float:
         """One optimisation step at ``self.global_step``, its negatives drawn from (seed, step); the loss."""
-        seed_negatives(self.samplers, self.config.train.seed, self.global_step)
-        return train_step(self.task, self.optimizer, batch, self._loss, weight, self.dense_gradients)
+        seed_negatives(self.modules, self.config.train.seed, self.global_step)
+        return train_step(self.task, self.optimizer, batch, self._loss, weight, self.modules)
 
     def train_epoch(self) -> dict[str, float]:
         """One more epoch: train, let modules end it (``EndsEpochs``), validate, keep the best;
