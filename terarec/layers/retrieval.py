@@ -60,6 +60,19 @@ class RetrievalLoss:
     per_position: bool = False
 
 
+def own_target_columns(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (position, column) pairs where negative row ``rows[column]`` is position's own target
+    ``targets[position]``: the nonzeros of ``rows == targets[:, None]``, found by sorting the M
+    rows and searching the N targets (O((N + M) log M)) instead of an (N, M) comparison; with
+    uniform negatives there are about N M / R of them. Rows may repeat."""
+    sorted_rows, order = torch.sort(rows)
+    first = torch.searchsorted(sorted_rows, targets)
+    count = torch.searchsorted(sorted_rows, targets, right=True) - first  # (N,) matches per position
+    position = torch.repeat_interleave(torch.arange(len(targets), device=rows.device), count)
+    rank = torch.arange(len(position), device=rows.device) - torch.repeat_interleave(count.cumsum(0) - count, count)
+    return position, order[torch.repeat_interleave(first, count) + rank]
+
+
 class SampledSoftmax(nn.Module):
     """Softmax over the true next item and negatives; scores the whole catalogue for evaluation.
 
@@ -167,9 +180,14 @@ class SampledSoftmax(nn.Module):
         rows = torch.cat(negative_rows)
         gathered = self.normalise(self.gather(table, torch.cat([targets, rows])))
         positives, negatives = gathered[: len(targets)], gathered[len(targets) :]
-        same = rows.unsqueeze(0) == targets.unsqueeze(1)
-        # In place on fresh (N, M) results: their backward needs neither (one pass less each).
-        columns = [(users * positives).sum(-1, keepdim=True), (users @ negatives.T).masked_fill_(same, -torch.inf)]
+        negative_logits = users @ negatives.T  # (N, M)
+        with torch.no_grad():
+            # Outside autograd, in place: a -inf logit's softmax probability is exactly 0 and the
+            # cross-entropy's gradient there exactly 0, so no masking pass is needed in backward
+            # (the product's backward needs its inputs only).
+            position, column = own_target_columns(rows, targets)
+            negative_logits[position, column] = -torch.inf
+        columns = [(users * positives).sum(-1, keepdim=True), negative_logits]
         return torch.cat(columns, 1).div_(self.temperature), rows
 
     def loss(
