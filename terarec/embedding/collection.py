@@ -131,6 +131,13 @@ class SequenceEmbeddings(nn.Module):
         """Table rows of 64-bit ids (0 for unknown ids)."""
         return self.vocabularies[self.feature_name](ids)
 
+    def send_sparse_gradients(self) -> list[nn.Parameter]:
+        """Make lookups send the table row-sparse gradients (the rows looked up, not a table-sized
+        tensor of zeros around them); returns the table, whose ``.grad`` the caller must then keep
+        as a dense tensor (``terarec.train.loop.clear_gradients``) for dense optimizers to see."""
+        self.tables.embeddings[f"t_{self.feature_name}"].sparse = True
+        return [self.weight]
+
     def forward(self, features: KeyedJaggedTensor) -> JaggedTensor:
         return self.tables(remap(features, self.vocabularies))[self.feature_name]
 

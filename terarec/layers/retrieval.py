@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from terarec.embedding.collection import SequenceEmbeddings
 from terarec.layers.jagged import last_index, next_item_split
 
 
@@ -57,6 +58,19 @@ class RetrievalLoss:
     temperature: float = 0.05
     l2_norm: bool = True
     per_position: bool = False
+
+
+def own_target_columns(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (position, column) pairs where negative row ``rows[column]`` is position's own target
+    ``targets[position]``: the nonzeros of ``rows == targets[:, None]``, found by sorting the M
+    rows and searching the N targets (O((N + M) log M)) instead of an (N, M) comparison; with
+    uniform negatives there are about N M / R of them. Rows may repeat."""
+    sorted_rows, order = torch.sort(rows)
+    first = torch.searchsorted(sorted_rows, targets)
+    count = torch.searchsorted(sorted_rows, targets, right=True) - first  # (N,) matches per position
+    position = torch.repeat_interleave(torch.arange(len(targets), device=rows.device), count)
+    rank = torch.arange(len(position), device=rows.device) - torch.repeat_interleave(count.cumsum(0) - count, count)
+    return position, order[torch.repeat_interleave(first, count) + rank]
 
 
 class SampledSoftmax(nn.Module):
@@ -94,6 +108,7 @@ class SampledSoftmax(nn.Module):
         self.per_position = per_position
         self.eps = eps
         self.draws: torch.Generator | None = None  # None: torch's global generator
+        self.sparse_gradients = False  # gathers of table rows send row-sparse gradients (``gather``)
 
     def seed_negatives(self, seed: int, step: int) -> None:
         """Draw this step's uniform negatives from a generator fixed by ``(seed, step)`` alone:
@@ -109,6 +124,11 @@ class SampledSoftmax(nn.Module):
 
     def normalise(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1, eps=self.eps) if self.l2_norm else vectors
+
+    def gather(self, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``table[rows]``; with ``sparse_gradients`` its backward sends ``table`` a row-sparse
+        gradient (the same values, without a table-sized tensor of zeros around them)."""
+        return F.embedding(rows, table, sparse=True) if self.sparse_gradients else table[rows]
 
     def logits(
         self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None = None
@@ -130,7 +150,7 @@ class SampledSoftmax(nn.Module):
         generator = generator if generator is not None else self.draws
         if not self.per_position:
             return self._shared_negative_logits(users, targets, table, generator)
-        positives = self.normalise(table[targets])
+        positives = self.normalise(self.gather(table, targets))
         shape = (len(targets), self.num_negatives)  # num_negatives > 0 with per_position, checked in __init__
         rows = torch.randint(1, table.shape[0], shape, generator=generator, device=table.device)
         if self.in_batch:
@@ -138,10 +158,10 @@ class SampledSoftmax(nn.Module):
         if rows.numel() > table.shape[0]:  # fewer rows than draws: score every row once, then pick
             negatives = torch.gather(users @ self.normalise(table).T, 1, rows)
         else:
-            negatives = torch.einsum("nd,nmd->nm", users, self.normalise(table[rows]))  # (N, M)
+            negatives = torch.einsum("nd,nmd->nm", users, self.normalise(self.gather(table, rows)))  # (N, M)
         same = rows == targets.unsqueeze(1)
-        columns = [(users * positives).sum(-1, keepdim=True), negatives.masked_fill(same, -torch.inf)]
-        return torch.cat(columns, 1) / self.temperature, rows
+        columns = [(users * positives).sum(-1, keepdim=True), negatives.masked_fill_(same, -torch.inf)]
+        return torch.cat(columns, 1).div_(self.temperature), rows
 
     def _shared_negative_logits(
         self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None
@@ -158,11 +178,17 @@ class SampledSoftmax(nn.Module):
         if not negative_rows:  # the full catalogue; the positive stays in its own column
             negative_rows.append(torch.arange(1, table.shape[0], device=table.device))
         rows = torch.cat(negative_rows)
-        gathered = self.normalise(table[torch.cat([targets, rows])])
+        gathered = self.normalise(self.gather(table, torch.cat([targets, rows])))
         positives, negatives = gathered[: len(targets)], gathered[len(targets) :]
-        same = rows.unsqueeze(0) == targets.unsqueeze(1)
-        columns = [(users * positives).sum(-1, keepdim=True), (users @ negatives.T).masked_fill(same, -torch.inf)]
-        return torch.cat(columns, 1) / self.temperature, rows
+        negative_logits = users @ negatives.T  # (N, M)
+        with torch.no_grad():
+            # Outside autograd, in place: a -inf logit's softmax probability is exactly 0 and the
+            # cross-entropy's gradient there exactly 0, so no masking pass is needed in backward
+            # (the product's backward needs its inputs only).
+            position, column = own_target_columns(rows, targets)
+            negative_logits[position, column] = -torch.inf
+        columns = [(users * positives).sum(-1, keepdim=True), negative_logits]
+        return torch.cat(columns, 1).div_(self.temperature), rows
 
     def loss(
         self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None = None
@@ -191,6 +217,15 @@ class NextItemRetrieval:
 
     def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.items.rows(ids)
+
+    def send_sparse_gradients(self) -> list[nn.Parameter]:
+        """Let the item table's lookups and the head's gather send the table row-sparse gradients
+        (``SendsSparseGradients``); returns the table, or nothing when the table is not a plain
+        parameter (Res-embedding's is computed)."""
+        if not isinstance(self.items, SequenceEmbeddings):
+            return []
+        self.head.sparse_gradients = True
+        return self.items.send_sparse_gradients()
 
     def loss(self, batch) -> torch.Tensor:
         is_input, is_target, lengths = next_item_split(batch.lengths)

@@ -103,6 +103,17 @@ class PenalisedTables(Protocol):
 
 
 @runtime_checkable
+class SendsSparseGradients(Protocol):
+    """A model whose tables can receive row-sparse gradients from their lookups: a table-sized
+    dense gradient per lookup (a zero fill, a scatter and a sum of them each step) becomes the rows
+    looked up. ``send_sparse_gradients()`` switches the lookups over and returns the tables; the
+    trainer keeps their ``.grad`` dense (zeroed in place each step, the sparse rows added into it),
+    so Adam sees the same gradient as before."""
+
+    def send_sparse_gradients(self) -> list[torch.nn.Parameter]: ...
+
+
+@runtime_checkable
 class EndsEpochs(Protocol):
     """A module with work to do after each training epoch (1-based ``epoch``), such as
     re-clustering Res-embedding's items on a schedule."""

@@ -283,6 +283,10 @@ class DistributedTrainer(Trainer):
     def _loss(self, batch: Any) -> torch.Tensor:
         return self.sharded(batch)
 
+    def _sparse_gradient_tables(self) -> list[torch.nn.Parameter]:
+        """None: DDP reduces the tables' gradients as dense tensors."""
+        return []
+
     def _steps(self, batches):
         return loss_shares(lockstep(batches), self._loss_terms)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from terarec.layers.retrieval import SampledSoftmax
+from terarec.layers.retrieval import SampledSoftmax, own_target_columns
 
 
 def test_the_positive_is_never_a_negative() -> None:
@@ -124,3 +124,34 @@ def test_seeded_negatives_depend_on_the_seed_and_step_alone() -> None:
     assert negatives(0, 5, slice(0, 2)) == negatives(0, 5, slice(2, 6))  # each share of a batch: the same draw
     assert negatives(0, 5) != negatives(0, 6)
     assert negatives(0, 5) != negatives(1, 5)
+
+
+def test_own_target_columns_are_the_nonzeros_of_the_comparison() -> None:
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(1, 9, (40,), generator=generator)  # many repeats
+    targets = torch.randint(1, 12, (30,), generator=generator)  # some never drawn
+    position, column = own_target_columns(rows, targets)
+    expected = (rows.unsqueeze(0) == targets.unsqueeze(1)).nonzero()
+    found = sorted(zip(position.tolist(), column.tolist()))
+    assert found == sorted(map(tuple, expected.tolist())) and len(found) > len(targets)
+
+
+def test_sampled_loss_gradients_equal_the_masked_cross_entropy() -> None:
+    """The hidden own targets take no masking pass in backward: the gradients are those of the
+    plain masked_fill graph, in float64."""
+    torch.manual_seed(0)
+    users = torch.randn(20, 8, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(7, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 7, (20,))
+    head = SampledSoftmax(num_negatives=16, temperature=0.05, l2_norm=True)
+    head.seed_negatives(0, 3)
+    head.loss(users, targets, table).backward()
+    fast = [users.grad.clone(), table.grad.clone()]
+    users.grad, table.grad = None, None
+    head.seed_negatives(0, 3)
+    rows = head.logits(users.detach(), targets, table.detach())[1]
+    u, e = F.normalize(users, dim=-1, eps=head.eps), F.normalize(table, dim=-1, eps=head.eps)
+    negatives = (u @ e[rows].T).masked_fill(rows.unsqueeze(0) == targets.unsqueeze(1), -torch.inf)
+    logits = torch.cat([(u * e[targets]).sum(-1, keepdim=True), negatives], 1) / head.temperature
+    F.cross_entropy(logits, torch.zeros(20, dtype=torch.long)).backward()
+    torch.testing.assert_close(fast, [users.grad, table.grad], rtol=1e-12, atol=1e-12)
