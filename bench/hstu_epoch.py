@@ -44,6 +44,8 @@ def child(code_root: str, data_path: str, overrides: list[str]) -> None:
     sys.path.insert(0, code_root)
     import time
 
+    import terarec.cli  # noqa: F401  (the process set-up the `terarec` command gets: threads, allocator)
+
     from terarec.train import loop
     from terarec.train.experiment import load_config
 
