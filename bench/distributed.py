@@ -16,8 +16,8 @@ The global batch is the config's in every process count (each process takes 1/N 
 
 Last line: one JSON object: per (model, processes) the test metrics and examples/s per process
 and in total, the means over ``--seeds`` runs (train.seed ``--first-seed``, default 0, and on;
-each run's value under ``<key>_seeds``); ``<model>_auc_within_0.002`` / ``<model>_ndcg10_within_5pct`` and
-``hstu_ndcg_within_5pct`` (the criteria on the means); ``auc_gap_max`` (largest
+each run's value under ``<key>_seeds``); ``<model>_auc_within_0.002`` /
+``<model>_ndcg10_within_5pct`` and ``hstu_ndcg_within_5pct`` (the criteria on the means); ``auc_gap_max`` (largest
 |AUC - one-process AUC|, criterion <= 0.002),
 ``ndcg10_gap_max`` (largest relative NDCG@10 gap, criterion <= 5%), ``rank_bytes_measured``
 (bytes of local table shards plus their optimizer state on each of 2 processes, every Frappe
