@@ -15,9 +15,9 @@ The global batch is the config's in every process count (each process takes 1/N 
     python bench/distributed.py --models ml100k_hstu --seeds 3 --seq-epochs 25 --no-rank-bytes
 
 Last line: one JSON object: per (model, processes) the test metrics and examples/s per process
-and in total, the means over ``--seeds`` runs (seeds 0, 1, ...; each run's value under
-``<key>_seeds``); ``<model>_auc_within_0.002`` / ``<model>_ndcg10_within_5pct`` and
-``hstu_ndcg_within_5pct`` (the criteria on the means); ``auc_gap_max`` (largest
+and in total, the means over ``--seeds`` runs (train.seed ``--first-seed``, default 0, and on;
+each run's value under ``<key>_seeds``); ``<model>_auc_within_0.002`` /
+``<model>_ndcg10_within_5pct`` and ``hstu_ndcg_within_5pct`` (the criteria on the means); ``auc_gap_max`` (largest
 |AUC - one-process AUC|, criterion <= 0.002),
 ``ndcg10_gap_max`` (largest relative NDCG@10 gap, criterion <= 5%), ``rank_bytes_measured``
 (bytes of local table shards plus their optimizer state on each of 2 processes, every Frappe
@@ -137,7 +137,10 @@ def main() -> None:
     parser.add_argument("--frappe-epochs", type=int, default=10, help="most epochs of a Frappe run (early stopping)")
     parser.add_argument("--seq-epochs", type=int, default=30, help="most epochs of an ML-100K run (early stopping)")
     parser.add_argument("--seeds", type=int, default=1,
-                        help="runs per (model, processes), train.seed 0..SEEDS-1; the criteria compare the means")
+                        help="runs per (model, processes), train.seed FIRST .. FIRST+SEEDS-1; the criteria compare "
+                             "the means")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first train.seed (more seeds to add to earlier runs' figures)")
     parser.add_argument("--processes", default=",".join(map(str, PROCESSES)),
                         help="comma-separated process counts, the first the reference")
     parser.add_argument("--no-rank-bytes", action="store_true", help="skip measuring the column-wise shards")
@@ -148,7 +151,8 @@ def main() -> None:
     from terarec.data.prepare import write_dataset
     from terarec.data.sources import load_source
 
-    out: dict = {"seeds": list(range(args.seeds))}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    out: dict = {"seeds": seeds}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         names = args.models.split(",")
@@ -171,7 +175,7 @@ def main() -> None:
             results = {}
             for nproc in processes:
                 runs = []
-                for seed in range(args.seeds):
+                for seed in seeds:
                     run_dir = tmp / "runs" / f"{name}-{nproc}-seed{seed}"
                     runs.append(train_on(config, [f"data.path={folders[dataset]}", *overrides, *length,
                                                   f"train.seed={seed}"], nproc, run_dir))

@@ -3,6 +3,7 @@ streaming them from an events dataset (training windows, or histories before a h
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -12,13 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from terarec.data import schema
 from terarec.data.batches import SequenceBatch, SplitDataset, gather_ranges, segment_bounds
 from terarec.data.errors import DataError
 from terarec.data.schema import DatasetMeta
-from terarec.features.hashing import hash_array, hash_ints
+from terarec.features.hashing import hash_array
 
 
 @dataclass
@@ -83,8 +85,13 @@ class SequenceDataset(SplitDataset):
     "last"; under a time split it is the first event after the cut-off. These batches also
     carry ``seen_item_ids``, every event before the target whatever ``max_length`` is.
 
-    Users are dealt to DataLoader workers by a hash of their id, so every worker reads every
-    part but builds batches for its own users only.
+    ``batch_size`` is the batch of all processes of a distributed run together: every process
+    cuts the same batches of every part (the same seeded order) and takes its even slice of each
+    (process r of N: users ``r n / N`` to ``(r + 1) n / N`` of a batch of n), so N processes' step
+    holds exactly the users of one process's batch at that step, and the shares are disjoint and
+    cover the split. DataLoader workers deal a process's batches in turn (worker w of W builds
+    batches w, w + W, ...; the loader yields them in that order), so every worker reads every part
+    but builds only its own batches, and the batches are the same with or without workers.
 
     With ``shuffle`` and ``bucket_window`` > 0, the shuffled users are sorted by history length
     within each window of ``bucket_window`` batches and cut into the same number of batches of
@@ -142,17 +149,27 @@ class SequenceDataset(SplitDataset):
             without_history += int((has_target & ~has_history).sum())
         return evaluated, without_history
 
-    def _user_batches(self, table: pa.Table, rng: np.random.Generator | None) -> Iterator[SequenceBatch]:
+    def _own_shares(self, batches: list[np.ndarray], counter: Iterator[int]) -> list[np.ndarray]:
+        """This reader's users of the (all-process) ``batches``: this process's even slice of each
+        batch (none when a batch has fewer users than processes), and of those, this DataLoader
+        worker's turns (``counter`` numbers the process's batches over the parts)."""
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        own = []
+        for chosen in batches:
+            first, last = (chosen.size * np.array([self.rank, self.rank + 1])) // self.world_size
+            if last > first and next(counter) % workers == worker:
+                own.append(chosen[first:last])
+        return own
+
+    def _user_batches(self, table: pa.Table, rng: np.random.Generator | None,
+                      counter: Iterator[int]) -> Iterator[SequenceBatch]:
         if self.spec.keep_if:
             table = table.filter(pc.greater(table.column(self.spec.keep_if), 0))
         split = table.column(schema.SPLIT).to_numpy()
         table = table.filter(pa.array(split <= self.split_code))
         split = split[split <= self.split_code]
         users = table.column(schema.USER_ID).to_numpy()
-        worker, num_workers = self.readers()
-        if num_workers > 1:
-            mine = (hash_ints(users, "worker").view(np.uint64) % np.uint64(num_workers)) == worker
-            table, users, split = table.filter(pa.array(mine)), users[mine], split[mine]
         starts, ends = segment_bounds(users)
         if self.split_code == 0:
             hist_end = ends
@@ -184,6 +201,7 @@ class SequenceDataset(SplitDataset):
             batches = _length_buckets(order, hist_end - first_kept, self.batch_size, self.bucket_window, rng)
         else:
             batches = [order[start : start + self.batch_size] for start in range(0, order.size, self.batch_size)]
+        batches = self._own_shares(batches, counter)
         item_ids = hash_array(table.column(schema.ITEM_ID), schema.ITEM_ID)
         timestamps = table.column(schema.TIMESTAMP).to_numpy()
         user_col = table.column(schema.USER_ID).to_numpy()
@@ -222,6 +240,7 @@ class SequenceDataset(SplitDataset):
         parts = list(self.meta.parts)
         if rng is not None:
             parts = [parts[i] for i in rng.permutation(len(parts))]
+        counter = itertools.count()
         for part in parts:
             table = pq.read_table(self.folder / part, columns=self.columns)
-            yield from self._user_batches(table, rng)
+            yield from self._user_batches(table, rng, counter)

@@ -11,10 +11,11 @@
   table-column-wise; ``embedding.sharding_types`` narrows the choice), FBGEMM's fused row-wise
   Adagrad / SGD update the shards inside backward, and the rest is under DDP with Adam.
   Sequence models' unpooled tables stay dense parameters under DDP.
-* **Data.** Each process reads its own share of every split (``SplitDataset.readers``); the
-  config's batch sizes are global (``Task.batch_size`` divides them). The processes step in
-  lockstep (``lockstep``): a process out of batches while others still have some repeats its
-  last batch with weight 0, so the collectives of the sharded forward always match.
+* **Data.** Each process reads its own share of every split (CTR: ``SplitDataset.readers``;
+  sequences: its slice of each of one process's batches, so a step's global batch is one
+  process's batch); the config's batch sizes are global. The processes step in lockstep
+  (``lockstep``): a process out of batches while others still have some repeats its last batch
+  with weight 0, so the collectives of the sharded forward always match.
 * **One process's step.** A step of N processes is one process's step on the global batch: each
   process's mean loss is weighed by its share of the global batch's loss terms (examples, or a
   sequence model's predicted positions: ``loss_shares``), so DDP's average of the gradients (and

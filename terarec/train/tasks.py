@@ -119,11 +119,14 @@ class Task(ABC):
     def folder(self) -> Path:
         return Path(self.config.data.path)
 
+    def global_batch_size(self, split: str) -> int:
+        """Rows (or users) per batch of all processes together: the config's batch size of ``split``."""
+        return self.config.data.batch_size if split == "train" else self.config.data.eval_batch_size
+
     def batch_size(self, split: str) -> int:
         """Rows (or users) per batch of this process: the config's batch sizes are global, shared
         by the processes of a distributed run."""
-        size = self.config.data.batch_size if split == "train" else self.config.data.eval_batch_size
-        return max(1, size // process_slice()[1])
+        return max(1, self.global_batch_size(split) // process_slice()[1])
 
     @abstractmethod
     def dataset(self, split: str, shuffle: bool = False) -> IterableDataset:
@@ -398,7 +401,8 @@ class SequentialTask(Task):
         self.stream.histories.load_state_dict(state["histories"])
 
     def dataset(self, split: str, shuffle: bool = False) -> SequenceDataset:
-        return SequenceDataset(self.folder, split, sequence_spec(self.config), batch_size=self.batch_size(split),
+        # The global batch: each process takes its slice of every batch one process would train on.
+        return SequenceDataset(self.folder, split, sequence_spec(self.config), batch_size=self.global_batch_size(split),
                                shuffle=shuffle, seed=self.config.train.seed,
                                bucket_window=self.config.data.bucket_window if split == "train" else 0)
 

@@ -388,6 +388,18 @@ def test_sequence_workers_give_the_same_users(many_users_folder: Path, split: st
     assert collect(2, shuffle=True) == single
 
 
+@pytest.mark.parametrize("window", [0, 2])
+def test_sequence_workers_deal_batches_in_turn_so_the_order_is_kept(many_users_folder: Path, window: int) -> None:
+    """Two DataLoader workers yield the very batches of no worker, in order, over several parts
+    (each worker builds every other batch), not batches of users dealt to each worker."""
+    def batches(workers: int) -> list[list[int]]:
+        ds = SequenceDataset(many_users_folder, "train", batch_size=5, shuffle=True, seed=3, bucket_window=window)
+        ds.set_epoch(2)
+        return [b.user_ids.tolist() for b in make_loader(ds, num_workers=workers)]
+
+    assert batches(2) == batches(0)
+
+
 def test_sequence_shuffle_is_seeded(many_users_folder: Path) -> None:
     def order(seed: int, epoch: int) -> list[int]:
         ds = SequenceDataset(many_users_folder, "train", batch_size=5, shuffle=True, seed=seed)

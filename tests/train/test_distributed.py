@@ -85,6 +85,25 @@ def test_processes_read_disjoint_users_of_a_sequence_split(seq_data: Path) -> No
     assert all(sum(share.values()) for share in shares)
 
 
+@pytest.mark.parametrize("world_size, window", [(2, 0), (4, 0), (3, 2)])
+def test_processes_split_each_batch_of_one_process(seq_data: Path, world_size: int, window: int) -> None:
+    """Step k of N processes holds exactly the users of one process's batch k (the same seeded
+    order and length buckets), each process an even slice: the same global batches, not batches of
+    per-process shares (4 processes' batches of fixed hash shares made ML-100K HSTU's epoch 16 steps
+    instead of 15, its last of 2 users; NDCG@10 was 9% lower over 7 seeds, as in one process trained
+    on those batches)."""
+    make = lambda: SequenceDataset(seq_data, "train", SequenceSpec(max_length=5), batch_size=22,  # noqa: E731
+                                   shuffle=True, seed=2, bucket_window=window)
+    whole = [batch.user_ids.tolist() for batch in _shares(make, 1)[0]]
+    shares = [[batch.user_ids.tolist() for batch in dataset] for dataset in _shares(make, world_size)]
+    assert len(whole[-1]) < 22  # a last, partial batch is split too
+    assert [len(share) for share in shares] == [len(whole)] * world_size
+    for step, users in enumerate(whole):
+        parts = [share[step] for share in shares]
+        assert sum(parts, []) == users
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
 # ---- jobs of several processes
 
 
