@@ -272,7 +272,7 @@ def train_command(
             config, [*(overrides or []), *([f"train.threads={threads}"] if threads else [])])
         if distributed.in_worker():
             result = distributed.train_worker(cfg, resume or run_dir, progress=progress, data_path=data)
-            if distributed.rank() != 0:
+            if distributed.launched_rank() != 0:  # the group is gone by now: torchrun's RANK says who we were
                 return
         elif nproc > 0 or nnodes != "1" or (resume is not None and distributed.latest_state(resume) is not None):
             if cfg is not None and cfg.task == "ctr":

@@ -91,6 +91,11 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun numbered it (``RANK``), also after the group has ended."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
@@ -110,6 +115,16 @@ def init_process_group() -> None:
                             rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def end_process_group() -> None:
+    """Leave the job cleanly: wait for every process, then tear the group down. Left to the
+    interpreter's exit, the group's threads were sometimes destroyed while still joinable, and a
+    worker that had finished aborted ("terminate called without an active exception", SIGABRT),
+    which failed a finished job."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def device() -> torch.device:
@@ -442,7 +457,9 @@ def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, p
         config.train.threads = torch.get_num_threads()
         _check_task(config)
         task = task_class(config.task).from_record(config, payload["inputs"])
-        return _run(task, run_dir, progress, (folder, payload))
+        result = _run(task, run_dir, progress, (folder, payload))
+        end_process_group()
+        return result
     if config is None:
         raise FileNotFoundError(f"{run_dir}: no saved distributed state ({POINTER}) to resume")
     _check_task(config)
@@ -460,7 +477,9 @@ def train_worker(config: ExperimentConfig | None, run_dir: Path | None = None, p
         raise
     if rank() == 0:
         (run_dir / "config.yaml").write_text(to_yaml(task.config))
-    return _run(task, run_dir, progress, None)
+    result = _run(task, run_dir, progress, None)
+    end_process_group()
+    return result
 
 
 def _run(task: Task, run_dir: Path, progress: bool | None, saved: tuple[Path, dict[str, Any]] | None) -> RunResult:

@@ -133,10 +133,11 @@ def _terarec(*args: str) -> subprocess.CompletedProcess:
 
 EVALUATE = """
 import json, sys
-from terarec.train.distributed import evaluate_state, rank
+from terarec.train.distributed import end_process_group, evaluate_state, rank
 metrics = evaluate_state(sys.argv[1], "test", best=True)
 if rank() == 0:
     print("METRICS " + json.dumps(metrics))
+end_process_group()
 """
 
 
