@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from terarec.layers import hstu_kernel
 from terarec.layers.hstu_kernel import KEY_TILE, QUERY_TILE, FusedHSTUAttention, kernel
 
 if TYPE_CHECKING:
@@ -319,8 +320,8 @@ def blocked_hstu_attention(
             speed trade.
         kernel_tiles: (queries, keys) per tile of the C++ kernel, which runs instead of the torch
             tiles where it applies: CPU, pointwise, plain causal layout (no cached history, no
-            candidates), float32 / float64, integer timestamps, and ``TERAREC_HSTU_KERNEL`` not
-            "torch" (``terarec.layers.hstu_kernel``).
+            candidates), rows of at least ``KERNEL_MIN_LENGTH`` (64) tokens, float32 / float64,
+            integer timestamps, and ``TERAREC_HSTU_KERNEL`` not "torch" (``terarec.layers.hstu_kernel``).
 
     Returns:
         (B, Tq, H, d_v).
@@ -338,6 +339,8 @@ def _fused_inputs(queries, keys, values, layout, position_weights, time_weights,
     plain causal layout, float32 / float64 throughout, integer timestamps) and is built; else None."""
     tensors = [t for t in (queries, keys, values, position_weights, time_weights) if t is not None]
     if softmax or not layout.causal_only or queries.shape[1] != keys.shape[1]:
+        return None
+    if layout.query_length < hstu_kernel.KERNEL_MIN_LENGTH:  # short rows: the torch tiles are as fast
         return None
     if any(t.device.type != "cpu" or t.dtype != queries.dtype for t in tensors):
         return None

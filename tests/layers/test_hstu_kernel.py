@@ -17,6 +17,12 @@ from terarec.layers.hstu_blocked import bucket_starts
 HEADS, QK, V, BUCKETS = 2, 3, 4, 16
 
 
+@pytest.fixture(autouse=True)
+def kernel_on_short_rows(monkeypatch):
+    """These tests' rows are short: the kernel must run on them all the same."""
+    monkeypatch.setattr(hstu_kernel, "KERNEL_MIN_LENGTH", 0)
+
+
 @pytest.fixture
 def built():
     """The compiled kernel (compiled on first use); skips where no C++ toolchain can build it."""
@@ -247,3 +253,16 @@ def test_torch_tiles_where_the_kernel_does_not_apply(built, monkeypatch) -> None
     assert calls == []
     blocked_hstu_attention(q, k, v, _layout([4, 2], 8, "ordered", generator), position, time, 8)
     assert calls == [1]
+
+
+def test_short_rows_take_the_torch_tiles_by_default(built, monkeypatch) -> None:
+    monkeypatch.setattr(hstu_kernel, "KERNEL_MIN_LENGTH", 64)
+    monkeypatch.setenv(hstu_kernel.KERNEL_ENV, "cpp")
+    calls = []
+    monkeypatch.setattr(hstu_blocked.FusedHSTUAttention, "apply", _counting(hstu_blocked.FusedHSTUAttention.apply, calls))
+    generator = torch.Generator().manual_seed(0)
+    for lengths, expected_calls in (([63, 5], 0), ([64, 5], 1)):
+        layout = AttentionLayout(torch.tensor(lengths), 80)
+        q, k, v = (torch.randn(2, lengths[0], HEADS, QK, generator=generator) for _ in range(3))
+        blocked_hstu_attention(q, k, v, layout, None, None, 80)
+        assert len(calls) == expected_calls
