@@ -19,6 +19,7 @@ where it applies).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from functools import cache
@@ -54,9 +55,14 @@ def _build():
     """The compiled extension, or None (after one warning) when it cannot be built or loaded."""
     from torch.utils import cpp_extension
 
+    name = f"terarec_hstu_kernel_{torch.backends.cpu.get_cpu_capability().lower()}"
+    if not _is_built(name):
+        logging.getLogger("terarec").info(
+            "compiling the C++ HSTU attention kernel (once per machine and source, ~25 s of one core; "
+            "%s=torch skips it)", KERNEL_ENV)
     try:
         return cpp_extension.load(
-            name=f"terarec_hstu_kernel_{torch.backends.cpu.get_cpu_capability().lower()}",
+            name=name,
             sources=[str(_SOURCE)],
             # -ffast-math on the compile only (at link time it would set flush-to-zero for the whole
             # process): it lets the compiler vectorise exp and log through glibc's vector math.
@@ -74,6 +80,15 @@ def _build():
             stacklevel=3,
         )
         return None
+
+
+def _is_built(name: str) -> bool:
+    """Whether torch's extension cache already holds a build of ``name`` (then loading is quick)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: only to say a build is coming
+        return (Path(_get_build_directory(name, False)) / f"{name}.so").exists()
+    except Exception:  # another torch: say nothing rather than fail
+        return True
 
 
 def kernel():
