@@ -115,6 +115,8 @@ def test_a_users_wait_policy_is_kept() -> None:
 
 KEPT_MEMORY_PROBE = """
 import terarec.cli, torch
+torch.set_num_threads(1)  # no worker thread (and its own malloc arena) appearing mid-measure
+torch.ones(1000).sum()
 def resident_mib():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
 before = resident_mib()
@@ -136,6 +138,8 @@ def test_the_command_line_keeps_freed_tensors_for_reuse() -> None:
         assert done.returncode == 0, done.stderr
         return float(done.stdout.split()[-1])
 
-    assert kept_mib() > 12
-    assert kept_mib(TERAREC_KEEP_FREED_MEMORY="0") < 4
-    assert kept_mib(MALLOC_TRIM_THRESHOLD_="131072") < 4  # the user's own setting wins
+    # Compared with each other, not with zero: other start-up allocations move the baseline.
+    kept = kept_mib()
+    assert kept > 12
+    assert kept - kept_mib(TERAREC_KEEP_FREED_MEMORY="0") > 12
+    assert kept - kept_mib(MALLOC_TRIM_THRESHOLD_="131072") > 12  # the user's own setting wins
