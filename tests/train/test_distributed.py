@@ -108,7 +108,16 @@ def test_processes_split_each_batch_of_one_process(seq_data: Path, world_size: i
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TERAREC_DIST_TIMEOUT": "60"}
+    # PYTHONFAULTHANDLER: a worker that aborts (an intermittent SIGABRT on 4 processes here) prints its
+    # Python stack; ``_failure`` shows it.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TERAREC_DIST_TIMEOUT": "60",
+            "PYTHONFAULTHANDLER": "1"}
+
+
+def _failure(stderr: str) -> str:
+    """The end of a failed job's stderr, from a worker's fatal-error report when there is one."""
+    start = stderr.find("Fatal Python error")
+    return stderr[start:start + 6000] if start >= 0 else stderr[-3000:]
 
 
 def _config(data: Path, tmp: Path, name: str, **train) -> Path:
@@ -147,7 +156,7 @@ def _evaluate_on(run_dir: Path, nproc: int, tmp: Path) -> dict[str, float]:
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                            str(script), str(run_dir)], env=_env(), cwd=ROOT, capture_output=True, text=True,
                           timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     line = next(line for line in done.stdout.splitlines() if line.startswith("METRICS "))
     return json.loads(line.removeprefix("METRICS "))
 
@@ -157,7 +166,7 @@ def two_process_run(ctr_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     tmp = tmp_path_factory.mktemp("dist")
     run_dir = tmp / "runs" / "two"
     done = _terarec("train", str(_config(ctr_data, tmp, "two")), "--nproc", "2", "--run-dir", str(run_dir))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     return run_dir
 
 
@@ -178,7 +187,7 @@ def test_a_two_process_run_evaluates_alike_on_one_two_and_four_processes(two_pro
         _close(_evaluate_on(two_process_run, nproc, tmp), trained)
     # The consolidated checkpoint.pt, evaluated in one process on the one-process engine tables.
     done = _terarec("eval", str(two_process_run), "--split", "test")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     _close(json.loads(done.stdout.strip().splitlines()[-1]), trained)
 
 
@@ -186,7 +195,7 @@ def test_a_two_process_run_evaluates_alike_on_one_two_and_four_processes(two_pro
 def test_a_two_process_state_resumes_on_one_process_with_its_optimizer(two_process_run: Path) -> None:
     trained = json.loads((two_process_run / "metrics.json").read_text())["test"]
     done = _terarec("train", "--resume", str(two_process_run), "--nproc", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     _close(json.loads((two_process_run / "metrics.json").read_text())["test"], trained)
 
 
@@ -334,6 +343,7 @@ for step_batch, weight in trainer._steps([share]):
     trainer.step(step_batch, weight)
 if distributed.rank() == 0:  # DDP's averaged gradients, left on the parameters after the step
     torch.save({name: p.grad for name, p in task.model.named_parameters() if p.grad is not None}, sys.argv[3])
+distributed.end_process_group()
 """
 
 
@@ -390,7 +400,7 @@ def test_processes_step_with_the_one_process_gradient_of_the_global_batch(seq_da
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                            str(script), str(path), str(tmp_path / "run"), str(tmp_path / "grads.pt")],
                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     distributed = torch.load(tmp_path / "grads.pt", weights_only=True)
 
     loaded = load_config(str(path), [])
@@ -449,6 +459,7 @@ dist.all_reduce(largest, op=dist.ReduceOp.MAX)
 if distributed.rank() == 0:
     print(f"CHANGE {float(change)}")
     print(f"LARGEST_INITIAL {float(largest)}")
+distributed.end_process_group()
 """
 
 
@@ -463,7 +474,7 @@ def test_a_sharded_sgd_table_steps_by_the_mean_of_the_processes_gradients(tmp_pa
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(script), "sgd", sharding], env=_env(), cwd=ROOT, capture_output=True, text=True,
                           timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     change = float(next(line for line in done.stdout.splitlines() if line.startswith("CHANGE ")).split()[1])
     assert change == pytest.approx(-0.5 * 8, rel=1e-5)  # 8 columns, lr 0.5, mean gradient 1
     largest = float(next(line for line in done.stdout.splitlines() if line.startswith("LARGEST_INITIAL ")).split()[1])
