@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,6 +41,9 @@ SPLIT_HELP = "leave_one_out | time | random | given (default: leave_one_out for 
 def _quiet_libraries() -> None:
     # TorchRec's import makes torch.fx log a warning meant for its own developers.
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    # TorchRec's deprecation notices about its own defaults (storage reservation, DDP buffer
+    # arguments), printed by every process of a distributed run: nothing a terarec user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("terarec").setLevel(logging.INFO)
 
